@@ -1,0 +1,50 @@
+"The `purpose` command: one clear error line for user errors, `--domain all` continues past a failed domain."
+import json
+from conftest import purpose_cli, TINY
+
+def _one_error_line(r, contains):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and contains in lines[0], r.stderr
+
+def test_unknown_domain(tmp_path):
+    (tmp_path/"papers"/"sprint").mkdir(parents=True)
+    (tmp_path/"papers"/"sprint"/"a.txt").write_text("x")
+    _one_error_line(purpose_cli("run", "--domain", "rowing", cwd=tmp_path), "unknown domain 'rowing'")
+
+def test_missing_and_empty_papers_folder(tmp_path):
+    _one_error_line(purpose_cli("run", "--domain", "sprint", "--papers-dir", tmp_path/"nope", cwd=tmp_path), "does not exist")
+    (tmp_path/"empty").mkdir()
+    _one_error_line(purpose_cli("run", "--domain", "sprint", "--papers-dir", tmp_path/"empty", cwd=tmp_path), "is empty")
+
+def test_unknown_parameter(small_papers):
+    _one_error_line(purpose_cli("run", "--domain", "sprint", "-p", "epochz=1", cwd=small_papers.parent), "unknown parameter(s) epochz")
+
+def test_secret_parameter_refused(small_papers):
+    _one_error_line(purpose_cli("run", "--domain", "sprint", "-p", "openai_api_key=sk-x", cwd=small_papers.parent), "environment variable")
+
+def test_all_domains_continue_past_failure(small_papers):
+    (small_papers/"empty_domain").mkdir()
+    r = purpose_cli("run", "--domain", "all", "-s", "extract", "-s", "graph", "-p", "workers=1", cwd=small_papers.parent)
+    assert r.returncode == 1, r.stderr
+    assert "empty_domain: failed" in r.stdout and "sprint: done" in r.stdout
+    assert (small_papers.parent/"runs"/"sprint"/"graph"/"graph.graphml").exists()
+
+def test_process_command(small_papers, tmp_path):
+    r = purpose_cli("process", "--data-dir", small_papers/"sprint", "--output-dir", tmp_path/"out", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/"out"/"documents.jsonl").exists() and (tmp_path/"out"/"chunks.jsonl").exists()
+
+def test_train_and_generate(tmp_path):
+    "`purpose train` on a messages.jsonl folder, then `purpose generate` with the trained adapter."
+    data = tmp_path/"data"; data.mkdir()
+    rows = [{"messages": [{"role": "system", "content": "You are an expert."}, {"role": "user", "content": f"Q{i}?"},
+                          {"role": "assistant", "content": f"Answer {i}."}], "depth": "basic"} for i in range(6)]
+    (data/"messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = purpose_cli("train", "--data-dir", data, "--model-dir", tmp_path/"models", "--model-name", "tiny-random", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path/"models"/"tiny-random-domain"
+    assert (out/"adapter"/"adapter_config.json").exists()
+    g = purpose_cli("generate", "--model-dir", out, "--prompt", "Q1?", "--max-new-tokens", "4", "--temperature", "0")
+    assert g.returncode == 0, g.stderr
+    _one_error_line(purpose_cli("train", "--data-dir", tmp_path, "--model-name", "tiny-random"), "no QA dataset")
