@@ -301,15 +301,23 @@ def sectionize(lines: list[Line], front: str = "Front matter") -> tuple[list[Sec
         if h is None: cur[2].append(l); continue
         num = h[1] or num
         groups.append([h[0], canonical_section(h[0]) or ("heading" if l.heading is not None else None), [], l.page])
-    for i, g in enumerate(groups):   # body text that layout put inside the reference list (bigger font) goes back
-        if g[1] == "references" and i > 0:
-            sizes = sorted(l.size for l in g[2] if l.size)
-            if sizes:
-                ref_size = sizes[len(sizes) // 3]
-                back = [l for l in g[2] if l.size and l.size > 1.15 * ref_size]
-                if back and len(back) < len(g[2]) / 2:
-                    g[2] = [l for l in g[2] if not (l.size and l.size > 1.15 * ref_size)]
-                    groups[i - 1][2] += back
+    body_sizes = sorted(l.size for l in lines if l.size)
+    body = body_sizes[len(body_sizes) // 2] if body_sizes else None
+    for i, g in enumerate(groups):
+        if g[1] != "references" or i == 0 or body is None: continue
+        sizes = sorted(l.size for l in g[2][:8] if l.size)
+        ref = sizes[len(sizes) // 2] if sizes else None
+        if ref is None or ref > 0.92 * body: continue   # references set in the body font: nothing to tell apart
+        # body text that the layout put inside the reference list (body font) goes back to the section before it,
+        # and reference lines (reference font) in the back-matter sections after it join the list
+        back = [l for l in g[2] if l.size and l.size > 1.1 * ref]
+        g[2] = [l for l in g[2] if not (l.size and l.size > 1.1 * ref)]
+        groups[i - 1][2] += back
+        for h in groups[i + 1:]:
+            if h[1] in ("back_matter", None):
+                moved = [l for l in h[2] if l.size and abs(l.size - ref) <= 0.06 * ref]
+                h[2] = [l for l in h[2] if not (l.size and abs(l.size - ref) <= 0.06 * ref)]
+                g[2] += moved
     sections, refs = [], []
     for name, kind, ls, hpage in groups:
         pages = [l.page for l in ls if l.page is not None] + ([hpage] if hpage is not None else [])
@@ -465,16 +473,15 @@ def key_terms(text: str, limit: int = 25) -> list[str]:
 
 def offline_record(sections: list[Section], text: str | None = None) -> dict:
     "The structured record of a document from its sections, by cue phrases and patterns (no model needed)."
-    by = lambda *kinds: [s for s in sections if s.kind in kinds]
     text = text if text is not None else "\n".join(s.text for s in sections)
-    front = " ".join(s.text for s in by("abstract", None, "introduction")) or text
-    sents = sentences(front)
-    rq = next((s for s in sents if _RQ.search(s)), None) or next((s for s in sentences(text) if _RQ.search(s)), None)
-    hyp = [s for s in sentences(text) if _HYP.search(s) and not re.search(r"null hypothes", s, re.I)][:3]
-    msents = sentences(" ".join(s.text for s in by("methods"))) or [s for s in sents if _METH.search(s)]
+    sents_of = {id(s): sentences(s.text) for s in sections if s.kind not in ("references", "back_matter")}
+    by = lambda *kinds: [x for s in sections if s.kind in kinds and id(s) in sents_of for x in sents_of[id(s)]]
+    sents = by("abstract", None, "introduction") or [x for v in sents_of.values() for x in v]
+    rq = next((s for s in sents if _RQ.search(s)), None) or next((s for s in by("methods", "discussion") if _RQ.search(s)), None)
+    hyp = [s for s in sents + by("methods") if _HYP.search(s) and not re.search(r"null hypothes", s, re.I)][:3]
+    msents = by("methods") or [s for s in sents if _METH.search(s)]
     methods = [s[:300] for s in msents if _METH.search(s)][:6]
-    fsrc = by("abstract", "conclusion") + by("results", "discussion")
-    fsents = [s for sec in fsrc for s in sentences(sec.text)] or sentences(text)
+    fsents = by("abstract", "conclusion") + by("results", "discussion") or [x for v in sents_of.values() for x in v]
     findings = [s[:400] for s in fsents if _FIND.search(s) and not _RQ.search(s) and not _HYP.search(s) and len(s) > 30][:8]
     return {"research_question": rq[:500] if rq else None, "hypotheses": [h[:400] for h in hyp], "methods": methods,
             "findings": findings, "statistics": extract_statistics(text), "terminology": key_terms(text)}
@@ -700,7 +707,7 @@ class ExtractOptions:
     chunk_overlap: int = 32
     passwords: tuple = ()
     tokenizer: str = EMBEDDED_STUDENT
-    min_chars_per_page: int = 40
+    min_chars_per_page: int = 16
     ocr: bool = True
     ocr_lang: str = "eng"
     record_templates: dict = field(default_factory=dict)
@@ -717,28 +724,30 @@ def _is_truncated(path: Path) -> bool:
         f.seek(max(0, path.stat().st_size - 2048)); return b"%%EOF" not in f.read()
 
 def open_pdf(path: Path, passwords: Sequence[str] = ()):
-    "`(reader, extractor, encrypted)`: a PDFium document, else a pypdf reader; raises `FileProblem` (encrypted/corrupt)."
+    "`(reader, extractor, how)`: a PDFium document, else a pypdf reader, and how an encrypted file was opened (None: not encrypted)."
     import pypdfium2 as pdfium
     tried, locked, err = [None, *passwords], False, None
     for pw in tried:
-        try: return pdfium.PdfDocument(str(path), password=pw), "pypdfium2", locked or pw is not None
+        try: doc = pdfium.PdfDocument(str(path), password=pw)
         except pdfium.PdfiumError as e:
             err = e
             if getattr(e, "err_code", None) == 4 or "password" in str(e).lower(): locked = True; continue
             break
+        if pw is not None: return doc, "pypdfium2", "a supplied password"
+        return doc, "pypdfium2", "the empty password" if pdfium.raw.FPDF_GetSecurityHandlerRevision(doc.raw) >= 0 else None
     import pypdf, logging
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         r = pypdf.PdfReader(str(path), strict=False)
+        how = None
         if r.is_encrypted:
             for pw in ["", *passwords]:
                 try:
-                    if r.decrypt(pw): break
+                    if r.decrypt(pw): how = "a supplied password" if pw else "the empty password"; break
                 except Exception: continue
             else: raise FileProblem("encrypted", "")
-            locked = True
         if len(r.pages) == 0: raise FileProblem("empty", f"{path.name} is a PDF with no pages: replace it with the full document")
-        return r, "pypdf", locked
+        return r, "pypdf", how
     except FileProblem as e:
         if e.status != "encrypted": raise
         n = len([p for p in passwords if p is not None])
@@ -749,9 +758,9 @@ def open_pdf(path: Path, passwords: Sequence[str] = ()):
         if locked:
             raise FileProblem("encrypted", f"{path.name} is password protected ({type(e).__name__}: {e}): pass its password with passwords=[...] "
                               "or PURPOSE_PDF_PASSWORDS, or save an unprotected copy") from None
-        trunc = " The file ends without %%EOF, so it was probably cut off during download: download it again." if _is_truncated(path) else \
-                " Re-download it, or repair it (e.g. `qpdf input.pdf repaired.pdf`) and try again."
-        raise FileProblem("corrupt", f"{path.name} could not be opened by PDFium ({err}) or pypdf ({type(e).__name__}: {e}).{trunc}") from None
+        why = ("is truncated (it ends without %%EOF, probably cut off during download): download it again" if _is_truncated(path) else
+               "is damaged: download it again, or repair it (e.g. `qpdf input.pdf repaired.pdf`) and re-run")
+        raise FileProblem("corrupt", f"{path.name} {why} (PDFium: {err}; pypdf: {type(e).__name__}: {e})") from None
 
 # %% ../nbs/01_extract.ipynb #cd0133c3
 def tesseract_available() -> bool:
@@ -782,6 +791,8 @@ def _count_text_objects(page) -> tuple[int, int]:
     return kinds.count(R.FPDF_PAGEOBJ_TEXT), kinds.count(R.FPDF_PAGEOBJ_IMAGE)
 
 # %% ../nbs/01_extract.ipynb #60549be0
+_NONWORD = re.compile(r"[\W_]+")
+
 def read_pdf(path: Path, opts: ExtractOptions) -> dict:
     "Lines per page, page heights, info dict, extractor and warnings of a PDF; raises `FileProblem` on bad input."
     reader, extractor, encrypted = open_pdf(path, _passwords(opts.passwords, path.name))
@@ -806,9 +817,9 @@ def read_pdf(path: Path, opts: ExtractOptions) -> dict:
                 try: txt = page.extract_text() or ""
                 except Exception as e: txt = ""; warnings.append(f"page {i + 1}: {type(e).__name__}")
                 pages.append([Line(t.strip(), i + 1) for t in txt.splitlines() if t.strip()]); heights.append(None)
-        chars = [sum(len(re.sub(r"\W", "", l.text)) for l in ls) for ls in pages]
+        chars = [len(_NONWORD.sub("", "".join(l.text for l in ls))) for ls in pages]
         blank = [i + 1 for i, c in enumerate(chars) if c < opts.min_chars_per_page]
-        if sum(chars) < opts.min_chars_per_page * max(1, n) / 2 or len(blank) > 0.8 * n:
+        if len(blank) > 0.8 * n:
             # almost no text: scanned pages, or text drawn with fonts that map to no characters
             drawn = 0
             if extractor == "pypdfium2":
@@ -828,16 +839,18 @@ def read_pdf(path: Path, opts: ExtractOptions) -> dict:
                 raise FileProblem("no_text_layer", f"{path.name} has no usable text layer: {why}; {fix}")
         elif blank and len(blank) <= 0.8 * n:
             warnings.append(f"pages without text (scanned or figures only): {', '.join(map(str, blank[:20]))}")
+        if encrypted: warnings.append(f"password protected: opened with {encrypted}")
         return {"pages": pages, "heights": heights, "info": info, "extractor": extractor, "n_pages": n,
-                "encrypted": encrypted, "warnings": warnings}
+                "encrypted": bool(encrypted), "warnings": warnings}
     finally:
         if extractor == "pypdfium2" and hasattr(reader, "close"): reader.close()
 
 # %% ../nbs/01_extract.ipynb #b90bc558
 def _sketch(text: str, k: int = 128) -> list[int]:
     "A bottom-k sketch of the document's word 5-shingles (for near-duplicate detection)."
-    ids = {}
-    w = [ids.setdefault(x, zlib.crc32(x.encode())) for x in re.findall(r"\w+", text.lower())]
+    words = re.findall(r"\w+", text.lower())
+    ids = {x: zlib.crc32(x.encode()) for x in set(words)}
+    w = list(map(ids.__getitem__, words))
     hs = {hash(t) & 0xFFFFFFFFFFFF for t in zip(w, w[1:], w[2:], w[3:], w[4:])} or {hash(tuple(w)) & 0xFFFFFFFFFFFF}
     return sorted(hs)[:k]   # hashes of int tuples do not depend on PYTHONHASHSEED: the same in every process
 
@@ -1129,8 +1142,11 @@ def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: f
     chunk_tokenizer(tokenizer)   # load once here: forked workers inherit it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     items = [(str(f), str(papers_dir)) for f in files]
-    out = run_parallel(functools.partial(_extract_item, opts=opts), items, workers=workers, timeout_s=timeout_s,
+    order = sorted(range(len(items)), key=lambda i: -files[i].stat().st_size)    # big files first: better balance
+    res = run_parallel(functools.partial(_extract_item, opts=opts), [items[i] for i in order], workers=workers, timeout_s=timeout_s,
                        on_fail=functools.partial(_failed_item, papers_dir), desc="extract", progress=progress)
+    out = [None] * len(items)
+    for i, r in zip(order, res): out[i] = r
     docs = [d for d, _ in out]
     mark_duplicates(docs, near_dup_threshold)
     keep = {d["doc_id"] for d in docs if d["status"] == "ok"}

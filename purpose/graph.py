@@ -13,8 +13,10 @@ from .core import PurposeError, RunDir, read_jsonl, stage_run, write_json
 from .modelhub import STOPWORDS, split_sentences
 
 # %% auto #0
-__all__ = ['GENERIC', 'RELATION_VERBS', 'norm_term', 'candidate_phrases', 'Concept', 'extract_concepts', 'extract_relations',
-           'find_contradictions', 'build_graph', 'evolution_by_year', 'method_patterns', 'plot_graph', 'save_graph',
+__all__ = ['GENERIC', 'RELATION_VERBS', 'RELATION_TYPES', 'CONCEPT_TYPES', 'EXTRACTION_SCHEMA', 'EXTRACTION_SYSTEM', 'norm_term',
+           'candidate_phrases', 'find_abbreviations', 'Concept', 'content_chunks', 'extract_concepts',
+           'extract_relations', 'find_contradictions', 'extraction_messages', 'validate_extraction', 'llm_extract',
+           'merge_llm', 'build_graph', 'evolution_by_year', 'method_patterns', 'plot_graph', 'save_graph',
            'graph_stage']
 
 # %% ../nbs/02_graph.ipynb #f70f19cb
@@ -24,36 +26,75 @@ current previous trial trials session sessions week weeks day days time-point sc
 between within across per total respectively found showed shown show may might must one two three four five first second
 third new high low higher lower large small larger smaller main whereas although while thus therefore furthermore
 moreover addition conclusion conclusions introduction methods method discussion abstract references reference page
-journal vol doi author authors copyright licence license article open access""".split())
+journal vol doi author authors copyright licence license article open access http https www org com received accepted
+published correspondence keyword keywords original research university department institute academy example
+difference differences change changes relation relationship relations variable variables factor factors part parts
+men women man woman male female age sex year years aim aims purpose question questions finding findings role case cases
+less more most least similar different relative worst good better worse short long shorter longer faster slower
+greater smaller fast slow strong weak strongly weakly almost nearly approximately about range mainly only
+lab laboratory number numbers amount way ways kind type types aspect aspects rather without last set section ability
+fastest highest greatest longest shortest strongest slowest lowest largest smallest closest produce produced""".split())
 
-_TOKEN = re.compile(r"[A-Za-z][A-Za-z\-]*[A-Za-z]|[A-Za-z]")
+_ADJ_END = re.compile(r".*(ly|ed)$|^(less|more|faster|slower|longer|shorter|higher|lower|greater|larger|smaller|similar|relative)$")
+_DIST = re.compile(r"\b(\d+(?:\.\d+)?)\s?-?(m|km)\b(?=\s+[A-Za-z])")
+_SPELLING = {"maximal": "maximum", "max": "maximum", "minimal": "minimum", "behaviour": "behavior", "centre": "center",
+             "programme": "program", "programmes": "program", "optimisation": "optimization", "analyse": "analyze",
+             "metre": "meter", "tyre": "tire", "modelling": "modeling", "colour": "color", "fibre": "fiber"}
 
 def norm_term(phrase: str) -> str:
-    "The key of a concept: lower case, hyphens as spaces, the last word's plural stripped."
-    words = phrase.lower().replace("-", " ").split()
+    "The key of a concept: lower case, hyphens as spaces, spelling variants unified, the last word's plural stripped."
+    p = _DIST.sub(lambda m: f"{m.group(1)} {m.group(2)}", phrase.lower().replace("-", " ") + " x")[:-2]
+    words = [_SPELLING.get(w, w) for w in p.split()]
     if words and len(words[-1]) > 3 and words[-1].endswith("s") and not words[-1].endswith(("ss", "us", "is")):
         words[-1] = words[-1][:-1]
     return " ".join(words)
 
-_VERB_WORD = re.compile(r"(increase|improve|enhance|raise|reduce|decrease|impair|lower|worsen|limit|correlate|predict|determine|boost|measure|record|associate|occur|remain|tend|appear|indicate|suggest|reveal)(s|d|ed)?")
+_VERB_WORD = re.compile(r"(increase|improve|enhance|raise|reduce|decrease|impair|lower|worsen|limit|correlate|predict|determine|boost|measure|record|associate|occur|remain|tend|appear|indicate|suggest|reveal|was|were|had|has|have)(s|d|ed)?")
 
 def candidate_phrases(sentence: str, max_words: int = 3) -> list[str]:
     "Lower-cased runs of content words in `sentence` (cut at stopwords, verbs, numbers, punctuation), as 1..max_words-grams."
     out, run = [], []
     def flush():
         for n in range(1, max_words + 1):
-            for i in range(len(run) - n + 1): out.append(" ".join(run[i:i + n]))
+            for i in range(len(run) - n + 1):
+                g = run[i:i + n]
+                if _ADJ_END.match(g[-1]) or g[-1].endswith("m") and g[-1][:-1].replace(".", "").isdigit(): continue
+                if any(len(w) < 2 for w in g) or g[0].endswith("ly") or (n > 1 and g[0].endswith("ing") and g[1] not in ("training", "phase")): continue
+                out.append(" ".join(g))
         run.clear()
-    for piece in re.split(r"([,;:()\[\]\.!?\"]|\s\d\S*|\s)", sentence):
+    sentence = _DIST.sub(lambda m: f" {m.group(1)}{m.group(2)}", sentence)
+    for piece in re.split(r"([,;:()\[\]\.!?\"]|\s)", sentence):
         if not piece or piece.isspace(): continue
         w = piece.lower()
+        if re.fullmatch(r"\d+(?:\.\d+)?k?m", w): flush(); run.append(w); continue
         if _TOKEN.fullmatch(piece) and w not in STOPWORDS and w not in GENERIC and len(w) > 2 and not _VERB_WORD.fullmatch(w):
             run.append(w)
         else: flush()
     flush()
-    return out
+    return [p for p in out if not re.fullmatch(r"[\d.]+k?m", p)]
+
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z\-]*[A-Za-z]|[A-Za-z]")
 
 # %% ../nbs/02_graph.ipynb #72cf5d8b
+_ABBR = re.compile(r"((?:[A-Za-z][\w\-']*\s+){1,8}?)\(([A-Z][A-Za-z]{1,7})\)")
+
+def find_abbreviations(texts: list[str]) -> dict[str, str]:
+    "Map each abbreviation defined as `long form (ABBR)` to the key of its long form (initials of content words must match)."
+    out = {}
+    for t in texts:
+        for m in _ABBR.finditer(" ".join(t.split())):
+            words, abbr = m.group(1).split(), m.group(2)
+            letters = abbr.lower()
+            for k in range(len(words), 0, -1):
+                tail = words[-k:]
+                content = [w for w in tail if w.lower() not in STOPWORDS]
+                if not content or content[0] != tail[0]: continue
+                if "".join(w[0].lower() for w in content) == letters:
+                    out.setdefault(abbr, norm_term(" ".join(tail)))
+                    break
+    return out
+
+# %% ../nbs/02_graph.ipynb #426a829c
 @dataclass
 class Concept:
     key: str
@@ -61,26 +102,45 @@ class Concept:
     freq: int = 0                              # sentences mentioning it
     docs: set = field(default_factory=set)
     chunks: set = field(default_factory=set)
+    aliases: set = field(default_factory=set)  # abbreviations and other names that count as mentions
+    source: str = "offline"                    # 'offline', 'llm' or 'both'
+
+_FRONT = re.compile(r"front matter|references|acknowledg|funding|conflict", re.I)
+
+def content_chunks(chunks: list[dict]) -> list[dict]:
+    "Chunks that carry research content (not front matter, references, acknowledgements)."
+    return [c for c in chunks if not _FRONT.search(c.get("section") or "")]
 
 def extract_concepts(chunks: list[dict], documents: list[dict] = (), max_concepts: int = 120, min_docs: int = 1, min_freq: int = 2) -> dict[str, Concept]:
-    "The `max_concepts` most salient recurring phrases of `chunks` (plus document terminology), keyed by `norm_term`."
+    "The `max_concepts` most salient recurring phrases of `chunks` (plus document terminology and abbreviations), keyed by `norm_term`."
+    chunks = content_chunks(chunks)
+    abbrs = find_abbreviations([c["text"] for c in chunks])
     forms, freq, docs, chunk_ids = defaultdict(Counter), Counter(), defaultdict(set), defaultdict(set)
+    def see(k, surface, c):
+        forms[k][surface] += 1; freq[k] += 1; docs[k].add(c["doc_id"]); chunk_ids[k].add(c["chunk_id"])
     for c in chunks:
         for s in split_sentences(c["text"]):
-            for p in sorted(set(candidate_phrases(s))):
-                k = norm_term(p)
-                forms[k][p.lower()] += 1; freq[k] += 1; docs[k].add(c["doc_id"]); chunk_ids[k].add(c["chunk_id"])
+            keys = {norm_term(p): p for p in sorted(set(candidate_phrases(s)))}
+            low = " " + s.lower().replace("-", " ") + " "
+            for a, long in abbrs.items():
+                if re.search(rf"\b{re.escape(a)}\b", s) or f" {long} " in low: keys[long] = long
+            for k, p in sorted(keys.items()): see(k, p.lower(), c)
     terms = {norm_term(t) for d in documents for t in ((d.get("record") or {}).get("terminology") or [])}
     def score(k):
         n = len(k.split())
-        return freq[k] * (1 + 0.6 * (n - 1)) * (1 + math.log(len(docs[k]))) * (1.5 if k in terms else 1.0)
+        return freq[k] * (0.5 if n == 1 and k not in terms else 1 + 0.6 * (n - 1)) * (1 + math.log(len(docs[k]))) * (1.5 if k in terms or k in abbrs.values() else 1.0)
     cands = [k for k in freq if freq[k] >= min_freq and len(docs[k]) >= min_docs]
-    # a single word or bigram that only ever occurs inside one longer phrase adds nothing
     longer = sorted((k for k in cands if len(k.split()) > 1), key=len, reverse=True)
+    heads = Counter(k.split()[-1] for k in longer if freq[k] >= 2)
+    inside = Counter(w for k in longer for w in set(k.split()) for _ in range(freq[k]))
     def subsumed(k):
-        return any(f" {k} " in f" {l} " and l != k and freq[l] >= 0.8 * freq[k] for l in longer)
+        # a phrase that only ever occurs inside one longer phrase adds nothing; a word that heads several
+        # multi-word concepts ("time" in reaction/flight/contact time) is too generic to stand alone
+        if any(f" {k} " in f" {l} " and l != k and freq[l] >= 0.8 * freq[k] for l in longer): return True
+        return len(k.split()) == 1 and k not in terms and (heads[k] >= 3 or inside[k] >= 0.9 * freq[k])
     keep = sorted((k for k in cands if not subsumed(k)), key=lambda k: (-score(k), k))[:max_concepts]
-    return {k: Concept(k, forms[k].most_common(1)[0][0], freq[k], docs[k], chunk_ids[k]) for k in keep}
+    return {k: Concept(k, forms[k].most_common(1)[0][0], freq[k], docs[k], chunk_ids[k],
+                       {a for a, l in abbrs.items() if l == k}) for k in keep}
 
 # %% ../nbs/02_graph.ipynb #1bfdeba6
 RELATION_VERBS = {
@@ -89,88 +149,193 @@ RELATION_VERBS = {
     "reduce": -1, "decrease": -1, "impair": -1, "lower": -1, "worsen": -1, "limit": -1, "correlate negatively with": -1,
 }
 _VERB_RE = re.compile(r"\b(?P<neg>(?:does|do|did) not |doesn't |don't |didn't |cannot |did not significantly |does not significantly |not )?"
-                      r"(?P<verb>correlate[sd]? (?:positively |negatively )?with|(?:is|are|was|were) associated with|"
+                      r"(?P<verb>correlate[sd]? (?:positively |negatively )?with|(?:is|are|was|were) (?:positively |negatively )?associated with|"
                       r"increase[sd]?|improve[sd]?|enhance[sd]?|raise[sd]?|boost(?:s|ed)?|predict(?:s|ed)?|determine[sd]?|"
                       r"reduce[sd]?|decrease[sd]?|impair(?:s|ed)?|lower(?:s|ed)?|worsen(?:s|ed)?|limit(?:s|ed)?)\b", re.I)
+_R_VALUE = re.compile(r"\br\s*=\s*(-|−|–)?\s*0?\.\d+")
 
 def _verb_key(v: str) -> str:
     v = v.lower()
-    if v.startswith(("is ", "are ", "was ", "were ")): return "is associated with"
+    if "associated" in v: return "correlate negatively with" if "negatively" in v else "is associated with"
     if v.startswith("correlate"):
         return "correlate negatively with" if "negatively" in v else "correlate positively with" if "positively" in v else "correlate with"
     for k in RELATION_VERBS:
         if v.startswith(k[:-1] if k.endswith("e") else k): return k
     return v
 
+def _mention_re(key: str, aliases=()) -> re.Pattern:
+    words = [re.escape(w) for w in key.split()]
+    body = ""
+    for i, w in enumerate(words):
+        body += w if i == 0 else (r"\s?" if words[i - 1].replace(".", "").isdigit() and w in ("m", "km") else r"\s+") + w
+    alts = [body + r"(?:s|es)?"] + [re.escape(a.lower()) for a in aliases]
+    return re.compile(r"(?<![\w])(?:" + "|".join(alts) + r")(?![\w])")
+
 def _find_mentions(sentence: str, concepts: dict[str, Concept]) -> list[tuple[int, int, str]]:
     "(start, end, key) of concept mentions in `sentence`, longest match first, non-overlapping."
     low = sentence.lower().replace("-", " ")
     hits = []
-    for k in sorted(concepts, key=len, reverse=True):
-        for m in re.finditer(r"\b" + re.escape(k) + r"(?:s|es)?\b", low):
+    for k in sorted(concepts, key=lambda k: (-len(k), k)):
+        for m in _mention_re(k, getattr(concepts[k], "aliases", ())).finditer(low):
             if all(m.end() <= a or m.start() >= b for a, b, _ in hits): hits.append((m.start(), m.end(), k))
     return sorted(hits)
+
+_CLAUSE = re.compile(r"[;:]|\bwhereas\b|\bwhile\b|\bbut\b|, and\b|\bthan\b", re.I)
 
 def extract_relations(chunks: list[dict], concepts: dict[str, Concept]) -> list[dict]:
     "Relation claims `{source, target, relation, polarity, doc_id, chunk_id, sentence}` read from explicit sentences."
     claims = []
-    for c in chunks:
+    for c in content_chunks(chunks):
         for s in split_sentences(c["text"]):
             mentions = _find_mentions(s, concepts)
             if len(mentions) < 2: continue
+            prev = None                                     # (source, end of the previous object) for coordinated verbs
             for m in _VERB_RE.finditer(s):
-                before = [x for x in mentions if x[1] <= m.start()]
                 after = [x for x in mentions if x[0] >= m.end()]
-                if not before or not after: continue
-                src, dst = before[-1][2], after[0][2]
-                between = s[before[-1][1]:m.start()]
-                if src == dst or len(between) > 40 or re.search(r"[;:]", between): continue
+                lo = prev[1] if prev else 0
+                before = [x for x in mentions if lo <= x[0] and x[1] <= m.start()]
+                if prev and not before and re.search(r"(,|\band)\s*$", s[lo:m.start()]): src = prev[0]   # "X reduced A, increased B"
+                else:
+                    cut = max([lo] + [d.end() for d in _CLAUSE.finditer(s, 0, m.start())])
+                    before = [x for x in before if x[0] >= cut]
+                    if not before: prev = None; continue
+                    src = before[0][2]
+                    if len(s[before[0][1]:m.start()]) > 60: prev = None; continue
+                if not after or len(s[m.end():after[0][0]]) > 30 or after[0][2] == src: prev = None; continue
+                dst = after[0][2]
+                prev = (src, after[0][1])
                 verb = _verb_key(m.group("verb"))
                 negated = bool(m.group("neg"))
+                pol = RELATION_VERBS.get(verb, 1)
+                if verb == "correlate with" and (r := _R_VALUE.search(s, m.end())) and r.group(1):
+                    verb, pol = "correlate negatively with", -1
                 claims.append({"source": src, "target": dst, "relation": ("no effect on" if negated else verb),
-                               "polarity": 0 if negated else RELATION_VERBS.get(verb, 1),
-                               "doc_id": c["doc_id"], "chunk_id": c["chunk_id"], "sentence": s})
+                               "polarity": 0 if negated else pol, "doc_id": c["doc_id"], "chunk_id": c["chunk_id"],
+                               "sentence": s, "extractor": "offline"})
     return claims
 
 # %% ../nbs/02_graph.ipynb #88b3a169
+def _conflict(a: int, b: int) -> bool: return a != b and (a == 0 or b == 0 or a * b < 0)
+
 def find_contradictions(claims: list[dict]) -> list[dict]:
-    "Pairs of concepts with claims of different polarity from different documents, with every source."
+    "Pairs of concepts with conflicting claims from different documents, with every source."
     by_pair = defaultdict(list)
     for c in claims: by_pair[(c["source"], c["target"])].append(c)
     out = []
     for (src, dst), cs in sorted(by_pair.items()):
+        if not any(_conflict(a["polarity"], b["polarity"]) and a["doc_id"] != b["doc_id"] for a in cs for b in cs): continue
         pols = {c["polarity"] for c in cs}
-        docs_by_pol = {p: {c["doc_id"] for c in cs if c["polarity"] == p} for p in pols}
-        conflicting = len(pols) > 1 and any(docs_by_pol[a] != docs_by_pol[b] or len(docs_by_pol[a]) > 0
-                                            for a in pols for b in pols if a != b)
-        if not conflicting or len({c["doc_id"] for c in cs}) < 2: continue
         out.append({"source": src, "target": dst, "kind": "opposite" if {1, -1} <= pols else "effect_vs_no_effect",
+                    "documents": sorted({c["doc_id"] for c in cs}),
                     "claims": [{k: c[k] for k in ("doc_id", "chunk_id", "relation", "polarity", "sentence")} for c in cs]})
     return out
 
 # %% ../nbs/02_graph.ipynb #7f5b38fe
-def build_graph(chunks: list[dict], documents: list[dict] = (), max_concepts: int = 120, seed: int = 0) -> tuple[nx.MultiDiGraph, dict]:
+RELATION_TYPES = {"increases": 1, "reduces": -1, "no_effect": 0, "correlates_positively": 1, "correlates_negatively": -1,
+                  "associated_with": 1, "measured_by": None, "part_of": None, "type_of": None}
+CONCEPT_TYPES = ("variable", "method", "intervention", "population", "outcome", "theory", "other")
+EXTRACTION_SCHEMA = {"type": "object", "required": ["concepts", "relations"], "properties": {
+    "concepts": {"type": "array", "items": {"type": "object", "required": ["name", "type"], "properties": {
+        "name": {"type": "string"}, "type": {"type": "string", "enum": list(CONCEPT_TYPES)},
+        "aliases": {"type": "array", "items": {"type": "string"}}}}},
+    "relations": {"type": "array", "items": {"type": "object", "required": ["source", "target", "relation", "chunk_id", "evidence"],
+        "properties": {"source": {"type": "string"}, "target": {"type": "string"},
+                       "relation": {"type": "string", "enum": list(RELATION_TYPES)},
+                       "chunk_id": {"type": "string"}, "evidence": {"type": "string"}}}}}}
+EXTRACTION_SYSTEM = ("You build a knowledge graph of research papers. From the numbered chunks, list the domain concepts "
+                     "(variables, methods, interventions, populations, outcomes, theories; with abbreviations as aliases) and the "
+                     "relations the text states between them. Every relation names the chunk_id it comes from and quotes the exact "
+                     "words of that chunk as evidence. Reply with JSON only.")
+
+def extraction_messages(chunks: list[dict]) -> list[dict]:
+    "The structured-extraction prompt for a batch of chunks (each shown with its `chunk_id`)."
+    body = "\n\n".join(f"[chunk_id: {c['chunk_id']}]\n{' '.join(c['text'].split())}" for c in chunks)
+    return [{"role": "system", "content": EXTRACTION_SYSTEM}, {"role": "user", "content": f"Chunks:\n\n{body}"}]
+
+def _squash(t: str) -> str: return " ".join(re.sub(r"[^\w\s.%-]", " ", t.lower()).split())
+
+def validate_extraction(obj: dict, chunks: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    "Concepts, relation claims and rejected relations (with `reason`) of one schema-valid reply, checked against its chunks."
+    by_id = {c["chunk_id"]: c for c in chunks}
+    concepts = [{"key": norm_term(c["name"]), "label": c["name"].strip(), "type": c["type"],
+                 "aliases": sorted({a.strip() for a in c.get("aliases") or [] if a.strip()})} for c in obj["concepts"] if c["name"].strip()]
+    claims, rejected = [], []
+    for r in obj["relations"]:
+        src, dst = norm_term(r["source"]), norm_term(r["target"])
+        reason = ("empty source or target" if not src or not dst else "source equals target" if src == dst else
+                  f"chunk_id {r['chunk_id']!r} is not in this batch" if r["chunk_id"] not in by_id else
+                  "evidence not found in the cited chunk" if _squash(r["evidence"]) not in _squash(by_id[r["chunk_id"]]["text"]) or len(_squash(r["evidence"])) < 8 else None)
+        if reason: rejected.append({**r, "reason": reason}); continue
+        c = by_id[r["chunk_id"]]
+        claims.append({"source": src, "target": dst, "relation": r["relation"], "polarity": RELATION_TYPES[r["relation"]],
+                       "doc_id": c["doc_id"], "chunk_id": c["chunk_id"], "sentence": r["evidence"], "extractor": "llm"})
+    return concepts, claims, rejected
+
+def llm_extract(chunks: list[dict], model: str, batch: int = 3, cache=True, budget_usd: float | None = None,
+                concurrency: int = 4, max_tokens: int = 1500) -> dict:
+    "Concepts and typed relations of `chunks` from an LLM (validated JSON, cached, budgeted), with rejects and a call summary."
+    from purpose.modelhub import complete_many
+    chunks = content_chunks(chunks)
+    batches = [chunks[i:i + batch] for i in range(0, len(chunks), batch)]
+    res = complete_many([s.strip() for s in model.split("|")], [extraction_messages(b) for b in batches], cache=cache,
+                        budget_usd=budget_usd, concurrency=concurrency, json_schema=EXTRACTION_SCHEMA, max_tokens=max_tokens)
+    concepts, claims, rejected, failed = [], [], [], []
+    for b, r in zip(batches, res):
+        if not r.ok: failed.append({"chunk_ids": [c["chunk_id"] for c in b], "error": r.error}); continue
+        cs, cl, rj = validate_extraction(r.parsed, b)
+        concepts += cs; claims += cl; rejected += rj
+    return {"concepts": concepts, "claims": claims, "rejected": rejected, "failed": failed, "calls": res.summary()}
+
+# %% ../nbs/02_graph.ipynb #18e30144
+def merge_llm(concepts: dict[str, Concept], chunks: list[dict], llm: dict) -> tuple[dict[str, Concept], list[dict]]:
+    "Offline concepts plus the LLM's (merged by key and alias); the LLM's claims mapped onto the merged keys."
+    concepts = dict(concepts)
+    alias_of = {norm_term(a): k for k, c in concepts.items() for a in c.aliases}
+    texts = content_chunks(chunks)
+    for lc in llm.get("concepts", []):
+        k = alias_of.get(lc["key"], lc["key"])
+        if k in concepts:
+            c = concepts[k]; c.source = "both" if c.source == "offline" else c.source
+            c.aliases |= {a for a in lc["aliases"] if norm_term(a) != k}
+        else:
+            c = concepts[k] = Concept(k, lc["label"].lower(), aliases=set(lc["aliases"]), source="llm")
+            pat = _mention_re(k, c.aliases)
+            for ch in texts:
+                n = len(pat.findall(ch["text"].lower().replace("-", " ")))
+                if n: c.freq += n; c.docs.add(ch["doc_id"]); c.chunks.add(ch["chunk_id"])
+        for a in lc["aliases"]: alias_of[norm_term(a)] = k
+    claims = []
+    for cl in llm.get("claims", []):
+        src, dst = alias_of.get(cl["source"], cl["source"]), alias_of.get(cl["target"], cl["target"])
+        if src in concepts and dst in concepts and src != dst: claims.append({**cl, "source": src, "target": dst})
+    return concepts, claims
+
+def build_graph(chunks: list[dict], documents: list[dict] = (), max_concepts: int = 120, seed: int = 0,
+                llm: dict | None = None) -> tuple[nx.MultiDiGraph, dict]:
     "The concept graph (co-occurrence and relation edges) and its analysis: communities, centrality, contradictions."
     concepts = extract_concepts(chunks, documents, max_concepts=max_concepts)
     if not concepts: raise PurposeError("no concepts found: the extracted chunks are empty or too short; check extract/documents.jsonl statuses")
-    claims = extract_relations(chunks, concepts)
+    llm_claims = []
+    if llm: concepts, llm_claims = merge_llm(concepts, chunks, llm)
+    claims = extract_relations(chunks, concepts) + llm_claims
     G = nx.MultiDiGraph()
     for k, c in concepts.items():
-        G.add_node(k, label=c.label, freq=c.freq, n_docs=len(c.docs), docs="|".join(sorted(c.docs)), chunks="|".join(sorted(c.chunks)))
-    co = Counter()
-    co_chunks = defaultdict(set)
-    for ch in chunks:
+        G.add_node(k, label=c.label, freq=c.freq, n_docs=len(c.docs), docs="|".join(sorted(c.docs)), chunks="|".join(sorted(c.chunks)),
+                   aliases="|".join(sorted(c.aliases)), extractor=c.source)
+    co, co_chunks = Counter(), defaultdict(set)
+    for ch in content_chunks(chunks):
         for s in split_sentences(ch["text"]):
             keys = sorted({k for _, _, k in _find_mentions(s, concepts)})
             for i, a in enumerate(keys):
                 for b in keys[i + 1:]: co[(a, b)] += 1; co_chunks[(a, b)].add(ch["chunk_id"])
-    for (a, b), w in co.items():
+    for (a, b), w in sorted(co.items()):
         G.add_edge(a, b, kind="cooccurs", weight=float(w), chunks="|".join(sorted(co_chunks[(a, b)])))
     for c in claims:
-        G.add_edge(c["source"], c["target"], kind="relation", relation=c["relation"], polarity=c["polarity"], weight=1.0,
-                   doc_id=c["doc_id"], chunks=c["chunk_id"], sentence=c["sentence"])
+        pol = {} if c["polarity"] is None else {"polarity": c["polarity"]}   # typed relations (measured_by ...) have none
+        G.add_edge(c["source"], c["target"], kind="relation", relation=c["relation"], **pol, weight=1.0, doc_id=c["doc_id"],
+                   chunks=c["chunk_id"], sentence=c["sentence"], extractor=c.get("extractor", "offline"))
     U = nx.Graph()
-    U.add_nodes_from(G.nodes)
+    U.add_nodes_from(sorted(G.nodes))
     for u, v, d in G.edges(data=True):
         if u != v: U.add_edge(u, v, weight=U.get_edge_data(u, v, {"weight": 0})["weight"] + d["weight"])
     comms = nx.community.louvain_communities(U, weight="weight", seed=seed) if U.number_of_edges() else [{n} for n in U]
@@ -179,13 +344,16 @@ def build_graph(chunks: list[dict], documents: list[dict] = (), max_concepts: in
     for i, comm in enumerate(comms):
         for n in comm: G.nodes[n]["community"] = i
     for n in G: G.nodes[n]["centrality"] = round(pr[n], 6)
-    taxonomy = [{"community": i, "name": max(comm, key=lambda n: pr[n]),
-                 "concepts": sorted(comm, key=lambda n: -pr[n])} for i, comm in enumerate(comms)]
-    analysis = {"taxonomy": taxonomy, "central": sorted(G, key=lambda n: -pr[n])[:20], "claims": claims,
-                "contradictions": find_contradictions(claims)}
+    taxonomy = [{"community": i, "name": G.nodes[max(sorted(comm), key=lambda n: pr[n])]["label"],
+                 "concepts": sorted(comm, key=lambda n: (-pr[n], n))} for i, comm in enumerate(comms)]
+    directional = [c for c in claims if c["polarity"] is not None]
+    analysis = {"taxonomy": taxonomy, "central": sorted(G, key=lambda n: (-pr[n], n))[:20], "claims": claims,
+                "contradictions": find_contradictions(directional)}
     return G, analysis
 
-# %% ../nbs/02_graph.ipynb #18e30144
+# %% ../nbs/02_graph.ipynb #108a93bc
+_METHOD_SECTION = re.compile(r"method|participant|measure|protocol|procedure|equipment|testing|design|statistic|data collection|intervention|programme|^2[\.\s]", re.I)
+
 def evolution_by_year(G: nx.MultiDiGraph, documents: list[dict]) -> dict:
     "For each concept: mentions per publication year and the first year it appears (documents without a year are skipped)."
     years = {d["doc_id"]: d.get("year") for d in documents if d.get("year")}
@@ -195,17 +363,24 @@ def evolution_by_year(G: nx.MultiDiGraph, documents: list[dict]) -> dict:
         if per: out[n] = {"first_year": min(per), "docs_per_year": dict(sorted(per.items()))}
     return dict(sorted(out.items(), key=lambda kv: (kv[1]["first_year"], kv[0])))
 
-def method_patterns(G: nx.MultiDiGraph, documents: list[dict]) -> list[dict]:
-    "Which reported methods appear together with which finding concepts, counted over documents."
-    pairs = Counter()
+def method_patterns(G: nx.MultiDiGraph, documents: list[dict], chunks: list[dict] = (), claims: list[dict] = ()) -> list[dict]:
+    "Which methods appear together with which finding concepts, counted over documents."
+    concepts = {n: Concept(n, G.nodes[n]["label"], aliases=set(filter(None, G.nodes[n].get("aliases", "").split("|")))) for n in G}
+    mdoc, fdoc = defaultdict(set), defaultdict(set)
+    for ch in chunks:
+        if _METHOD_SECTION.search(ch.get("section") or ""):
+            mdoc[ch["doc_id"]] |= {k for _, _, k in _find_mentions(ch["text"], concepts)}
+    for c in claims: fdoc[c["doc_id"]] |= {c["source"], c["target"]}
     for d in documents:
         rec = d.get("record") or {}
         methods = rec.get("methods") or []
         methods = [methods] if isinstance(methods, str) else methods
-        mkeys = {n for n in G if any(G.nodes[n]["label"] in m.lower() for m in methods)}
-        fkeys = {n for n in G if any(G.nodes[n]["label"] in f.lower() for f in rec.get("findings") or [])}
-        for m in mkeys:
-            for f in fkeys - {m}: pairs[(m, f)] += 1
+        mdoc[d["doc_id"]] |= {k for m in methods for _, _, k in _find_mentions(m, concepts)}
+        fdoc[d["doc_id"]] |= {k for f in rec.get("findings") or [] for _, _, k in _find_mentions(f, concepts)}
+    pairs = Counter()
+    for doc in mdoc:
+        for m in mdoc[doc]:
+            for f in fdoc.get(doc, set()) - mdoc[doc]: pairs[(m, f)] += 1
     ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:50]
     return [{"method": m, "finding_concept": f, "documents": n} for (m, f), n in ranked]
 
@@ -231,7 +406,7 @@ def plot_graph(G: nx.MultiDiGraph, path: Path | str | None = None, top: int = 40
     if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
     return fig
 
-def save_graph(G: nx.MultiDiGraph, analysis: dict, out_dir: Path | str, documents: list[dict] = ()) -> dict:
+def save_graph(G: nx.MultiDiGraph, analysis: dict, out_dir: Path | str, documents: list[dict] = (), chunks: list[dict] = ()) -> dict:
     "Write GraphML, node/edge JSON, taxonomy, contradictions, evolution, method patterns and the figure to `out_dir`."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     nx.write_graphml(G, out/"graph.graphml")
@@ -241,18 +416,27 @@ def save_graph(G: nx.MultiDiGraph, analysis: dict, out_dir: Path | str, document
     write_json(out/"contradictions.json", analysis["contradictions"])
     write_json(out/"claims.json", analysis["claims"])
     write_json(out/"evolution.json", evolution_by_year(G, documents))
-    write_json(out/"methods.json", method_patterns(G, documents))
+    write_json(out/"methods.json", method_patterns(G, documents, chunks, analysis["claims"]))
     plot_graph(G, out/"graph.png")
     return {"concepts": G.number_of_nodes(), "edges": G.number_of_edges(), "communities": len(analysis["taxonomy"]),
-            "relations": len(analysis["claims"]), "contradictions": len(analysis["contradictions"])}
+            "relations": len(analysis["claims"]), "contradictions": len(analysis["contradictions"]),
+            "llm_relations": sum(c.get("extractor") == "llm" for c in analysis["claims"])}
 
 # %% ../nbs/02_graph.ipynb #0300f3e7
-def graph_stage(run_dir: Path | str, max_concepts: int = 120, seed: int = 0) -> dict:
-    "Build the knowledge graph of a run folder's extracted chunks and write `graph/`."
+def graph_stage(run_dir: Path | str, max_concepts: int = 120, seed: int = 0, graph_model: str | None = None,
+                budget_usd: float | None = None, concurrency: int = 4, cache=True) -> dict:
+    "Build the knowledge graph of a run folder's extracted chunks (offline, plus an LLM extractor when `graph_model` is set) and write `graph/`."
     run = RunDir(run_dir)
     run.require("extract/chunks.jsonl", "extract/documents.jsonl")
-    with stage_run(run, "graph", {"max_concepts": max_concepts, "seed": seed}) as rec:
+    params = {"max_concepts": max_concepts, "seed": seed, "graph_model": graph_model, "budget_usd": budget_usd}
+    with stage_run(run, "graph", params) as rec:
         chunks, documents = read_jsonl(run.extract/"chunks.jsonl"), read_jsonl(run.extract/"documents.jsonl")
-        G, analysis = build_graph(chunks, documents, max_concepts=max_concepts, seed=seed)
-        rec.counts.update(save_graph(G, analysis, run.graph, documents))
+        llm = None
+        if graph_model:
+            llm = llm_extract(chunks, graph_model, cache=cache, budget_usd=budget_usd, concurrency=concurrency)
+            write_json(run.graph/"llm_extraction.json", llm)
+            rec.info["llm_calls"] = llm["calls"]
+            rec.counts.update({"llm_rejected_relations": len(llm["rejected"]), "llm_failed_batches": len(llm["failed"])})
+        G, analysis = build_graph(chunks, documents, max_concepts=max_concepts, seed=seed, llm=llm)
+        rec.counts.update(save_graph(G, analysis, run.graph, documents, chunks))
     return rec.counts

@@ -450,7 +450,7 @@ def price_table(prices: dict | None = None) -> dict[str, tuple[float, float]]:
 def price_of(spec: TeacherSpec | str, prices: dict | None = None) -> tuple[float, float]:
     "`(input, output)` USD per million tokens of `spec` (0 for unknown, local and offline models)."
     s = spec if isinstance(spec, TeacherSpec) else parse_spec(spec)
-    t = prices if prices is not None and all(isinstance(v, tuple) for v in prices.values()) else price_table(prices)
+    t = prices if prices and all(isinstance(v, tuple) for v in prices.values()) else price_table(prices)
     return t.get(s.name) or t.get(s.model) or (0.0, 0.0)
 
 def cost_usd(spec, input_tokens: int, output_tokens: int, prices: dict | None = None) -> float:
@@ -602,6 +602,12 @@ class Results(list):
     def failed(self) -> list[Result]: return [r for r in self if r.status == "error"]
     @property
     def stopped(self) -> list[Result]: return [r for r in self if r.status == "budget"]
+    def check_budget(self) -> "Results":
+        "Raise `BudgetExceeded` if the budget stopped the run (what finished is cached: re-run to resume)."
+        if self.budget_stopped:
+            raise BudgetExceeded(f"budget reached: {len(self.stopped)} of {len(self)} items not done "
+                                 f"(${self.ledger.cost_usd:.4f} spent); raise the budget and re-run: finished items come from the cache")
+        return self
     def summary(self) -> dict:
         "Counts, tokens and cost for a manifest."
         return {"items": len(self), "ok": sum(r.ok for r in self), "failed": len(self.failed), "budget_stopped": len(self.stopped),
@@ -651,7 +657,9 @@ class _Run:
 
     def teacher(self, i):
         if i not in self.teachers:
-            try: self.teachers[i] = get_teacher(self.specs[i], **self.teacher_kw.get(self.specs[i].provider, {}))
+            p = self.specs[i].provider
+            kw = {**({"timeout": self.timeout} if p not in ("offline", "hf") else {}), **self.teacher_kw.get(p, {})}
+            try: self.teachers[i] = get_teacher(self.specs[i], **kw)
             except PurposeError as e: self.dead[i] = short_error(e); raise
         return self.teachers[i]
 

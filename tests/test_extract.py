@@ -1,0 +1,265 @@
+"Fault injection and robustness tests of the extract stage (PDFs generated here), plus real-data tests on ../shared."
+import json, os, time
+from pathlib import Path
+
+import pytest
+
+import purpose.extract as E
+from purpose.core import Manifest, read_jsonl, TINY_STUDENT
+from purpose.extract import ExtractOptions, SAMPLE_PAGES, extract_file, extract_stage, make_test_pdf, process_folder
+
+SHARED = Path(__file__).resolve().parents[1].parent/"shared"
+NASTY, SPORTS = SHARED/"data"/"nasty-pdfs", SHARED/"data"/"sports-papers"
+OPTS = ExtractOptions(tokenizer=TINY_STUDENT, chunk_tokens=64, chunk_overlap=8)
+
+
+def status(path, root=None, **kw):
+    doc, chunks = extract_file(path, root or Path(path).parent, ExtractOptions(**{"tokenizer": TINY_STUDENT, **kw}))
+    return doc
+
+
+@pytest.fixture
+def paper(tmp_path):
+    return make_test_pdf(tmp_path/"paper.pdf", SAMPLE_PAGES, header="Journal of Sprint Science")
+
+
+# ---------------------------------------------------------------- generated bad inputs
+
+def test_good_pdf_has_sections_pages_and_chunks(paper):
+    doc, chunks = extract_file(paper, paper.parent, OPTS)
+    assert doc["status"] == "ok" and doc["extractor"] == "pypdfium2" and doc["n_pages"] == 2
+    assert {"Abstract", "2. Methods", "3. Results", "References"} <= {s["name"] for s in doc["sections"]}
+    assert all(s["page_start"] <= s["page_end"] for s in doc["sections"])
+    assert chunks and all(c["n_tokens"] <= 64 and c["page_start"] in (1, 2) for c in chunks)
+    assert len({c["chunk_id"] for c in chunks}) == len(chunks)
+
+
+def test_encrypted_rc4_without_and_with_password(tmp_path):
+    f = make_test_pdf(tmp_path/"locked.pdf", SAMPLE_PAGES, user_password="pw123")
+    d = status(f)
+    assert d["status"] == "encrypted" and "passwords=" in d["error"] and "PURPOSE_PDF_PASSWORDS" in d["error"]
+    assert status(f, passwords=("nope", "pw123"))["status"] == "ok"
+    assert status(f, passwords={"locked*.pdf": "pw123"})["status"] == "ok"       # per-file passwords
+    assert status(f, passwords={"other.pdf": "pw123"})["status"] == "encrypted"
+
+
+def test_encrypted_aes_with_pypdf(tmp_path, paper):
+    pytest.importorskip("cryptography")
+    import pypdf
+    w = pypdf.PdfWriter(clone_from=str(paper))
+    w.encrypt(user_password="aes-pw", owner_password="owner", algorithm="AES-256")
+    f = tmp_path/"aes.pdf"; w.write(f)
+    assert status(f)["status"] == "encrypted"
+    assert status(f, passwords=["aes-pw"])["status"] == "ok"
+
+
+def test_empty_user_password_opens(tmp_path, paper):
+    import pypdf
+    w = pypdf.PdfWriter(clone_from=str(paper))
+    w.encrypt(user_password="", owner_password="owner-only", algorithm="RC4-128")
+    f = tmp_path/"owner_only.pdf"; w.write(f)
+    d = status(f)
+    assert d["status"] == "ok" and d.get("encrypted") is True
+
+
+def test_env_passwords(tmp_path, monkeypatch):
+    make_test_pdf(tmp_path/"p"/"locked.pdf", SAMPLE_PAGES, user_password="envpw")
+    monkeypatch.setenv("PURPOSE_PDF_PASSWORDS", "x,envpw")
+    s = extract_stage(tmp_path/"p", tmp_path/"run", tokenizer=TINY_STUDENT, workers=1, progress=False, verbose=False)
+    assert s["files"][0]["status"] == "ok"
+    man = json.dumps(Manifest(tmp_path/"run").load())
+    assert "envpw" not in man                       # passwords never reach the manifest
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.95])
+def test_truncated(tmp_path, paper, fraction):
+    data = paper.read_bytes()
+    f = tmp_path/"cut.pdf"; f.write_bytes(data[:int(len(data) * fraction)])
+    d = status(f)
+    # a cut-off file is reported as corrupt with the fix; if a reader recovers pages it is ok but must not crash
+    assert d["status"] in ("corrupt", "ok", "no_text_layer"), d
+    if d["status"] == "corrupt": assert "download it again" in d["error"]
+
+
+def test_garbage_after_header_is_corrupt(tmp_path):
+    f = tmp_path/"bad.pdf"; f.write_bytes(b"%PDF-1.7\n" + os.urandom(3000))
+    d = status(f)
+    assert d["status"] == "corrupt" and d["error"]
+
+
+def test_image_only_is_no_text_layer(tmp_path, monkeypatch):
+    f = make_test_pdf(tmp_path/"scan.pdf", [[], [], []], image_only=True)
+    monkeypatch.setattr(E, "tesseract_available", lambda: False)
+    d = status(f)
+    assert d["status"] == "no_text_layer" and "Tesseract" in d["error"] and "apt install tesseract-ocr" in d["error"]
+
+
+def test_ocr_used_when_tesseract_present(tmp_path, monkeypatch):
+    f = make_test_pdf(tmp_path/"scan.pdf", [[]], image_only=True)
+    monkeypatch.setattr(E, "tesseract_available", lambda: True)
+    monkeypatch.setattr(E, "ocr_pdf_pages", lambda path, pages, *a, **k: {p: "Abstract\nOCR text about sprint acceleration and sled towing." for p in pages})
+    d = status(f)
+    assert d["status"] == "ok" and d["extractor"] == "tesseract"
+
+
+@pytest.mark.parametrize("content,expect", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "git lfs pull"),
+    (b"<!DOCTYPE html><html><body>Sign in</body></html>", "web page"),
+    (b"PK\x03\x04zipzipzip", "ZIP"),
+    (b"\x89PNG\r\n\x1a\nxxxx", "image"),
+    (b"just some notes", "text file"),
+])
+def test_not_a_pdf(tmp_path, content, expect):
+    f = tmp_path/"paper.pdf"; f.write_bytes(content)
+    d = status(f)
+    assert d["status"] == "not_a_pdf" and expect in d["error"]
+
+
+def test_pdf_with_wrong_extension_is_read_as_pdf(tmp_path, paper):
+    f = tmp_path/"paper.txt"; f.write_bytes(paper.read_bytes())
+    d = status(f)
+    assert (d["kind"], d["status"]) == ("pdf", "ok") and "read as a PDF" in d["warnings"][0]
+
+
+@pytest.mark.parametrize("name,content", [("zero.pdf", b""), ("blank.txt", b"  \n\n "), ("header.csv", b"name,age\n"), ("list.json", b"[]")])
+def test_empty(tmp_path, name, content):
+    f = tmp_path/name; f.write_bytes(content)
+    assert status(f)["status"] == "empty"
+
+
+def test_unsupported_binary(tmp_path):
+    f = tmp_path/"data.bin"; f.write_bytes(bytes(range(256)) * 4)
+    d = status(f)
+    assert d["status"] == "unsupported" and "supported inputs" in d["error"]
+
+
+def test_too_large_by_size_and_pages(tmp_path, paper):
+    d = status(paper, max_mb=0.0001)
+    assert d["status"] == "too_large" and "max_mb" in d["error"]
+    d = status(paper, max_pages=1)
+    assert d["status"] == "too_large" and "max_pages=1" in d["error"]
+
+
+def test_invalid_json_is_corrupt(tmp_path):
+    f = tmp_path/"x.json"; f.write_text("{not json")
+    assert status(f)["status"] == "corrupt"
+
+
+# ---------------------------------------------------------------- the stage keeps going
+
+def _slow_read_pdf(orig):
+    def slow(path, opts):
+        if Path(path).name.startswith("hang"): time.sleep(60)
+        if Path(path).name.startswith("crash"): os._exit(11)
+        return orig(path, opts)
+    return slow
+
+
+def test_stage_survives_hang_and_crash(tmp_path, paper, monkeypatch):
+    p = tmp_path/"papers"
+    for n in ("a.pdf", "hang.pdf", "crash.pdf", "b.pdf"):
+        make_test_pdf(p/n, [[f"{n} is a paper about sprint number {i}." for i in range(len(n) * 3)]] + SAMPLE_PAGES[1:])
+    monkeypatch.setattr(E, "read_pdf", _slow_read_pdf(E.read_pdf))   # forked workers inherit the patch
+    t0 = time.monotonic()
+    s = extract_stage(p, tmp_path/"run", tokenizer=TINY_STUDENT, workers=2, timeout_s=3, progress=False, verbose=False)
+    assert time.monotonic() - t0 < 30
+    st = {f["source"]: f["status"] for f in s["files"]}
+    assert st == {"a.pdf": "ok", "b.pdf": "ok", "crash.pdf": "corrupt", "hang.pdf": "timeout"}, st
+    assert "timeout_s=3" in next(f["error"] for f in s["files"] if f["source"] == "hang.pdf")
+    assert Manifest(tmp_path/"run").stage("extract")["status"] == "done"
+
+
+def test_inline_timeout(tmp_path, paper, monkeypatch):
+    make_test_pdf(tmp_path/"p"/"hang.pdf", SAMPLE_PAGES); make_test_pdf(tmp_path/"p"/"ok.pdf", SAMPLE_PAGES[:1])
+    monkeypatch.setattr(E, "read_pdf", _slow_read_pdf(E.read_pdf))
+    s = extract_stage(tmp_path/"p", tmp_path/"run", tokenizer=TINY_STUDENT, workers=1, timeout_s=1, progress=False, verbose=False)
+    assert {f["source"]: f["status"] for f in s["files"]} == {"hang.pdf": "timeout", "ok.pdf": "ok"}
+
+
+def test_mixed_folder_duplicates_records_and_summary(tmp_path, paper, capsys):
+    p = tmp_path/"papers"; p.mkdir()
+    (p/"a.pdf").write_bytes(paper.read_bytes()); (p/"a_copy.pdf").write_bytes(paper.read_bytes())
+    # the same text with a different first page header: a near duplicate
+    make_test_pdf(p/"a_v2.pdf", SAMPLE_PAGES, header="Preprint")
+    (p/"athletes.csv").write_text("name,sex,age,personal_best_100m_s\nAna,F,21,11.2\nBo,M,23,10.1\n")
+    (p/"splits.jsonl").write_text('{"athlete": "Ana", "split_10m": 1.9}\n{"athlete": "Bo", "split_10m": 1.8}\n')
+    (p/"page.html").write_text("<html><title>Sled towing</title><body><h2>Results</h2><p>Sled towing improved acceleration by 3% in sprinters.</p></body></html>")
+    (p/"lfs.pdf").write_text("version https://git-lfs.github.com/spec/v1\n")
+    tpl = {"athletes*.csv": "Athlete {name} ({sex}, {age} y) has a 100 m best of {personal_best_100m_s} s."}
+    s = process_folder(p, tmp_path/"out", tokenizer=TINY_STUDENT, workers=2, progress=False, record_templates=tpl)
+    st = {f["source"]: f["status"] for f in s["files"]}
+    assert st["a.pdf"] == "ok" and st["a_copy.pdf"] == "duplicate" and st["a_v2.pdf"] in ("duplicate", "near_duplicate")
+    assert st["lfs.pdf"] == "not_a_pdf" and st["athletes.csv"] == st["splits.jsonl"] == st["page.html"] == "ok"
+    out = capsys.readouterr().out
+    assert "| lfs.pdf | pdf | not_a_pdf |" in out and "files:" in out
+    chunks = read_jsonl(tmp_path/"out"/"chunks.jsonl")
+    assert any("Athlete Ana (F, 21 y) has a 100 m best of 11.2 s." in c["text"] for c in chunks)
+    assert all(c["page_start"] is None for c in chunks if c["section"] == "records")
+    dup_ids = {f["doc_id"] for f in s["files"] if f["status"] != "ok"}
+    assert not any(c["doc_id"] in dup_ids for c in chunks)
+    corpus = read_jsonl(tmp_path/"out"/"corpus.jsonl")
+    assert len(corpus) == s["counts"]["ok"] and (tmp_path/"out"/"corpus.txt").read_text().strip()
+
+
+def test_rerun_is_deterministic(tmp_path, paper):
+    (tmp_path/"p").mkdir(); paper.rename(tmp_path/"p"/"paper.pdf"); paper = tmp_path/"p"/"paper.pdf"
+    a = extract_stage(paper.parent, tmp_path/"r1", tokenizer=TINY_STUDENT, workers=1, progress=False, verbose=False)
+    b = extract_stage(paper.parent, tmp_path/"r2", tokenizer=TINY_STUDENT, workers=2, progress=False, verbose=False)
+    assert read_jsonl(tmp_path/"r1"/"extract"/"chunks.jsonl") == read_jsonl(tmp_path/"r2"/"extract"/"chunks.jsonl")
+    assert a["files"] == b["files"]
+
+
+# ---------------------------------------------------------------- real data (skipped when ../shared is absent)
+
+NASTY_EXPECTED = {
+    "derived_truncated_half_yoshimoto2016.pdf": "corrupt",
+    "docling_ocr_test_scanned.pdf": "no_text_layer",
+    "kinemotion_lfs_pointer_not_a_pdf.pdf": "not_a_pdf",
+    "pdfplumber_malformed-from-issue-932.pdf": "no_text_layer",   # draws its text with fonts that map to no characters
+    "pdfplumber_password-example.pdf": "ok",                      # password 'test'
+    "pypdf_Seige_of_Vicksburg_Sample_OCR.pdf": "ok",              # scanned with an OCR text layer
+    "pypdf_crazyones-encrypted-256.pdf": "ok",                    # AES-256, password 'password'
+    "pypdf_r6-user-password.pdf": "ok",                           # opens with the empty (owner) password
+}
+
+
+@pytest.fixture(scope="module")
+def nasty(tmp_path_factory):
+    if not NASTY.is_dir(): pytest.skip(f"{NASTY} not present")
+    out = tmp_path_factory.mktemp("nasty")
+    s = process_folder(NASTY, out, passwords=["password", "test"], tokenizer=TINY_STUDENT, workers=2, progress=False, verbose=False)
+    return s
+
+
+def test_nasty_statuses(nasty):
+    got = {f["source"]: f["status"] for f in nasty["files"]}
+    for name, want in NASTY_EXPECTED.items():
+        if name in got: assert got[name] == want, (name, got[name])
+    assert all(f["error"] for f in nasty["files"] if f["status"] != "ok")
+
+
+def test_nasty_without_passwords_says_how(tmp_path):
+    if not NASTY.is_dir(): pytest.skip(f"{NASTY} not present")
+    files = [NASTY/"pypdf_crazyones-encrypted-256.pdf", NASTY/"pdfplumber_password-example.pdf"]
+    for f in files:
+        if f.exists():
+            d = status(f, root=NASTY)
+            assert d["status"] == "encrypted" and "passwords=" in d["error"]
+
+
+def test_sports_papers(tmp_path):
+    if not SPORTS.is_dir(): pytest.skip(f"{SPORTS} not present")
+    s = process_folder(SPORTS, tmp_path/"out", tokenizer=TINY_STUDENT, workers=2, progress=False, verbose=False)
+    docs = [d for d in read_jsonl(tmp_path/"out"/"documents.jsonl") if d["kind"] == "pdf"]
+    assert len(docs) == 20 and all(d["status"] == "ok" for d in docs)
+    assert sum(d["n_pages"] for d in docs) == 337
+    for d in docs:
+        kinds = {E.canonical_section(s["name"]) for s in d["sections"]}
+        assert len(d["sections"]) >= 5 and {"introduction", "references"} <= kinds, (d["source"], d["sections"])
+        assert all(1 <= s["page_start"] <= s["page_end"] <= d["n_pages"] for s in d["sections"])
+        assert d["title"] and d["doi"] and d["year"] and len(d["references"]) >= 10
+    man = {r["file"].split("/")[-1]: r for r in __import__("csv").DictReader(open(SPORTS/"MANIFEST.csv"))}
+    assert sum(d["doi"] == man[d["source"]]["doi"] for d in docs) >= 18
+    chunks = read_jsonl(tmp_path/"out"/"chunks.jsonl")
+    assert all(c["n_tokens"] <= 256 for c in chunks)
+    assert all(c["page_start"] is not None for c in chunks if c["source"].endswith(".pdf"))
