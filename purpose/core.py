@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['STAGES', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'PurposeError', 'stable_id', 'write_json', 'read_json', 'write_jsonl',
-           'append_jsonl', 'read_jsonl', 'list_domains', 'input_files', 'resolve_papers_dir', 'RunDir', 'secret_values',
-           'scrub', 'package_versions', 'Manifest', 'StageRecord', 'stage_run', 'cache_dir', 'student_tokenizer_dir',
-           'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student', 'system_prompt', 'chat_messages']
+__all__ = ['STAGES', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json',
+           'write_jsonl', 'append_jsonl', 'read_jsonl', 'list_domains', 'input_files', 'resolve_papers_dir', 'RunDir',
+           'secret_values', 'scrub', 'package_versions', 'Manifest', 'StageRecord', 'stage_run', 'cache_dir',
+           'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student',
+           'system_prompt', 'chat_messages', 'run_summary']
 
 # %% ../nbs/00_core.ipynb #8e058ad1
 class PurposeError(Exception):
@@ -301,3 +302,16 @@ def chat_messages(question: str, domain: str, answer: str | None = None) -> list
     msgs = [{"role": "system", "content": system_prompt(domain)}, {"role": "user", "content": question}]
     if answer is not None: msgs.append({"role": "assistant", "content": answer})
     return msgs
+
+# %% ../nbs/00_core.ipynb #a65cd5cb
+CONTRACT = {"extract": ["extract/documents.jsonl", "extract/chunks.jsonl"], "graph": ["graph/graph.graphml", "graph/graph.png"],
+            "queries": ["queries/queries.jsonl"], "distill": ["distill/qa.jsonl", "distill/dataset"],
+            "train": ["train/adapter"], "evaluate": ["eval/report.json", "eval/report.md"]}
+
+def run_summary(run_dir: RunDir | Path | str) -> list[dict]:
+    "One row per stage: status, seconds, counts and missing contract files of a run folder."
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    stages = Manifest(run).load()["stages"]
+    return [{"stage": s, "status": stages.get(s, {}).get("status", "not run"), "seconds": stages.get(s, {}).get("seconds"),
+             "counts": stages.get(s, {}).get("counts", {}), "missing": [f for f in CONTRACT[s] if not (run.root/f).exists()]}
+            for s in STAGES]

@@ -28,7 +28,7 @@ __all__ = ['OPENAI_COMPATIBLE_DEFAULTS', 'PROVIDERS', 'KEY_VARS', 'KEY_REQUIRED'
            'list_models', 'get_model_info', 'resolve_spec', 'general_models', 'unavailable_reason', 'candidates_for',
            'DomainGuess', 'classify_domain', 'task_messages', 'offline_embed', 'rerank', 'process_task',
            'process_domain_task', 'ModelHub', 'models_list', 'models_info', 'models_setup_config',
-           'models_process_text', 'models_process_domain_text']
+           'models_process_text', 'models_process_domain_text', 'try_teachers']
 
 # %% ../nbs/04_modelhub.ipynb #f952c3cd
 OPENAI_COMPATIBLE_DEFAULTS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1",
@@ -1063,3 +1063,21 @@ def models_process_domain_text(domain: str = typer.Argument(..., help="medical, 
     try: r = process_domain_task(domain, task, text, model)
     except PurposeError as e: typer.echo(f"Error: {e}", err=True); raise typer.Exit(2)
     _echo_result(r)
+
+# %% ../nbs/04_modelhub.ipynb #8eeb0bac
+def try_teachers(run_dir: Path | str, question: str, teachers: str | list = "offline", k: int = 3, **kw) -> list[dict]:
+    "Ask each teacher `question` grounded in the run's `k` best-matching chunks; one row per teacher."
+    from purpose.core import RunDir, read_jsonl
+    run = RunDir(run_dir)
+    run.require("extract/chunks.jsonl")
+    chunks = read_jsonl(run.extract/"chunks.jsonl")
+    q = set(content_words(question))
+    best = sorted(chunks, key=lambda c: (-len(q & set(content_words(c["text"]))), c["chunk_id"]))[:k]
+    specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else list(teachers)
+    msgs = grounded_messages(question, best)
+    rows = []
+    for spec in specs:
+        r = complete_many(spec, [msgs], **kw)[0]
+        rows.append({"teacher": str(spec), "answer": r.text if r.ok else None, "error": r.error, "model": r.model,
+                     "cost_usd": r.cost_usd, "cached": r.cached, "chunks": [c["chunk_id"] for c in best]})
+    return rows
