@@ -11,8 +11,8 @@ import typer
 from .core import EMBEDDED_STUDENT, PurposeError, RunDir, read_jsonl, resolve_papers_dir
 
 # %% auto #0
-__all__ = ['app', 'parse_param', 'run', 'process', 'distill_pipeline', 'distill', 'enhanced_distill', 'load_training_rows',
-           'train', 'generate', 'main']
+__all__ = ['app', 'parse_param', 'run', 'process', 'llama_student', 'distill_pipeline', 'distill', 'enhanced_distill',
+           'load_training_rows', 'train', 'generate', 'main']
 
 # %% ../nbs/09_cli.ipynb #6e811499
 app = typer.Typer(help="Purpose: turn a folder of domain papers into a small domain-expert model, and prove whether it worked.",
@@ -68,22 +68,48 @@ def process(data_dir: Path = typer.Option(..., help="folder of PDFs, CSV, JSON, 
     process_folder(data_dir, output_dir, passwords=tuple(password), workers=workers)
 
 # %% ../nbs/09_cli.ipynb #4760f216
+def llama_student(llama_path: Path | None, bit_precision: int | None = None, log=print) -> str:
+    "The student folder for `--use-llama` (checked), with a clear message when quantisation is not possible here."
+    if llama_path is None: raise PurposeError("--use-llama needs --llama-path PATH (a local model folder with config.json)")
+    p = Path(llama_path)
+    if not (p/"config.json").exists(): raise PurposeError(f"--llama-path {p}: no config.json there; point it at a local Hugging Face model folder")
+    if bit_precision not in (None, 4, 8, 16, 32): raise PurposeError(f"--bit-precision {bit_precision}: use 4 or 8 (or leave it out for full precision)")
+    if bit_precision in (4, 8):
+        import importlib.util
+        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+        try:
+            import torch
+            has_cuda = torch.cuda.is_available()
+        except ImportError: has_cuda = False
+        if not (has_bnb and has_cuda):
+            log(f"note: {bit_precision}-bit quantisation needs bitsandbytes and a CUDA GPU (bitsandbytes: {'yes' if has_bnb else 'not installed'}, "
+                f"CUDA: {'yes' if has_cuda else 'no'}); training {p.name} in full precision")
+        else:
+            log(f"note: bitsandbytes and CUDA found, but the trainer loads students in full precision for now; training {p.name} unquantised")
+    return str(p)
+
 def distill_pipeline(papers_dir: Path, run_dir: Path, domain: str, student: str, num_qa_pairs: int, epochs: int,
-                     teachers: str = "offline", heldout_fraction: float = 0.2, evaluate: bool = True, log=print) -> dict:
-    "Every stage in-process for one papers folder; returns the evaluation report (or the training result)."
+                     teachers: str = "offline", heldout_fraction: float = 0.2, evaluate: bool = True, log=print,
+                     mode: str = "enhanced", judge: str | None = None, budget_usd: float | None = None) -> dict:
+    "Every stage in-process for one papers folder (`mode` 'enhanced' or 'standard'); returns the evaluation report (or the training result)."
     from purpose.extract import extract_stage
     from purpose.graph import graph_stage
     from purpose.queries import queries_stage
-    from purpose.distill import distill_stage
+    from purpose.distill import distill_stage, standard_distill_stage
     from purpose.train import train_stage
     from purpose.evaluate import evaluate_stage
     papers = resolve_papers_dir(domain, papers_dir)
-    if num_qa_pairs < 16: raise PurposeError(f"--num-qa-pairs {num_qa_pairs}: ask for at least 16 (one per dimension × depth cell)")
-    per_cell = math.ceil(num_qa_pairs / 16)
+    if mode not in ("enhanced", "standard"): raise PurposeError(f"mode={mode!r}: use 'enhanced' or 'standard'")
+    if num_qa_pairs < 16 and mode == "enhanced": raise PurposeError(f"--num-qa-pairs {num_qa_pairs}: ask for at least 16 (one per dimension × depth cell)")
+    if num_qa_pairs < 1: raise PurposeError(f"--num-qa-pairs {num_qa_pairs}: ask for at least 1")
     log(f"extract: {extract_stage(papers, run_dir)}")
-    log(f"graph: {graph_stage(run_dir)}")
-    log(f"queries: {queries_stage(run_dir, per_cell=per_cell, heldout_fraction=heldout_fraction)}")
-    log(f"distill: {distill_stage(run_dir, domain=domain, teachers=teachers)}")
+    if mode == "enhanced":
+        log(f"graph: {graph_stage(run_dir)}")
+        log(f"queries: {queries_stage(run_dir, per_cell=math.ceil(num_qa_pairs / 16), heldout_fraction=heldout_fraction)}")
+        log(f"distill: {distill_stage(run_dir, domain=domain, teachers=teachers, judge=judge, budget_usd=budget_usd)}")
+    else:
+        specs = [t.strip() for t in teachers.split(",") if t.strip()]
+        log(f"distill (standard): {standard_distill_stage(run_dir, domain=domain, generator=specs[0], enhancer=specs[1] if len(specs) > 1 else None, num_qa_pairs=num_qa_pairs, heldout_fraction=heldout_fraction, judge=judge, budget_usd=budget_usd)}")
     res = train_stage(run_dir, student=student, epochs=epochs)
     log(f"train: {res}")
     if not evaluate: return res
@@ -97,10 +123,17 @@ def distill(papers_dir: Path = typer.Option(..., help="folder of papers"),
             num_qa_pairs: int = typer.Option(100, help="questions to distil"),
             epochs: int = typer.Option(2, help="training epochs"),
             run_dir: Optional[Path] = typer.Option(None, help="run folder (default: runs/<papers folder name>)"),
-            teachers: str = typer.Option("offline", help="comma-separated teacher specs, e.g. offline,openai:gpt-4o-mini")):
-    "Distil the papers into QA with the teachers and fine-tune the student on it."
+            teachers: str = typer.Option("offline", help="GENERATOR[,ENHANCER] teacher specs, e.g. openai:gpt-4o,anthropic:claude-sonnet-4-0"),
+            judge: Optional[str] = typer.Option(None, help="LLM judge spec (default: the offline judge)"),
+            budget_usd: Optional[float] = typer.Option(None, help="stop spending on API models above this"),
+            use_llama: bool = typer.Option(False, help="train a local model folder (--llama-path) as the student"),
+            llama_path: Optional[Path] = typer.Option(None, help="local model folder for --use-llama"),
+            bit_precision: Optional[int] = typer.Option(None, help="4 or 8: quantise the local student (needs bitsandbytes + CUDA)")):
+    "Standard distillation: chunks → QA from the first teacher → answers enhanced by the second → fine-tuned student."
     domain = Path(papers_dir).name
-    distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, model_name, num_qa_pairs, epochs, teachers, log=typer.echo)
+    student = llama_student(llama_path, bit_precision, log=typer.echo) if use_llama else model_name
+    distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
+                     mode="standard", judge=judge, budget_usd=budget_usd)
 
 @app.command("enhanced-distill")
 def enhanced_distill(papers_dir: Path = typer.Option(..., help="folder of papers"),
@@ -109,10 +142,17 @@ def enhanced_distill(papers_dir: Path = typer.Option(..., help="folder of papers
                      epochs: int = typer.Option(2, help="training epochs"),
                      domain: Optional[str] = typer.Option(None, help="domain name (default: the papers folder's name)"),
                      run_dir: Optional[Path] = typer.Option(None, help="run folder (default: runs/<domain>)"),
-                     teachers: str = typer.Option("offline", help="comma-separated teacher specs")):
-    "Knowledge map → stratified queries → grounded, judged answers → fine-tuned student → evaluation."
+                     teachers: str = typer.Option("offline", help="comma-separated teacher specs (several: consensus)"),
+                     judge: Optional[str] = typer.Option(None, help="LLM judge spec (default: the offline judge)"),
+                     budget_usd: Optional[float] = typer.Option(None, help="stop spending on API models above this"),
+                     use_llama: bool = typer.Option(False, help="train a local model folder (--llama-path) as the student"),
+                     llama_path: Optional[Path] = typer.Option(None, help="local model folder for --use-llama"),
+                     bit_precision: Optional[int] = typer.Option(None, help="4 or 8: quantise the local student (needs bitsandbytes + CUDA)")):
+    "Knowledge map → stratified queries → grounded, judged consensus answers → fine-tuned student → evaluation."
     domain = domain or Path(papers_dir).name
-    distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, model_name, num_qa_pairs, epochs, teachers, log=typer.echo)
+    student = llama_student(llama_path, bit_precision, log=typer.echo) if use_llama else model_name
+    distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
+                     mode="enhanced", judge=judge, budget_usd=budget_usd)
 
 # %% ../nbs/09_cli.ipynb #b9703140
 def load_training_rows(data_dir: Path) -> tuple[list[dict], list[dict]]:

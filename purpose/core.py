@@ -137,7 +137,7 @@ class RunDir:
                 raise PurposeError(f"{self.root/r} is missing: run the '{stage}' stage for this run folder first")
 
 # %% ../nbs/00_core.ipynb #33da33cd
-_SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|passwd|auth)", re.I)
+_SECRET_NAME = re.compile(r"(api[_-]?key|secret|passw(or)?d|credential|bearer|(^|[_-])(auth|token|key)$)", re.I)
 
 def secret_values() -> list[str]:
     "Values of environment variables whose names look like credentials (long enough to be real)."

@@ -4,17 +4,18 @@
 
 # %% ../nbs/05_distill.ipynb #fe0b2468
 from __future__ import annotations
-import json, re, time
+import json, random, re, time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from .core import (PurposeError, RunDir, append_jsonl, chat_messages, read_jsonl, stable_id, stage_run,
                           write_json, write_jsonl)
-from .modelhub import cited_sources, content_words, get_teacher, grounded_messages, split_sentences
+from .modelhub import cited_sources, complete_many, content_words, get_teacher, grounded_messages, split_sentences
 
 # %% auto #0
-__all__ = ['JUDGE_SYSTEM', 'clean_answer', 'grounding_score', 'token_f1', 'offline_judge', 'llm_judge', 'consensus', 'minhash',
-           'dedup', 'ask_teachers', 'export_formats', 'dataset_card', 'distill_stage']
+__all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'token_f1',
+           'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
+           'teacher_name', 'ask_teachers', 'raft_examples', 'replay_examples', 'export_formats', 'dataset_card',
+           'distill_stage', 'standard_queries', 'standard_distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
 def clean_answer(text: str) -> str:
@@ -53,11 +54,17 @@ def offline_judge(question: str, answer: str, sources: list[str]) -> tuple[float
     score = 1 + 4 * (0.5 * g + 0.3 * min(1.0, 2 * relevance) + 0.2 * length_ok)
     return round(score, 2), f"grounding={g:.2f} relevance={relevance:.2f} words={n}"
 
+JUDGE_SCHEMA = {"type": "object", "required": ["score", "reason"],
+                "properties": {"score": {"type": "number", "minimum": 1, "maximum": 5}, "reason": {"type": "string"}}}
+
+def judge_messages(question: str, answer: str, sources: list[str]) -> list[dict]:
+    "The judge prompt: numbered sources, the question and the answer to grade."
+    src = "\n".join(f"[{i}] {s}" for i, s in enumerate(sources, 1))
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": f"Sources:\n{src}\n\nQuestion: {question}\nAnswer: {answer}"}]
+
 def llm_judge(judge, question: str, answer: str, sources: list[str]) -> tuple[float, str]:
     "Ask a judge teacher for a 1-5 score; raises ValueError when its reply is not the JSON asked for."
-    src = "\n".join(f"[{i}] {s}" for i, s in enumerate(sources, 1))
-    reply = judge.complete([{"role": "system", "content": JUDGE_SYSTEM},
-                            {"role": "user", "content": f"Sources:\n{src}\n\nQuestion: {question}\nAnswer: {answer}"}])
+    reply = judge.complete(judge_messages(question, answer, sources))
     m = re.search(r"\{.*\}", reply, re.S)
     try: obj = json.loads(m.group(0)) if m else None
     except json.JSONDecodeError: obj = None
@@ -65,14 +72,32 @@ def llm_judge(judge, question: str, answer: str, sources: list[str]) -> tuple[fl
         raise ValueError(f"judge reply is not {{'score': 1-5}}: {reply[:120]!r}")
     return float(obj["score"]), str(obj.get("reason", ""))
 
+# %% ../nbs/05_distill.ipynb #c9156a03
+def judge_many(judge: str, items: list[tuple[str, str, list[str]]], cache=True, budget_usd: float | None = None,
+               concurrency: int = 4, retries: int = 4) -> list[tuple[float, str]]:
+    "Scores and reasons for `(question, answer, sources)` items from an LLM judge (failures score 0 with `judge_failed`)."
+    chain = [s.strip() for s in judge.split("|")] if isinstance(judge, str) else [judge]
+    res = complete_many(chain, [judge_messages(*it) for it in items], cache=cache, budget_usd=budget_usd, concurrency=concurrency,
+                        json_schema=JUDGE_SCHEMA, retries=retries, backoff=0.2, max_tokens=200)
+    return [(float(r.parsed["score"]), str(r.parsed.get("reason", ""))) if r.ok else (0.0, f"judge_failed: {r.error}") for r in res]
+
 # %% ../nbs/05_distill.ipynb #c1003f4f
-def consensus(candidates: list[dict], hard_below: float = 0.35) -> dict:
-    "Pick the best of several teachers' checked answers and score how much they agree."
-    best = max(candidates, key=lambda c: (c["judge_score"], c["grounding"], -len(c["answer"])))
+def consensus(candidates: list[dict], hard_below: float = 0.35, merge_above: float = 0.6, max_merged_sentences: int = 4) -> dict:
+    "Keep the best of several teachers' checked answers, merge in what agreeing teachers add, or flag disagreement as hard."
+    best = max(candidates, key=lambda c: (c["judge_score"], c["grounding"], -len(c["answer"]), c["teacher"]))
     pairs = [(a, b) for i, a in enumerate(candidates) for b in candidates[i + 1:]]
     agreement = sum(token_f1(a["answer"], b["answer"]) for a, b in pairs) / len(pairs) if pairs else 1.0
-    return {**best, "agreement": round(agreement, 3), "hard": bool(pairs) and agreement < hard_below,
-            "teachers": [c["teacher"] for c in candidates]}
+    out = {**best, "agreement": round(agreement, 3), "hard": bool(pairs) and agreement < hard_below,
+           "teachers": [c["teacher"] for c in candidates], "decision": "kept" if not pairs else "flagged" if agreement < hard_below else "kept"}
+    if pairs and agreement >= merge_above:
+        sents = split_sentences(best["answer"])
+        for c in sorted(candidates, key=lambda c: (-c["judge_score"], c["teacher"])):
+            if c is best or c["grounding"] < best["grounding"]: continue
+            for s in split_sentences(c["answer"]):
+                if len(sents) < max_merged_sentences and all(token_f1(s, t) < 0.5 for t in sents): sents.append(s)
+        if len(sents) > len(split_sentences(best["answer"])):
+            out.update(answer=" ".join(sents), decision="merged", citations=list(dict.fromkeys(sum((c["citations"] for c in candidates), []))))
+    return out
 
 # %% ../nbs/05_distill.ipynb #ba2984ec
 def _shingles(text: str, n: int = 3) -> set[str]:
@@ -86,112 +111,192 @@ def minhash(text: str, num_perm: int = 64) -> tuple[int, ...]:
     return tuple(min(int.from_bytes(hashlib.blake2b(f"{i}:{s}".encode(), digest_size=8).digest(), "little") for s in sh)
                  for i in range(num_perm))
 
-def dedup(items: list[dict], key=lambda x: x["question"] + " " + x["answer"], threshold: float = 0.85) -> tuple[list[dict], list[dict]]:
+def _sim(a: tuple, b: tuple) -> float: return sum(x == y for x, y in zip(a, b)) / len(a)
+
+def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x["answer"], threshold: float = 0.85,
+          question_overlap: float = 0.5) -> tuple[list[dict], list[dict]]:
     "Split `items` into (kept, duplicates); each duplicate gets `duplicate_of` (the kept item's index in `kept`)."
     kept, sigs, dups = [], [], []
     for it in items:
-        sig = minhash(key(it))
-        match = next((j for j, s in enumerate(sigs) if sum(a == b for a, b in zip(sig, s)) / len(sig) >= threshold), None)
-        if match is None: kept.append(it); sigs.append(sig)
+        q, a = minhash(key(it)), minhash(answer_key(it))
+        match = next((j for j, (kq, ka) in enumerate(sigs) if (sq := _sim(q, kq)) >= threshold or (_sim(a, ka) >= threshold and sq >= question_overlap)), None)
+        if match is None: kept.append(it); sigs.append((q, a))
         else: dups.append({**it, "duplicate_of": match})
     return kept, dups
 
 # %% ../nbs/05_distill.ipynb #74f863dc
-def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures_path: Path, concurrency: int = 4) -> dict:
+def teacher_name(t) -> str:
+    "The name a teacher's answers are filed under: its spec string (or fallback chain), or the object's `spec`."
+    return t if isinstance(t, str) else str(getattr(t, "spec", t))
+
+def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures_path: Path, concurrency: int = 4,
+                 cache=True, budget_usd: float | None = None, retries: int = 4) -> dict:
     "Answer each `{'query_id', 'messages'}` item with every teacher, skipping (query, teacher) pairs already in `answers_path`."
     done = {(a["query_id"], a["teacher"]) for a in (read_jsonl(answers_path) if answers_path.exists() else [])}
-    todo = [(t, it) for it in items for t in teachers if (it["query_id"], str(getattr(t, "spec", t))) not in done]
-    stats = Counter(skipped=len(items) * len(teachers) - len(todo))
-    def one(job):
-        t, it = job
-        t0 = time.perf_counter()
-        try: return t, it, t.complete(it["messages"]), None, time.perf_counter() - t0
-        except Exception as e: return t, it, None, f"{type(e).__name__}: {e}", time.perf_counter() - t0
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        for t, it, text, err, secs in pool.map(one, todo):
-            name = str(getattr(t, "spec", t))
-            if err is None:
-                append_jsonl(answers_path, {"query_id": it["query_id"], "teacher": name, "raw": text, "seconds": round(secs, 4)}); stats["answered"] += 1
+    stats, spent, calls = Counter(skipped=0), 0.0, {}
+    for t in teachers:
+        name = teacher_name(t)
+        todo = [it for it in items if (it["query_id"], name) not in done]
+        stats["skipped"] += len(items) - len(todo)
+        if not todo: continue
+        def on_result(r, todo=todo, name=name):
+            it = todo[r.index]
+            if r.ok:
+                append_jsonl(answers_path, {"query_id": it["query_id"], "teacher": name, "model": r.model, "raw": r.text,
+                                            "cached": r.cached, "cost_usd": r.cost_usd})
+                stats["answered"] += 1
             else:
-                append_jsonl(failures_path, {"query_id": it["query_id"], "teacher": name, "error": err}); stats["failed"] += 1
-    return dict(stats)
+                append_jsonl(failures_path, {"query_id": it["query_id"], "teacher": name, "error": r.error, "status": r.status})
+                stats["failed"] += 1
+        chain = [x.strip() for x in t.split("|")] if isinstance(t, str) else [t]
+        left = None if budget_usd is None else max(0.0, budget_usd - spent)
+        res = complete_many(chain, [it["messages"] for it in todo], cache=cache, concurrency=concurrency, budget_usd=left,
+                            retries=retries, backoff=0.2, on_result=on_result)
+        spent += res.ledger.cost_usd
+        calls[name] = res.summary()
+    return {**dict(stats), "calls": calls}
+
+# %% ../nbs/05_distill.ipynb #e75589ca
+def _general_qa() -> Path:
+    import importlib.resources
+    return Path(str(importlib.resources.files("purpose")))/"data"/"general_qa.jsonl"
+
+def raft_examples(qa: list[dict], chunks: dict[str, dict], k: int = 2, seed: int = 0) -> list[dict]:
+    "One RAFT example per training QA: its oracle chunk among `k` distractor chunks from other documents."
+    rng, out = random.Random(seed), []
+    ids = sorted(chunks)
+    for q in qa:
+        if q["split"] != "train" or not (q.get("citations") or q.get("chunk_ids")): continue
+        oracle = chunks[(q.get("citations") or q["chunk_ids"])[0]]
+        pool = [c for c in ids if chunks[c]["doc_id"] != oracle["doc_id"]]
+        docs = [oracle] + [chunks[c] for c in rng.sample(pool, min(k, len(pool)))]
+        rng.shuffle(docs)
+        n = docs.index(oracle) + 1
+        msgs = grounded_messages(q["question"], docs)
+        out.append({**q, "qa_id": stable_id(q["qa_id"], "raft"), "format": "raft", "oracle": oracle["chunk_id"],
+                    "messages": msgs[:2] + [{"role": "assistant", "content": f"{q['answer']} [{n}]"}]})
+    return out
+
+def replay_examples(n: int, domain: str, path: Path | str | None = None, seed: int = 0) -> list[dict]:
+    "`n` general chat examples from a JSONL file (question/answer or messages), for the training split."
+    path = Path(path) if path else _general_qa()
+    if not path.exists(): raise PurposeError(f"replay file {path} not found: pass replay_file=PATH to a JSONL with question/answer rows")
+    rows = read_jsonl(path)
+    if not rows: raise PurposeError(f"replay file {path} is empty: add general question/answer rows")
+    rng = random.Random(seed)
+    picked = [rows[i % len(rows)] for i in rng.sample(range(len(rows)), min(n, len(rows)))] + [rows[i % len(rows)] for i in range(max(0, n - len(rows)))]
+    out = []
+    for r in picked:
+        if "messages" not in r and not {"question", "answer"} <= set(r): raise PurposeError(f"{path}: each row needs question+answer or messages, got {sorted(r)}")
+        q = r.get("question") or next(m["content"] for m in r["messages"] if m["role"] == "user")
+        a = r.get("answer") or next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant")
+        out.append({"qa_id": stable_id("replay", q, len(out)), "query_id": "", "question": q, "answer": a, "dimension": "general",
+                    "depth": "basic", "split": "train", "teacher": "replay", "judge_score": 0.0, "grounding": 0.0, "agreement": 1.0,
+                    "hard": False, "citations": [], "format": "replay", "messages": r.get("messages") or chat_messages(q, domain, a)})
+    return out
 
 # %% ../nbs/05_distill.ipynb #980b7612
 def export_formats(qa: list[dict], out_dir: Path, domain: str) -> dict:
     "Write the training split as Alpaca, ShareGPT, chat-messages and OpenAI fine-tuning JSONL."
     rows = [q for q in qa if q["split"] == "train"]
     sysmsg = chat_messages("", domain)[0]["content"]
+    msgs = [q.get("messages") or chat_messages(q["question"], domain, q["answer"]) for q in rows]
     formats = {
-        "alpaca.jsonl": [{"instruction": q["question"], "input": "", "output": q["answer"], "system": sysmsg} for q in rows],
-        "sharegpt.jsonl": [{"conversations": [{"from": "system", "value": sysmsg}, {"from": "human", "value": q["question"]},
-                                              {"from": "gpt", "value": q["answer"]}]} for q in rows],
-        "messages.jsonl": [{"messages": chat_messages(q["question"], domain, q["answer"]), "dimension": q["dimension"], "depth": q["depth"]} for q in rows],
-        "openai.jsonl": [{"messages": chat_messages(q["question"], domain, q["answer"])} for q in rows],
+        "alpaca.jsonl": [{"instruction": q["question"], "input": m[1]["content"] if q.get("format") == "raft" else "", "output": q["answer"],
+                          "system": sysmsg} for q, m in zip(rows, msgs)],
+        "sharegpt.jsonl": [{"conversations": [{"from": {"system": "system", "user": "human", "assistant": "gpt"}[x["role"]], "value": x["content"]} for x in m]}
+                           for m in msgs],
+        "messages.jsonl": [{"messages": m, "dimension": q["dimension"], "depth": q["depth"], "hard": bool(q.get("hard"))} for q, m in zip(rows, msgs)],
+        "openai.jsonl": [{"messages": m} for m in msgs],
     }
     for name, data in formats.items(): write_jsonl(out_dir/name, data)
     return {k: len(v) for k, v in formats.items()}
 
-def dataset_card(qa: list[dict], rejected: list[dict], teachers: list[str], domain: str) -> str:
-    "A markdown card: counts per dimension × depth and split, teachers, hard cases and rejection reasons."
+def dataset_card(qa: list[dict], rejected: list[dict], teachers: list[str], domain: str, extra: list[dict] = (), judge: str | None = None) -> str:
+    "A markdown card: counts per dimension × depth and split, teachers, consensus decisions, hard cases and rejection reasons."
     from purpose.queries import DEPTHS, DIMENSIONS
     grid = Counter((q["dimension"], q["depth"]) for q in qa)
     lines = [f"# Distilled QA: {domain}", "", f"- accepted: {len(qa)} (train {sum(q['split'] == 'train' for q in qa)}, "
              f"held-out {sum(q['split'] == 'heldout' for q in qa)})", f"- rejected: {len(rejected)}",
-             f"- hard (teachers disagree): {sum(bool(q.get('hard')) for q in qa)}", f"- teachers: {', '.join(teachers)}", "",
+             f"- hard (teachers disagree): {sum(bool(q.get('hard')) for q in qa)}", f"- teachers: {', '.join(teachers)}",
+             f"- judge: {judge or 'offline (grounding, relevance, length)'}",
+             f"- consensus: {dict(sorted(Counter(q.get('decision', 'kept') for q in qa).items()))}",
+             f"- extra training examples: {dict(sorted(Counter(e['format'] for e in extra).items())) or 'none'}", "",
              "| dimension | " + " | ".join(DEPTHS) + " |", "|---|" + "---|" * len(DEPTHS)]
     lines += [f"| {d} | " + " | ".join(str(grid[(d, p)]) for p in DEPTHS) + " |" for d in DIMENSIONS]
     lines += ["", "## Rejection reasons", ""] + [f"- {r}: {n}" for r, n in Counter(r["reason"].split(":")[0] for r in rejected).most_common()]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/05_distill.ipynb #d3fde7c8
-def _load_dataset_dict(qa: list[dict], domain: str):
+def _load_dataset_dict(qa: list[dict], domain: str, extra: list[dict] = ()):
     from datasets import Dataset, DatasetDict
     cols = ("qa_id", "query_id", "question", "answer", "dimension", "depth", "teacher", "judge_score", "grounding", "agreement", "hard")
     def ds(rows):
-        return Dataset.from_list([{**{c: r[c] for c in cols}, "citations": r["citations"],
-                                   "messages": chat_messages(r["question"], domain, r["answer"])} for r in rows])
-    return DatasetDict({s: ds([q for q in qa if q["split"] == s]) for s in ("train", "heldout")})
+        return Dataset.from_list([{**{c: r[c] for c in cols}, "judge_score": float(r["judge_score"]), "grounding": float(r["grounding"]),
+                                   "agreement": float(r["agreement"]), "hard": bool(r["hard"]), "citations": list(r["citations"]),
+                                   "format": r.get("format", "qa"), "messages": r.get("messages") or chat_messages(r["question"], domain, r["answer"])}
+                                  for r in rows])
+    return DatasetDict({s: ds([q for q in list(qa) + list(extra) if q["split"] == s]) for s in ("train", "heldout")})
+
+def _with_draft(messages: list[dict], draft: str | None) -> list[dict]:
+    "Grounded messages with a first draft to improve in the system message (standard distillation's enhancing step)."
+    if not draft: return messages
+    return [{**messages[0], "content": messages[0]["content"] + f"\n\nA first answer to check and improve (keep only what the sources support): {draft}"}, *messages[1:]]
 
 def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | list = "offline", judge: str | None = None,
                   judge_threshold: float = 3.0, min_grounding: float = 0.5, dedup_threshold: float = 0.85,
-                  concurrency: int = 4, max_queries: int | None = None) -> dict:
+                  concurrency: int = 4, max_queries: int | None = None, budget_usd: float | None = None, cache=True,
+                  retries: int = 4, raft_distractors: int = 0, replay_fraction: float = 0.0, replay_file: str | None = None,
+                  push_to_hub: str | None = None, seed: int = 0) -> dict:
     "Answer the run's questions with the teachers, check, reconcile, de-duplicate and export the dataset."
     run = RunDir(run_dir)
     run.require("queries/queries.jsonl", "extract/chunks.jsonl")
     specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else list(teachers)
-    params = dict(domain=domain, teachers=[str(s) for s in specs], judge=judge, judge_threshold=judge_threshold,
-                  min_grounding=min_grounding, dedup_threshold=dedup_threshold, concurrency=concurrency, max_queries=max_queries)
+    if not specs or not all(specs): raise PurposeError(f"teachers={teachers!r}: name at least one teacher, e.g. 'offline' or 'offline,openai:gpt-4o-mini'")
+    if not 0 <= replay_fraction <= 1: raise PurposeError(f"replay_fraction={replay_fraction}: use a fraction of the training split in [0, 1]")
+    params = dict(domain=domain, teachers=[teacher_name(s) for s in specs], judge=judge, judge_threshold=judge_threshold,
+                  min_grounding=min_grounding, dedup_threshold=dedup_threshold, concurrency=concurrency, max_queries=max_queries,
+                  budget_usd=budget_usd, raft_distractors=raft_distractors, replay_fraction=replay_fraction, replay_file=replay_file,
+                  push_to_hub=push_to_hub, seed=seed)
     with stage_run(run, "distill", params) as rec:
-        teacher_objs = [get_teacher(s) for s in specs]
-        judge_obj = get_teacher(judge) if judge else None
         chunks = {c["chunk_id"]: c for c in read_jsonl(run.extract/"chunks.jsonl")}
         queries = read_jsonl(run.queries/"queries.jsonl")[:max_queries]
         missing = sorted({cid for q in queries for cid in q["chunk_ids"] if cid not in chunks})
         if missing: raise PurposeError(f"{run.queries/'queries.jsonl'} cites chunks not in extract/chunks.jsonl ({missing[:3]}...): re-run the queries stage")
-        items = [{"query_id": q["query_id"], "messages": grounded_messages(q["question"], [chunks[c] for c in q["chunk_ids"]])} for q in queries]
+        items = [{"query_id": q["query_id"], "messages": _with_draft(grounded_messages(q["question"], [chunks[c] for c in q["chunk_ids"]]), q.get("draft"))}
+                 for q in queries]
         (run.distill/"failures.jsonl").unlink(missing_ok=True)
-        rec.info["asked"] = ask_teachers(teacher_objs, items, run.distill/"answers.jsonl", run.distill/"failures.jsonl", concurrency)
-        names = {str(getattr(t, "spec", t)) for t in teacher_objs}
+        rec.info["asked"] = ask_teachers(specs, items, run.distill/"answers.jsonl", run.distill/"failures.jsonl", concurrency,
+                                         cache=cache, budget_usd=budget_usd, retries=retries)
+        names = [teacher_name(t) for t in specs]
         answers = defaultdict(dict)
         for a in read_jsonl(run.distill/"answers.jsonl"):
             if a["teacher"] in names: answers[a["query_id"]][a["teacher"]] = a["raw"]
-        accepted, rejected = [], []
+        cands_by_q = {}
         for q in queries:
-            src_chunks = [chunks[c] for c in q["chunk_ids"]]
             cands = []
-            for teacher, raw in answers.get(q["query_id"], {}).items():
+            for teacher in names:
+                if teacher not in answers.get(q["query_id"], {}): continue
+                raw = answers[q["query_id"]][teacher]
                 ans = clean_answer(raw)
                 cites = [q["chunk_ids"][n - 1] for n in cited_sources(raw) if 0 < n <= len(q["chunk_ids"])]
-                cited_text = [chunks[c]["text"] for c in cites] or [c["text"] for c in src_chunks]
-                g = grounding_score(ans, cited_text)
-                try: js, why = llm_judge(judge_obj, q["question"], ans, cited_text) if judge_obj else offline_judge(q["question"], ans, cited_text)
-                except ValueError as e: js, why = 0.0, f"judge_failed: {e}"
-                cands.append({"teacher": teacher, "answer": ans, "citations": cites, "grounding": round(g, 3),
-                              "judge_score": js, "judge_reason": why})
-            if not cands: continue  # recorded in failures.jsonl
-            best = consensus(cands)
+                cited_text = [chunks[c]["text"] for c in cites] or [chunks[c]["text"] for c in q["chunk_ids"]]
+                cands.append({"teacher": teacher, "answer": ans, "citations": cites, "grounding": round(grounding_score(ans, cited_text), 3),
+                              "sources": cited_text})
+            if cands: cands_by_q[q["query_id"]] = cands   # else: recorded in failures.jsonl
+        flat = [(q, c) for q in queries for c in cands_by_q.get(q["query_id"], [])]
+        if judge:
+            scores = judge_many(judge, [(q["question"], c["answer"], c["sources"]) for q, c in flat], cache=cache, budget_usd=budget_usd,
+                                concurrency=concurrency, retries=retries)
+        else: scores = [offline_judge(q["question"], c["answer"], c["sources"]) for q, c in flat]
+        for (q, c), (js, why) in zip(flat, scores): c.update(judge_score=js, judge_reason=why); del c["sources"]
+        accepted, rejected = [], []
+        for q in queries:
+            if q["query_id"] not in cands_by_q: continue
+            best = consensus(cands_by_q[q["query_id"]])
             row = {"qa_id": stable_id(q["query_id"], best["teacher"]), **{k: q[k] for k in ("query_id", "question", "dimension", "depth", "split", "concepts")}, **best}
             if not row["answer"]: rejected.append({**row, "reason": "empty_answer"})
+            elif row["judge_reason"].startswith("judge_failed"): rejected.append({**row, "reason": row["judge_reason"]})
             elif row["grounding"] < min_grounding: rejected.append({**row, "reason": f"ungrounded: grounding {row['grounding']} < {min_grounding}"})
             elif row["judge_score"] < judge_threshold: rejected.append({**row, "reason": f"low_judge_score: {row['judge_score']} < {judge_threshold} ({row['judge_reason']})"})
             else: accepted.append(row)
@@ -201,11 +306,67 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         write_jsonl(run.distill/"rejected.jsonl", rejected)
         if not any(q["split"] == "train" for q in kept):
             raise PurposeError(f"no training QA was accepted (rejected: {len(rejected)}; see {run.distill/'rejected.jsonl'}): lower judge_threshold/min_grounding or add papers")
-        _load_dataset_dict(kept, domain).save_to_disk(str(run.distill/"dataset"))
-        rec.info["exports"] = export_formats(kept, run.distill/"exports", domain)
-        (run.distill/"card.md").write_text(dataset_card(kept, rejected, sorted(names), domain))
+        extra = raft_examples(kept, chunks, raft_distractors, seed) if raft_distractors > 0 else []
+        n_train = sum(q["split"] == "train" for q in kept)
+        if replay_fraction > 0: extra += replay_examples(max(1, round(replay_fraction * n_train)), domain, replay_file, seed)
+        dsd = _load_dataset_dict(kept, domain, extra)
+        dsd.save_to_disk(str(run.distill/"dataset"))
+        if push_to_hub: dsd.push_to_hub(push_to_hub, private=True)   # token from HF_TOKEN / huggingface-cli login
+        rec.info["exports"] = export_formats(kept + extra, run.distill/"exports", domain)
+        (run.distill/"card.md").write_text(dataset_card(kept, rejected, names, domain, extra, judge))
         failures = read_jsonl(run.distill/"failures.jsonl") if (run.distill/"failures.jsonl").exists() else []
+        grid = Counter((q["dimension"], q["depth"]) for q in kept)
         rec.counts.update({"queries": len(queries), "accepted": len(kept), "rejected": len(rejected), "failed": len(failures),
-                           "train": sum(q["split"] == "train" for q in kept), "heldout": sum(q["split"] == "heldout" for q in kept),
-                           "hard": sum(bool(q["hard"]) for q in kept)})
+                           "train": n_train, "heldout": sum(q["split"] == "heldout" for q in kept),
+                           "hard": sum(bool(q["hard"]) for q in kept), "cells_filled": len(grid),
+                           "raft": sum(e["format"] == "raft" for e in extra), "replay": sum(e["format"] == "replay" for e in extra)})
     return rec.counts
+
+# %% ../nbs/05_distill.ipynb #f2ef5351
+QA_SCHEMA = {"type": "object", "required": ["pairs"], "properties": {"pairs": {"type": "array", "items": {
+    "type": "object", "required": ["question", "answer"], "properties": {"question": {"type": "string"}, "answer": {"type": "string"}}}}}}
+QA_SYSTEM = ("You write exam questions for domain experts from a research text. From the source, write {n} question-answer pairs "
+             "that the source answers on its own (no 'this study' without naming it). Reply with JSON only.")
+
+def _offline_pairs(chunk: dict, n: int) -> list[dict]:
+    from purpose.graph import candidate_phrases, norm_term
+    counts = Counter(norm_term(p) for s in split_sentences(chunk["text"]) for p in candidate_phrases(s) if len(p.split()) > 1)
+    return [{"question": f"What does the research report about {k}?", "answer": ""} for k, _ in counts.most_common(n)]
+
+def standard_queries(chunks: list[dict], generator: str = "offline", num_qa_pairs: int = 100, per_chunk: int = 2,
+                     heldout_fraction: float = 0.2, seed: int = 0, cache=True, budget_usd: float | None = None, concurrency: int = 4) -> list[dict]:
+    "Questions with draft answers generated chunk by chunk (LLM generator with JSON, or the offline one), split fixed."
+    from purpose.graph import content_chunks
+    chunks = [c for c in content_chunks(chunks) if len(c["text"].split()) >= 40]
+    if not chunks: raise PurposeError("no chunk with 40 words or more: check extract/documents.jsonl statuses")
+    rng = random.Random(seed)
+    picked = sorted(rng.sample(range(len(chunks)), min(len(chunks), -(-num_qa_pairs // per_chunk))))
+    picked = [chunks[i] for i in picked]
+    if generator == "offline": pairs = [_offline_pairs(c, per_chunk) for c in picked]
+    else:
+        msgs = [[{"role": "system", "content": QA_SYSTEM.format(n=per_chunk)}, {"role": "user", "content": f"Source:\n{' '.join(c['text'].split())}"}] for c in picked]
+        res = complete_many([s.strip() for s in generator.split("|")], msgs, cache=cache, budget_usd=budget_usd, concurrency=concurrency, json_schema=QA_SCHEMA)
+        pairs = [r.parsed["pairs"][:per_chunk] if r.ok else [] for r in res]
+    out = []
+    for c, ps in zip(picked, pairs):
+        for p in ps:
+            if not p["question"].strip(): continue
+            qid = stable_id("standard", c["chunk_id"], p["question"])
+            split = "heldout" if int(stable_id(seed, qid), 16) % 1000 < heldout_fraction * 1000 else "train"
+            out.append({"query_id": qid, "question": p["question"].strip(), "dimension": "factual", "depth": "intermediate", "concepts": [],
+                        "community": 0, "chunk_ids": [c["chunk_id"]], "split": split, "draft": p["answer"].strip(), "generator": generator})
+    return out[:num_qa_pairs]
+
+def standard_distill_stage(run_dir: Path | str, domain: str = "domain", generator: str = "offline", enhancer: str | None = None,
+                           num_qa_pairs: int = 100, heldout_fraction: float = 0.2, seed: int = 0, cache=True,
+                           budget_usd: float | None = None, concurrency: int = 4, **distill_kw) -> dict:
+    "Standard distillation: QA from `generator` per chunk, answers enhanced by `enhancer` (default: the generator), checked and exported."
+    run = RunDir(run_dir)
+    run.require("extract/chunks.jsonl")
+    with stage_run(run, "queries", {"mode": "standard", "generator": generator, "num_qa_pairs": num_qa_pairs, "seed": seed}) as rec:
+        qs = standard_queries(read_jsonl(run.extract/"chunks.jsonl"), generator, num_qa_pairs, heldout_fraction=heldout_fraction, seed=seed,
+                              cache=cache, budget_usd=budget_usd, concurrency=concurrency)
+        if not qs: raise PurposeError(f"the generator {generator!r} produced no questions: check its failures or use generator='offline'")
+        write_jsonl(run.queries/"queries.jsonl", qs)
+        rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in sorted(Counter(q["split"] for q in qs).items())}})
+    return distill_stage(run.root, domain=domain, teachers=enhancer or generator, cache=cache, budget_usd=budget_usd, concurrency=concurrency, **distill_kw)

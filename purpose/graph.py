@@ -33,9 +33,9 @@ men women man woman male female age sex year years aim aims purpose question que
 less more most least similar different relative worst good better worse short long shorter longer faster slower
 greater smaller fast slow strong weak strongly weakly almost nearly approximately about range mainly only
 lab laboratory number numbers amount way ways kind type types aspect aspects rather without last set section ability
-fastest highest greatest longest shortest strongest slowest lowest largest smallest closest produce produced""".split())
+fastest highest greatest longest shortest strongest slowest lowest largest smallest closest produce produced differ differed differs note notes wind""".split())
 
-_ADJ_END = re.compile(r".*(ly|ed)$|^(less|more|faster|slower|longer|shorter|higher|lower|greater|larger|smaller|similar|relative)$")
+_ADJ_END = re.compile(r".*(ly|ed)$|^(less|more|faster|slower|longer|shorter|higher|lower|greater|larger|smaller|similar|relative|heavy|light|starting)$")
 _DIST = re.compile(r"\b(\d+(?:\.\d+)?)\s?-?(m|km)\b(?=\s+[A-Za-z])")
 _SPELLING = {"maximal": "maximum", "max": "maximum", "minimal": "minimum", "behaviour": "behavior", "centre": "center",
              "programme": "program", "programmes": "program", "optimisation": "optimization", "analyse": "analyze",
@@ -129,7 +129,7 @@ def extract_concepts(chunks: list[dict], documents: list[dict] = (), max_concept
     def score(k):
         n = len(k.split())
         return freq[k] * (0.5 if n == 1 and k not in terms else 1 + 0.6 * (n - 1)) * (1 + math.log(len(docs[k]))) * (1.5 if k in terms or k in abbrs.values() else 1.0)
-    cands = [k for k in freq if freq[k] >= min_freq and len(docs[k]) >= min_docs]
+    cands = [k for k in freq if freq[k] >= min_freq and len(docs[k]) >= min_docs and all(len(w) > 1 or w.isdigit() or w == "m" for w in k.split())]
     longer = sorted((k for k in cands if len(k.split()) > 1), key=len, reverse=True)
     heads = Counter(k.split()[-1] for k in longer if freq[k] >= 2)
     inside = Counter(w for k in longer for w in set(k.split()) for _ in range(freq[k]))

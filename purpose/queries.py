@@ -27,16 +27,17 @@ TEMPLATES: dict[tuple[str, str], list[str]] = {
                             "Which statistics (sample sizes, p-values, effect sizes) are reported for {a}?"],
     ("methodological", "basic"): ["How was {m} measured?", "Which method was used to assess {m}?"],
     ("methodological", "intermediate"): ["Which study design was used to investigate {m}?", "How were participants tested for {m}?"],
-    ("methodological", "advanced"): ["How was {m} related to {b} methodologically in the studies?", "What are the limitations of how {m} was measured?"],
+    ("methodological", "advanced"): ["How was the relation between {m} and {b} measured in the studies?", "What are the limitations of how {m} was assessed?"],
     ("methodological", "expert"): ["How could future studies measure {m} more validly, given the reported methods?",
                                    "Which confounders affect the measurement of {m} and {b}?"],
-    ("analytical", "basic"): ["Why does {a} matter for performance?", "What role does {a} play?"],
+    ("analytical", "basic"): ["Why does {a} matter in this research?", "What role does {a} play?"],
     ("analytical", "intermediate"): ["How does {a} affect {b}?", "What is the relationship between {a} and {b}?"],
     ("analytical", "advanced"): ["What mechanism links {a} and {b}?", "Why is {a} associated with {b}?"],
     ("analytical", "expert"): ["How do {a}, {b} and {t} interact?", "What would change in {b} if {a} were improved, given the evidence?"],
     ("comparative", "basic"): ["What is the difference between {a} and {b}?"],
     ("comparative", "intermediate"): ["How do {a} and {b} compare?", "Is {a} or {b} reported as more important?"],
-    ("comparative", "advanced"): ["Which matters more for {t}: {a} or {b}?", "How do the studies compare {a} with {b}?"],
+    ("comparative", "advanced"): ["Which matters more for {t}: {a} or {b}?", "How do the studies compare {a} with {b}?",
+                                  "Do {a} and {b} change in the same direction in the reported results?"],
     ("comparative", "expert"): ["The papers disagree on whether {a} affects {b}: what does each study claim, and what could explain the difference?",
                                 "How can the conflicting findings on {a} and {b} be reconciled?"],
 }
@@ -47,7 +48,7 @@ METHOD_HINTS = re.compile(r"(test|measure|protocol|gate|timing|camera|video|forc
 
 class GraphContexts:
     "Concepts, linked pairs, triads, methods and contradictions of a graph, with their evidence chunks."
-    def __init__(self, nodes: list[dict], claims: list[dict], contradictions: list[dict], edges: list[dict] = ()):
+    def __init__(self, nodes: list[dict], claims: list[dict], contradictions: list[dict], edges: list[dict] = (), methods: list[dict] = ()):
         self.nodes = {n["id"]: n for n in nodes}
         cent = lambda k: -self.nodes[k].get("centrality", 0)
         self.by_comm = defaultdict(list)
@@ -62,25 +63,31 @@ class GraphContexts:
         for a, b in pair_chunks: self.neighbours[a].add(b); self.neighbours[b].add(a)
         rel = [(c["source"], c["target"]) for c in claims]
         self.pairs = list(dict.fromkeys(rel + sorted(pair_chunks, key=lambda p: (-len(pair_chunks[p]), p))))
-        self.methods = [k for k in sorted(self.nodes, key=cent) if METHOD_HINTS.search(k)] or sorted(self.nodes, key=cent)
+        reported = [m["method"] for m in methods if m["method"] in self.nodes]     # graph/methods.json: methods sections
+        hinted = [k for k in sorted(self.nodes, key=cent) if METHOD_HINTS.search(k)]
+        self.methods = list(dict.fromkeys(reported + hinted)) or sorted(self.nodes, key=cent)
         self.contradictions = contradictions
 
     def communities(self) -> list[int]: return sorted(self.by_comm)
 
-    def chunks_for(self, *concepts: str, extra: tuple = (), k: int = 3) -> list[str]:
-        "Up to `k` evidence chunks: those shared by the concepts first, then each concept's own."
+    def chunks_for(self, *concepts: str, extra: tuple = (), k: int = 3, offset: int = 0) -> list[str]:
+        "Up to `k` evidence chunks: those shared by the concepts first, then each concept's own, starting `offset` into the list."
         shared = set(extra)
         for a, b in itertools.combinations(concepts, 2): shared |= self.pair_chunks.get((a, b), set()) | self.pair_chunks.get((b, a), set())
         ordered = list(dict.fromkeys(sorted(shared) + [c for x in concepts for c in self.chunks.get(x, [])]))
+        if len(ordered) > k and offset: ordered = ordered[offset % len(ordered):] + ordered[:offset % len(ordered)]
         return ordered[:k]
 
     def fillers(self, dim: str, depth: str):
         "Yield `(slots, concepts, chunk_ids, community)` for a cell, cycling over communities."
         if (dim, depth) == ("comparative", "expert") and self.contradictions:
-            for c in itertools.cycle(self.contradictions):
-                ids = [cl["chunk_id"] for cl in c["claims"]]
-                yield {"a": self._label(c["source"]), "b": self._label(c["target"])}, [c["source"], c["target"]], list(dict.fromkeys(ids))[:4], self.nodes[c["source"]].get("community", 0)
+            for t_i in range(len(TEMPLATES[(dim, depth)])):        # each contradiction once per template, then linked pairs
+                for c in self.contradictions:
+                    if c["source"] not in self.nodes or c["target"] not in self.nodes: continue
+                    ids = sorted({cl["doc_id"]: cl["chunk_id"] for cl in c["claims"]}.values())   # one chunk per disagreeing paper
+                    yield {"a": self._label(c["source"]), "b": self._label(c["target"]), "_template": t_i}, [c["source"], c["target"]], ids[:4], self.nodes[c["source"]].get("community", 0)
         needs_pair = "{b}" in " ".join(TEMPLATES[(dim, depth)])
+        offset = DEPTHS.index(depth) + 4 * DIMENSIONS.index(dim)      # different cells look at different chunks of a concept
         pools = {c: list(ks) for c, ks in self.by_comm.items()}
         seen = set()
         for rnd in itertools.count():
@@ -98,13 +105,14 @@ class GraphContexts:
                         if (a, b) in seen: continue
                         seen.add((a, b))
                         common = sorted((self.neighbours[a] & self.neighbours[b]) - {a, b})
-                        t = common[0] if common else b
-                        yield {"a": self._label(a), "b": self._label(b), "m": self._label(a), "t": self._label(t)}, [a, b], self.chunks_for(a, b), comm
+                        slots = {"a": self._label(a), "b": self._label(b), "m": self._label(a)}
+                        if common: slots["t"] = self._label(common[0])
+                        yield slots, [a, b] + common[:1], self.chunks_for(a, b, *common[:1], offset=offset), comm
                         break
                 else:
                     if a in seen: continue
                     seen.add(a)
-                    yield {"a": self._label(a), "m": self._label(a)}, [a], self.chunks_for(a), comm
+                    yield {"a": self._label(a), "m": self._label(a)}, [a], self.chunks_for(a, offset=offset), comm
             if not progressed: return
 
     def _label(self, k): return self.nodes[k].get("label", k)
@@ -125,7 +133,9 @@ def generate_queries(ctx: GraphContexts, per_cell: int = 8, heldout_fraction: fl
             templates, n = TEMPLATES[(dim, depth)], 0
             for i, (slots, concepts, chunk_ids, comm) in enumerate(ctx.fillers(dim, depth)):
                 if n >= per_cell or i > 50 * per_cell: break
-                q = templates[i % len(templates)].format(**{**slots, "t": slots.get("t", slots.get("b", "performance"))}, **{})
+                usable = [t for t in templates if all(f"{{{k}}}" not in t for k in "abmt" if k not in slots)]   # no filler invented
+                if not usable: continue
+                q = usable[slots.pop("_template", i) % len(usable)].format(**slots)
                 q = q[0].upper() + q[1:]
                 if not chunk_ids or near_duplicate(q, seen_words): continue
                 seen_words.append(_words(q)); n += 1
@@ -173,7 +183,7 @@ def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: floa
     params = {"per_cell": per_cell, "heldout_fraction": heldout_fraction, "seed": seed}
     with stage_run(run, "queries", params) as rec:
         ctx = GraphContexts(read_json(run.graph/"nodes.json"), read_json(run.graph/"claims.json"),
-                            read_json(run.graph/"contradictions.json"), read_json(run.graph/"edges.json", []))
+                            read_json(run.graph/"contradictions.json"), read_json(run.graph/"edges.json", []), read_json(run.graph/"methods.json", []))
         qs = generate_queries(ctx, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
         write_jsonl(run.queries/"queries.jsonl", qs)
         cov = coverage(qs, len(read_json(run.graph/"taxonomy.json")["communities"]))

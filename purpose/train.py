@@ -4,15 +4,16 @@
 
 # %% ../nbs/06_train.ipynb #c8167bfe
 from __future__ import annotations
-import math, os, random, time
+import contextlib, importlib.util, math, os, random, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_student, read_json, read_jsonl,
                           stage_run, write_json)
 
 # %% auto #0
-__all__ = ['DEPTH_ORDER', 'encode_example', 'curriculum_order', 'pack', 'collate', 'answer_loss', 'TrainConfig', 'lr_at',
-           'prepare_model', 'evaluate_loss', 'train', 'plot_loss', 'train_stage']
+__all__ = ['DEPTH_ORDER', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate', 'answer_loss',
+           'TrainConfig', 'lr_at', 'prepare_model', 'evaluate_loss', 'train', 'plot_loss', 'train_stage',
+           'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -52,9 +53,44 @@ def pack(examples: list[dict], order: list[int], max_len: int, window: int = 64)
     return rows
 
 # %% ../nbs/06_train.ipynb #b80df4bc
-def collate(examples: list[dict], rows: list[list[int]], pad_id: int, float_mask_dtype=None) -> dict:
-    "Tensors for packed `rows`: input ids, labels, position ids and a 4D block-diagonal causal mask."
+def load_replay(spec: str) -> list[dict]:
+    "Chat rows of a replay source: `general` (the kit's general QA) or a JSONL file with `messages` or `question`/`answer`."
+    if spec == "general":
+        import purpose
+        path = Path(purpose.__file__).parent/"data"/"general_qa.jsonl"
+    else: path = Path(spec)
+    if not path.exists(): raise PurposeError(f"replay file {path} does not exist: use replay='general' or a JSONL of chat examples")
+    rows = []
+    for k, r in enumerate(read_jsonl(path)):
+        if "messages" in r: msgs = r["messages"]
+        elif "question" in r and "answer" in r:
+            msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": r["question"]},
+                    {"role": "assistant", "content": r["answer"]}]
+        else: raise PurposeError(f"{path} line {k + 1} has neither 'messages' nor 'question'/'answer'")
+        rows.append({"messages": msgs})
+    return rows
+
+def mix_replay(order: list[int], replay_ids: list[int], ratio: float, seed: int = 0) -> list[int]:
+    "Insert `round(ratio * len(order))` of `replay_ids` (cycled, shuffled) at evenly spaced places of `order`."
+    k = round(ratio * len(order)) if replay_ids else 0
+    if k <= 0: return list(order)
+    rng, pool = random.Random(seed), []
+    while len(pool) < k: pool += rng.sample(replay_ids, len(replay_ids))
+    keyed = [(p, 0, i) for p, i in enumerate(order)] + [((j + 0.5) * len(order) / k - 0.5, 1, i) for j, i in enumerate(pool[:k])]
+    return [i for *_, i in sorted(keyed)]
+
+# %% ../nbs/06_train.ipynb #a2dc1427
+def collate(examples: list[dict], rows: list[list[int]], pad_id: int, float_mask_dtype=None, flat: bool = False) -> dict:
+    "Tensors for packed `rows`: input ids, labels, position ids and a 4D block-diagonal causal mask (or varlen boundaries when `flat`)."
     import torch
+    if flat:
+        seqs = [examples[i] for r in rows for i in r]
+        lens = [len(x["input_ids"]) for x in seqs]
+        cu = torch.tensor([0] + [sum(lens[:k + 1]) for k in range(len(lens))], dtype=torch.int32)
+        return {"input_ids": torch.tensor([[t for x in seqs for t in x["input_ids"]]]),
+                "labels": torch.tensor([[t for x in seqs for t in x["labels"]]]),
+                "position_ids": torch.cat([torch.arange(n) for n in lens])[None], "attention_mask": None,
+                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lens), "max_length_k": max(lens)}
     L = max(sum(len(examples[i]["input_ids"]) for i in r) for r in rows)
     B = len(rows)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -73,7 +109,9 @@ def collate(examples: list[dict], rows: list[list[int]], pad_id: int, float_mask
     if float_mask_dtype is not None: mask = torch.zeros(mask.shape, dtype=float_mask_dtype).masked_fill(~mask, torch.finfo(float_mask_dtype).min)
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
 
-# %% ../nbs/06_train.ipynb #a2dc1427
+# %% ../nbs/06_train.ipynb #c3c9cc94
+_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
 def _body_and_head(model):
     "The transformer body and the output projection of a causal LM (through a peft wrapper if present)."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -83,12 +121,13 @@ def answer_loss(model, batch: dict, chunk: int = 1024, reduction: str = "mean"):
     "Cross-entropy on answer tokens only, projecting just those hidden states, `chunk` at a time."
     import torch, torch.nn.functional as F
     body, head = _body_and_head(model)
-    mask = batch["attention_mask"]
-    h = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).last_hidden_state
+    extra = {k: batch[k] for k in _VARLEN_KEYS if k in batch}
+    h = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch.get("attention_mask"),
+             use_cache=False, **extra).last_hidden_state
     targets = batch["labels"][:, 1:]
     sel = targets != -100
     hs, ys = h[:, :-1][sel], targets[sel]
-    total = hs.new_zeros((), dtype=torch.float32)
+    total = (h.flatten()[0] * 0).float()
     for i in range(0, hs.shape[0], chunk):
         logits = head(hs[i:i + chunk]).float()
         total = total + F.cross_entropy(logits, ys[i:i + chunk], reduction="sum")
@@ -107,39 +146,50 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
     max_len: int = 512                # tokens per packed row (and per example)
-    rows_per_batch: int = 4
+    rows_per_batch: int = 4           # packed rows per step and process
     grad_accum: int = 1
     warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1         # η_min = min_lr_ratio · lr
     weight_decay: float = 0.0
     curriculum: str = "staged"        # staged | sorted | none
+    replay: str = ""                  # "" (off), "general" or a JSONL of general chat examples
+    replay_ratio: float = 0.1         # replayed examples per domain example and epoch
     precision: str = "auto"           # auto | fp32 | bf16
+    attn: str = "auto"                # auto (flash_attention_2 on GPU when installed, else sdpa) | sdpa | eager | flash_attention_2
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
     max_steps: int | None = None
     seed: int = 0
 
+# %% ../nbs/06_train.ipynb #782d5b9d
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    "Linear warmup, then cosine decay from `lr` to `min_lr_ratio * lr`."
-    warm = max(1, int(cfg.warmup_ratio * total))
+    "Learning rate of optimizer step `step` of `total`: linear warmup, then the seed's cosine decay towards `min_lr_ratio * lr`."
+    warm = math.ceil(cfg.warmup_ratio * total)
     if step < warm: return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
     lo = cfg.lr * cfg.min_lr_ratio
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, t)))
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(step - warm, total) / max(1, total)))
 
 # %% ../nbs/06_train.ipynb #c4328781
 def _autocast(device: str, precision: str):
-    import contextlib, torch
+    import torch
     if precision == "bf16" or (precision == "auto" and device == "cuda"):
         return torch.autocast(device, dtype=torch.bfloat16)
     if precision == "auto" and device == "cpu" and torch.cpu._is_avx512_bf16_supported():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
-def prepare_model(cfg: TrainConfig, device: str):
+def _attn_impl(cfg: TrainConfig, device: str) -> str:
+    if cfg.attn != "auto": return cfg.attn
+    return "flash_attention_2" if device == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+
+def prepare_model(cfg: TrainConfig, device: str = "cpu"):
     "The student with LoRA adapters (or all weights trainable when `lora_r=0`), and its tokenizer."
     import torch
-    model, tok = load_student(cfg.student, seed=cfg.seed)
+    device = str(device)
+    bf16_base = device.startswith("cuda") and cfg.lora_r > 0 and cfg.precision in ("auto", "bf16")
+    model, tok = load_student(cfg.student, seed=cfg.seed, dtype=torch.bfloat16 if bf16_base else None)
+    impl = _attn_impl(cfg, device.split(":")[0])
+    if getattr(model.config, "_attn_implementation", None) != impl: model.set_attn_implementation(impl)
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
         targets = "all-linear" if cfg.target_modules == "all-linear" else [t.strip() for t in cfg.target_modules.split(",")]
@@ -150,111 +200,199 @@ def prepare_model(cfg: TrainConfig, device: str):
         if hasattr(model, "enable_input_require_grads"): model.enable_input_require_grads()
     return model.to(device), tok
 
-def _mask_dtype(model):
-    return None if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa" else next(model.parameters()).dtype
+def _layout(model) -> dict:
+    "How `collate` must lay out batches for this model's attention kernel."
+    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if impl.startswith("flash"): return {"flat": True}
+    return {} if impl == "sdpa" else {"float_mask_dtype": next(model.parameters()).dtype}
 
-def evaluate_loss(model, examples: list[dict], cfg: TrainConfig, pad_id: int, device: str) -> float:
-    "Mean answer-token loss on `examples` (packed, no gradients)."
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+class _Dist:
+    "This process's place in a run: one process, or one of several started by `accelerate launch` (DDP)."
+    def __init__(self, device=None):
+        import torch
+        self.acc = None
+        if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+            self.acc = Accelerator(cpu=not torch.cuda.is_available())   # without cpu=True a GPU-less launch stays single-process
+        self.rank, self.world = (self.acc.process_index, self.acc.num_processes) if self.acc else (0, 1)
+        self.device = self.acc.device if self.acc else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.is_main = self.rank == 0
+    def sum(self, values: list[float]) -> list[float]:
+        "Element-wise sum of `values` over all processes."
+        if not self.acc: return list(values)
+        import torch
+        return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.device), "sum").tolist()
+    def barrier(self):
+        if self.acc: self.acc.wait_for_everyone()
+    def wrap(self, model):
+        "A module computing `answer_loss(model, batch, reduction='sum')`, DDP-wrapped when there are several processes."
+        import torch
+        class AnswerLoss(torch.nn.Module):
+            def __init__(self, m): super().__init__(); self.m = m
+            def forward(self, batch): return answer_loss(self.m, batch, reduction="sum")
+        mod = AnswerLoss(model)
+        return self.acc.prepare(mod) if self.acc else mod
+    def no_sync(self, module, sync: bool):
+        "Skip the gradient all-reduce on micro-batches that do not end an accumulation."
+        return self.acc.no_sync(module) if self.acc and not sync else contextlib.nullcontext()
+
+def _my_rows(rows: list[list[int]], dist, pad_row: list[int]) -> list[list[int]]:
+    "This process's share of a batch's rows (a padding-only row when it gets none, so every process joins the backward)."
+    return rows[dist.rank::dist.world] or [pad_row]
+
+def evaluate_loss(model, examples: list[dict], cfg: TrainConfig, pad_id: int, device, dist=None) -> float:
+    "Mean answer-token loss on `examples` (packed, no gradients; shared out across processes when `dist` has several)."
     import torch
     if not examples: return float("nan")
+    dist = dist or _Dist(device)
+    exs = examples + [{"input_ids": [pad_id], "labels": [-100]}]
     rows = pack(examples, list(range(len(examples))), cfg.max_len)
-    total, n = 0.0, 0
-    model.eval()
-    with torch.no_grad(), _autocast(device, cfg.precision):
-        for i in range(0, len(rows), cfg.rows_per_batch):
-            b = {k: v.to(device) for k, v in collate(examples, rows[i:i + cfg.rows_per_batch], pad_id, _mask_dtype(model)).items()}
-            s, k = answer_loss(model, b, reduction="sum"); total += s.item(); n += k
+    total, n, lay = 0.0, 0, _layout(model)
+    was_training = model.training; model.eval()
+    with torch.no_grad(), _autocast(torch.device(device).type, cfg.precision):
+        for i in range(0, len(rows), cfg.rows_per_batch * dist.world):
+            mine = _my_rows(rows[i:i + cfg.rows_per_batch * dist.world], dist, [len(exs) - 1])
+            s, k = answer_loss(model, _to(collate(exs, mine, pad_id, **lay), device), reduction="sum"); total += s.item(); n += k
+    total, n = dist.sum([total, n])
+    model.train(was_training)
     return total / max(n, 1)
 
 def _save(model, tok, path: Path):
+    "Save model and tokenizer to `path`, replacing an older save only once the new one is complete."
     import shutil
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists(): shutil.rmtree(tmp)
+    path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    for p in (tmp, old):
+        if p.exists(): shutil.rmtree(p)
     model.save_pretrained(tmp); tok.save_pretrained(tmp)
-    if path.exists(): shutil.rmtree(path)
+    if path.exists(): os.replace(path, old)
     os.replace(tmp, path)
+    if old.exists(): shutil.rmtree(old)
 
-# %% ../nbs/06_train.ipynb #ecb434b8
+def _fmt_secs(s: float) -> str:
+    s = int(round(s)); return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+# %% ../nbs/06_train.ipynb #0d540eba
 def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str, cfg: TrainConfig, progress: bool = True,
           stop_after: int | None = None) -> dict:
     "Train on chat `rows` (each with `messages`, `depth`, `hard`), keep the best epoch, write checkpoints, log and figure; `stop_after` N steps ends this session resumably."
     import torch
     from tqdm.auto import tqdm
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
     if not train_rows: raise PurposeError("no training examples: the distill stage accepted no train QA")
+    dist = _Dist()
+    device, dev_type = dist.device, dist.device.type
+    if dist.is_main: out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = prepare_model(cfg, device)
+    pad = tok.pad_token_id
     examples = [encode_example(tok, r["messages"], cfg.max_len) for r in train_rows]
+    n_domain = len(examples)
+    replay = load_replay(cfg.replay) if cfg.replay else []
+    examples += [encode_example(tok, r["messages"], cfg.max_len) for r in replay]
+    examples.append({"input_ids": [pad], "labels": [-100]}); pad_row = [len(examples) - 1]   # for processes without a row
     held = [encode_example(tok, r["messages"], cfg.max_len) for r in heldout_rows]
+    loss_mod = dist.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epoch_rows = [pack(examples, curriculum_order(train_rows, cfg.curriculum, cfg.seed + e), cfg.max_len) for e in range(cfg.epochs)]
-    batches = [(e, rows[i:i + cfg.rows_per_batch]) for e, rows in enumerate(epoch_rows) for i in range(0, len(rows), cfg.rows_per_batch)]
+    replay_ids = list(range(n_domain, n_domain + len(replay)))
+    orders = [mix_replay(curriculum_order(train_rows, cfg.curriculum, cfg.seed + e), replay_ids, cfg.replay_ratio, cfg.seed + e)
+              for e in range(cfg.epochs)]
+    per_step = cfg.rows_per_batch * dist.world
+    batches = [(e, rows[i:i + per_step]) for e, o in enumerate(orders) for rows in [pack(examples, o, cfg.max_len)]
+               for i in range(0, len(rows), per_step)]
     steps_total = math.ceil(len(batches) / cfg.grad_accum)
     if cfg.max_steps: steps_total = min(steps_total, cfg.max_steps)
-    state = {"step": 0, "batch": 0, "best_loss": float("inf"), "best_epoch": None, "epoch_losses": {}}
+    state = {"step": 0, "batch": 0, "best_loss": float("inf"), "best_epoch": None, "epoch_losses": {}, "log_lines": 0}
     ckpt, log_path = out/"checkpoint", out/"train_log.jsonl"
     if (ckpt/"state.pt").exists():
-        saved = torch.load(ckpt/"state.pt", weights_only=False)
+        saved = torch.load(ckpt/"state.pt", weights_only=False, map_location="cpu")
         if saved["config"] != asdict(cfg): raise PurposeError(f"{ckpt} was written with other settings; delete it to start over or use the same settings")
         trainable = dict(model.named_parameters())
-        for k, v in saved["trainable"].items(): trainable[k].data.copy_(v.to(device))
+        with torch.no_grad():
+            for k, v in saved["trainable"].items(): trainable[k].copy_(v.to(device))
         opt.load_state_dict(saved["optimizer"]); state = saved["state"]
         torch.set_rng_state(saved["rng"])
-    elif log_path.exists(): log_path.unlink()
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(saved["cuda_rng"])
+        if dist.is_main and log_path.exists():     # forget what was logged after the checkpoint
+            lines = log_path.read_text().splitlines(keepends=True)[:state["log_lines"]]
+            log_path.with_name(log_path.name + ".tmp").write_text("".join(lines)); os.replace(log_path.with_name(log_path.name + ".tmp"), log_path)
+    elif dist.is_main and log_path.exists(): log_path.unlink()
+    dist.barrier()
+    def log(rec: dict):
+        if dist.is_main: append_jsonl(log_path, rec)
+        state["log_lines"] += 1
     def checkpoint():
-        tmp = ckpt.with_name("checkpoint.tmp"); tmp.mkdir(exist_ok=True)
-        torch.save({"config": asdict(cfg), "state": state, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                    "trainable": {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}}, tmp/"state.pt")
-        if ckpt.exists(): import shutil; shutil.rmtree(ckpt)
-        os.replace(tmp, ckpt)
-    mask_dtype = _mask_dtype(model)
-    bar = tqdm(total=steps_total, initial=state["step"], disable=not progress, desc="train", unit="step")
-    t0, tokens_seen, answer_tokens = time.perf_counter(), 0, 0
+        if dist.is_main:
+            ckpt.mkdir(exist_ok=True)
+            torch.save({"config": asdict(cfg), "state": state, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                        "trainable": {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}}, ckpt/"state.pt.tmp")
+            os.replace(ckpt/"state.pt.tmp", ckpt/"state.pt")
+        dist.barrier()
+    lay = _layout(model)
+    bar = tqdm(total=steps_total, initial=state["step"], disable=not (progress and dist.is_main), desc="train", unit="step")
+    t0, side, tokens_seen, answer_tokens = time.perf_counter(), 0.0, 0, 0
     model.train(); opt.zero_grad(set_to_none=True)
-    acc_loss, acc_n, start_step, stopped = 0.0, 0, state["step"], False
+    acc_loss, acc_tokens, acc_answer, acc_n, start_step, stopped = 0.0, 0, 0, 0, state["step"], False
     for bi in range(state["batch"], len(batches)):
         if state["step"] >= steps_total: break
         epoch, rows = batches[bi]
-        b = {k: v.to(device) for k, v in collate(examples, rows, tok.pad_token_id, mask_dtype).items()}
-        with _autocast(device, cfg.precision):
-            loss, n = answer_loss(model, b)
-        (loss / cfg.grad_accum).backward()
-        acc_loss += loss.item(); acc_n += 1
-        tokens_seen += int(sum(len(examples[i]["input_ids"]) for r in rows for i in r)); answer_tokens += n
-        state["batch"] = bi + 1
+        mine = _my_rows(rows, dist, pad_row)
+        b = collate(examples, mine, pad, **lay)
+        n_global = dist.sum([int((b["labels"][:, 1:] != -100).sum())])[0]
+        b = _to(b, device)
         end_of_epoch = bi + 1 == len(batches) or batches[bi + 1][0] != epoch
-        if acc_n == cfg.grad_accum or end_of_epoch:
+        sync = acc_n + 1 == cfg.grad_accum or end_of_epoch
+        with dist.no_sync(loss_mod, sync):
+            with _autocast(dev_type, cfg.precision):
+                s, n = loss_mod(b)
+            (s * (dist.world / max(n_global, 1) / cfg.grad_accum)).backward()
+        acc_loss += s.item() / max(n_global, 1); acc_n += 1
+        acc_tokens += sum(len(examples[i]["input_ids"]) for r in rows[dist.rank::dist.world] for i in r); acc_answer += n
+        state["batch"] = bi + 1
+        if sync:
             for g in opt.param_groups: g["lr"] = lr_at(state["step"], steps_total, cfg)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step(); opt.zero_grad(set_to_none=True)
             state["step"] += 1
-            secs = time.perf_counter() - t0
-            append_jsonl(log_path, {"step": state["step"], "epoch": epoch, "loss": round(acc_loss / acc_n, 5),
-                                    "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens_seen / secs, 1)})
-            bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}", tok_s=f"{tokens_seen / secs:.0f}"); bar.update(1)
-            acc_loss, acc_n = 0.0, 0
-            if state["step"] % cfg.checkpoint_every == 0: checkpoint()
+            step_loss, step_tokens, step_answer = dist.sum([acc_loss, acc_tokens, acc_answer])
+            tokens_seen += int(step_tokens); answer_tokens += int(step_answer)
+            train_secs = time.perf_counter() - t0 - side
+            eta = train_secs / (state["step"] - start_step) * (steps_total - state["step"])
+            log({"step": state["step"], "epoch": epoch, "loss": round(step_loss / acc_n, 5), "lr": opt.param_groups[0]["lr"],
+                 "tokens_per_s": round(tokens_seen / train_secs, 1), "eta_s": round(eta, 1)})
+            bar.set_postfix(loss=f"{step_loss / acc_n:.3f}", tok_s=f"{tokens_seen / train_secs:.0f}", eta=_fmt_secs(eta)); bar.update(1)
+            acc_loss, acc_tokens, acc_answer, acc_n = 0.0, 0, 0, 0
+            ts = time.perf_counter()
+            if state["step"] % cfg.checkpoint_every == 0 and not (end_of_epoch or state["step"] >= steps_total): checkpoint()   # else: after the evaluation
+            side += time.perf_counter() - ts
             if stop_after and state["step"] - start_step >= stop_after and not end_of_epoch:
                 checkpoint(); stopped = True; break
         if end_of_epoch or state["step"] >= steps_total:
-            hl = evaluate_loss(model, held, cfg, tok.pad_token_id, device) if held else evaluate_loss(model, examples, cfg, tok.pad_token_id, device)
+            ts = time.perf_counter()
+            hl = evaluate_loss(model, held or examples[:n_domain], cfg, pad, device, dist)
             model.train()
             state["epoch_losses"][str(epoch)] = round(hl, 5)
-            append_jsonl(log_path, {"epoch_end": epoch, "step": state["step"], "heldout_loss": round(hl, 5)})
+            log({"epoch_end": epoch, "step": state["step"], "heldout_loss": round(hl, 5)})
             if hl < state["best_loss"]:
                 state["best_loss"], state["best_epoch"] = hl, epoch
-                _save(model, tok, out/"adapter")
+                if dist.is_main: _save(model, tok, out/"adapter")
             checkpoint()
+            side += time.perf_counter() - ts
     bar.close()
     secs = time.perf_counter() - t0
-    plot_loss(log_path, out/"loss.png")
+    train_secs = secs - side
+    if dist.is_main: plot_loss(log_path, out/"loss.png")
+    dist.barrier()
     return {"steps": state["step"], "stopped_early": stopped, "best_epoch": state["best_epoch"], "best_heldout_loss": round(state["best_loss"], 5),
-            "epoch_heldout_loss": state["epoch_losses"], "examples": len(examples), "seconds_this_run": round(secs, 2),
-            "tokens_per_s": round(tokens_seen / secs, 1) if secs and tokens_seen else None,
-            "answer_tokens_per_s": round(answer_tokens / secs, 1) if secs and answer_tokens else None,
-            "trainable_params": sum(p.numel() for p in params), "device": device}
+            "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay),
+            "seconds_this_run": round(secs, 2), "train_seconds": round(train_secs, 2),
+            "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,
+            "answer_tokens_per_s": round(answer_tokens / train_secs, 1) if train_secs > 0 and answer_tokens else None,
+            "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world}
 
 def plot_loss(log_path: Path, path: Path):
     "Training loss per step and held-out loss per epoch."
@@ -271,7 +409,7 @@ def plot_loss(log_path: Path, path: Path):
 
 # %% ../nbs/06_train.ipynb #ea75bae7
 def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True, **config) -> dict:
-    "Train the student on the run's distilled dataset; write `train/` (adapter, checkpoint, log, loss figure)."
+    "Train the student on the run's distilled dataset; write `train/` (adapter, checkpoint, log, loss figure; `merged/` when asked)."
     from datasets import load_from_disk
     run = RunDir(run_dir)
     run.require("distill/dataset")
@@ -282,11 +420,14 @@ def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True,
         ds = load_from_disk(str(run.distill/"dataset"))
         res = train(list(ds["train"]), list(ds["heldout"]), run.train, cfg, progress=progress)
         write_json(run.train/"train_config.json", asdict(cfg))
-        if merge and cfg.lora_r > 0:
-            from peft import AutoPeftModelForCausalLM
-            from purpose.core import load_tokenizer
-            merged = AutoPeftModelForCausalLM.from_pretrained(run.train/"adapter").merge_and_unload()
-            _save(merged, load_tokenizer(cfg.student), run.train/"merged")
+        if merge and cfg.lora_r > 0: merge_adapter(run.train/"adapter", cfg, run.train/"merged")
         rec.counts.update({"examples": res["examples"], "steps": res["steps"]})
         rec.info.update({k: v for k, v in res.items() if k not in ("examples", "steps")})
     return {**rec.counts, **rec.info}
+
+def merge_adapter(adapter_dir: Path | str, cfg: TrainConfig, out: Path | str) -> Path:
+    "Fold a trained LoRA adapter into the student's weights and save a plain transformers model to `out`."
+    from peft import PeftModel
+    base, tok = load_student(cfg.student, seed=cfg.seed)
+    _save(PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tok, Path(out))
+    return Path(out)

@@ -1,0 +1,167 @@
+"""The trainer's guarantees: packed = unpacked (loss and gradients), a SIGKILLed run resumes exactly, full fine-tuning,
+merged models, and the same trainer under `accelerate launch` with 2 CPU processes (DDP over gloo)."""
+import json, os, signal, socket, subprocess, sys, time
+from dataclasses import asdict
+from pathlib import Path
+import pytest
+import torch
+from purpose.core import TINY_STUDENT, chat_messages, load_student, read_jsonl
+from purpose.train import (TrainConfig, answer_loss, collate, encode_example, evaluate_loss, pack, prepare_model, train,
+                           train_stage)
+
+def qa_rows(n: int, offset: int = 0) -> list[dict]:
+    "Chat rows of varied length (answers from 1 to ~25 words)."
+    return [{"messages": chat_messages(f"Question {i}: what is the stride length at phase {i}?", "sprint",
+                                       " ".join(["The stride length is", f"{2 + i / 10:.1f} m"] + ["because of ground contact"] * (i % 6))),
+             "depth": ["basic", "intermediate", "expert"][i % 3], "hard": i % 5 == 0} for i in range(offset, offset + n)]
+
+def step_losses(log_path: Path) -> list[float]:
+    return [r["loss"] for r in read_jsonl(log_path) if "loss" in r]
+
+# --- packed == unpacked ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_and_gradients_equal_unpacked(attn):
+    from peft import LoraConfig, get_peft_model
+    base, tok = load_student(TINY_STUDENT)
+    base.set_attn_implementation(attn)
+    torch.manual_seed(1)   # init_lora_weights=False: both LoRA factors random, so every adapter weight gets a gradient
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+    exs = [encode_example(tok, r["messages"]) for r in qa_rows(7)]
+    lens = [len(e["input_ids"]) for e in exs]
+    rows = pack(exs, list(range(len(exs))), max_len=2 * max(lens))
+    assert len(rows) >= 2 and len({sum(lens[i] for i in r) for r in rows}) > 1     # several rows, so some padding
+    assert any(len(r) > 1 for r in rows)                                              # and real packing
+    lay = {} if attn == "sdpa" else {"float_mask_dtype": torch.float32}
+    batch = collate(exs, rows, tok.pad_token_id, **lay)
+    assert (batch["input_ids"] == tok.pad_token_id).any()
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+
+    model.zero_grad(); s, n = answer_loss(model, batch, chunk=7, reduction="sum"); s.backward()
+    packed = {k: p.grad.clone() for k, p in params.items()}
+    model.zero_grad(); ref, ref_n = 0.0, 0
+    for e in exs:   # the model's own full-logit loss, one example at a time
+        k = sum(l != -100 for l in e["labels"][1:])
+        out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]))
+        (out.loss * k).backward(); ref += out.loss.item() * k; ref_n += k
+    assert n == ref_n
+    assert s.item() == pytest.approx(ref, rel=1e-5)
+    for k, p in params.items():   # equal up to float32 summation order
+        assert p.grad.norm() > 0 and (packed[k] - p.grad).norm() <= 1e-4 * p.grad.norm(), k
+
+# --- a real kill --------------------------------------------------------------------------------------------------
+
+KILL_CHILD = """
+import json, sys, time
+import purpose.train as T
+d = json.load(open(sys.argv[1]))
+_collate = T.collate
+def slow_collate(*a, **k):        # slow the run down so that the kill lands in the middle of it
+    time.sleep(0.15); return _collate(*a, **k)
+T.collate = slow_collate
+T.train(d["rows"], d["held"], d["out"], T.TrainConfig(**d["cfg"]), progress=False)
+"""
+
+def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
+    cfg = TrainConfig(student=TINY_STUDENT, epochs=2, lr=3e-3, lora_r=4, max_len=64, rows_per_batch=1, checkpoint_every=3, precision="fp32")
+    rows, held = qa_rows(12), qa_rows(3, offset=100)
+    killed = tmp_path/"killed"
+    (tmp_path/"child.py").write_text(KILL_CHILD)
+    (tmp_path/"data.json").write_text(json.dumps({"rows": rows, "held": held, "out": str(killed), "cfg": asdict(cfg)}))
+    proc = subprocess.Popen([sys.executable, str(tmp_path/"child.py"), str(tmp_path/"data.json")], stderr=subprocess.PIPE)
+    state, log = killed/"checkpoint"/"state.pt", killed/"train_log.jsonl"
+    deadline = time.time() + 120
+    try:   # kill once a checkpoint exists and a couple of steps were logged after it
+        while time.time() < deadline and proc.poll() is None:
+            if state.exists() and log.exists() and len(log.read_text().splitlines()) >= 5: break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill(); proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = torch.load(state, weights_only=False)["state"]
+    lines_at_kill = log.read_text().splitlines()
+    assert 0 < saved["step"] < 24 and len(lines_at_kill) > saved["log_lines"]   # steps after the checkpoint were logged
+
+    resumed = train(rows, held, killed, cfg, progress=False)
+    whole = train(rows, held, tmp_path/"whole", cfg, progress=False)
+    assert resumed["steps"] == whole["steps"] == 24
+    log_rows = read_jsonl(log)
+    assert [r["step"] for r in log_rows if "loss" in r] == list(range(1, 25))             # no step twice, none missing
+    assert [r["epoch_end"] for r in log_rows if "epoch_end" in r] == [0, 1]
+    assert step_losses(log) == pytest.approx(step_losses(tmp_path/"whole"/"train_log.jsonl"), rel=1e-4)
+    assert resumed["best_heldout_loss"] == pytest.approx(whole["best_heldout_loss"], rel=1e-4)
+    assert (killed/"adapter"/"adapter_config.json").exists() and (killed/"loss.png").exists()
+
+# --- full fine-tuning and merged models -----------------------------------------------------------------------------
+
+def test_full_finetuning_saves_a_model_with_the_best_loss(tmp_path):
+    cfg = TrainConfig(student=TINY_STUDENT, epochs=2, lr=2e-3, lora_r=0, max_len=128, rows_per_batch=2, precision="fp32")
+    rows, held = qa_rows(8), qa_rows(3, offset=50)
+    res = train(rows, held, tmp_path, cfg, progress=False)
+    assert res["trainable_params"] == sum(p.numel() for p in load_student(TINY_STUDENT)[0].parameters())
+    assert (tmp_path/"adapter"/"config.json").exists() and not (tmp_path/"adapter"/"adapter_config.json").exists()
+    model, tok = load_student(str(tmp_path/"adapter"))
+    held_ex = [encode_example(tok, r["messages"], 128) for r in held]
+    assert evaluate_loss(model, held_ex, cfg, tok.pad_token_id, "cpu") == pytest.approx(res["best_heldout_loss"], abs=1e-4)
+    base, _ = load_student(TINY_STUDENT)
+    assert evaluate_loss(base, held_ex, cfg, tok.pad_token_id, "cpu") > res["best_heldout_loss"] + 0.05   # it learned
+
+def test_train_stage_merges_the_adapter(tmp_path):
+    from datasets import Dataset, DatasetDict
+    from peft import PeftModel
+    run = tmp_path/"run"
+    rows, held = qa_rows(8), qa_rows(3, offset=50)
+    DatasetDict({"train": Dataset.from_list(rows), "heldout": Dataset.from_list(held)}).save_to_disk(str(run/"distill"/"dataset"))
+    res = train_stage(run, merge=True, progress=False, student=TINY_STUDENT, epochs=1, lr=5e-3, lora_r=4, max_len=128,
+                      rows_per_batch=2, precision="fp32", replay="general", replay_ratio=0.25)
+    assert res["steps"] > 0 and res["replay_examples"] == 40
+    merged, tok = load_student(str(run/"train"/"merged"))
+    assert not any("lora" in k for k in merged.state_dict())
+    tuned = PeftModel.from_pretrained(load_student(TINY_STUDENT)[0], str(run/"train"/"adapter"))
+    cfg = TrainConfig(max_len=128, precision="fp32")
+    held_ex = [encode_example(tok, r["messages"], 128) for r in held]
+    loss_merged = evaluate_loss(merged, held_ex, cfg, tok.pad_token_id, "cpu")
+    assert loss_merged == pytest.approx(evaluate_loss(tuned, held_ex, cfg, tok.pad_token_id, "cpu"), abs=1e-4)
+    assert loss_merged == pytest.approx(res["best_heldout_loss"], abs=1e-4)
+    assert loss_merged < evaluate_loss(load_student(TINY_STUDENT)[0], held_ex, cfg, tok.pad_token_id, "cpu")
+
+# --- accelerate launch: 2 CPU processes ----------------------------------------------------------------------------
+
+DDP_CHILD = """
+import json, os, sys
+from purpose.train import TrainConfig, train
+d = json.load(open(sys.argv[1]))
+res = train(d["rows"], d["held"], d["out"], TrainConfig(**d["cfg"]), progress=False)
+json.dump(res, open(os.path.join(d["out"], f"result_{os.environ['RANK']}.json"), "w"))
+"""
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def test_accelerate_launch_ddp_two_cpu_processes(tmp_path):
+    "Each process takes half of every batch; the run matches one process taking the whole batch."
+    rows, held = qa_rows(14), qa_rows(3, offset=50)
+    cfg = TrainConfig(student=TINY_STUDENT, epochs=2, lr=3e-3, lora_r=4, lora_dropout=0.0, max_len=96, rows_per_batch=2,
+                      precision="fp32", checkpoint_every=4)
+    out = tmp_path/"ddp"
+    (tmp_path/"child.py").write_text(DDP_CHILD)
+    (tmp_path/"data.json").write_text(json.dumps({"rows": rows, "held": held, "out": str(out), "cfg": asdict(cfg)}))
+    exe = Path(sys.executable).parent/"accelerate"
+    # without GPUs, accelerate's multi-process launcher (torchrun) gives each process the gloo backend
+    cmd = [str(exe), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(tmp_path/"child.py"), str(tmp_path/"data.json")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = (json.loads((out/f"result_{i}.json").read_text()) for i in range(2))
+    assert r0["processes"] == r1["processes"] == 2
+    assert r0["steps"] == r1["steps"] and r0["best_heldout_loss"] == r1["best_heldout_loss"]
+    assert (out/"adapter"/"adapter_config.json").exists() and (out/"checkpoint"/"state.pt").exists()
+    ddp_log = read_jsonl(out/"train_log.jsonl")
+    assert [r["step"] for r in ddp_log if "loss" in r] == list(range(1, r0["steps"] + 1))    # one writer: no duplicates
+    single = train(rows, held, tmp_path/"single", TrainConfig(**{**asdict(cfg), "rows_per_batch": 4}), progress=False)
+    assert single["steps"] == r0["steps"]
+    assert step_losses(out/"train_log.jsonl") == pytest.approx(step_losses(tmp_path/"single"/"train_log.jsonl"), rel=1e-4)
+    assert r0["best_heldout_loss"] == pytest.approx(single["best_heldout_loss"], rel=1e-4)
