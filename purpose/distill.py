@@ -45,13 +45,13 @@ JUDGE_SYSTEM = ("You grade answers to research questions. Given sources, a quest
                 '{"score": <1-5>, "reason": "<short>"}. 5 = correct, complete, fully supported by the sources; 1 = wrong or unsupported.')
 
 def offline_judge(question: str, answer: str, sources: list[str]) -> tuple[float, str]:
-    "A 1-5 score and reason from grounding, relevance to the question and length."
+    "A 1-5 score and reason: grounded, on the question's terms, of a sane length (a product: each can sink the score)."
     g = grounding_score(answer, sources)
     q = set(content_words(question)); a = set(content_words(answer))
     relevance = len(q & a) / max(1, len(q))
     n = len(answer.split())
     length_ok = 1.0 if 5 <= n <= 160 else 0.5 if n > 0 else 0.0
-    score = 1 + 4 * (0.5 * g + 0.3 * min(1.0, 2 * relevance) + 0.2 * length_ok)
+    score = 1 + 4 * g * (0.3 + 0.7 * min(1.0, 2 * relevance)) * length_ok
     return round(score, 2), f"grounding={g:.2f} relevance={relevance:.2f} words={n}"
 
 JUDGE_SCHEMA = {"type": "object", "required": ["score", "reason"],
