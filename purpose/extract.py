@@ -24,7 +24,8 @@ __all__ = ['STATUSES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'SAM
            'render_record', 'records_of', 'template_for', 'html_lines', 'markdown_lines', 'chunk_tokenizer',
            'chunk_section', 'chunk_document', 'ExtractOptions', 'open_pdf', 'tesseract_available', 'ocr_pdf_pages',
            'read_pdf', 'extract_file', 'make_test_pdf', 'mark_duplicates', 'run_parallel', 'load_record_templates',
-           'summary_table', 'extract_documents', 'extract_stage', 'process_folder', 'normalize_corpus']
+           'summary_table', 'extract_documents', 'extract_stage', 'process_folder', 'join_overlapping',
+           'normalize_corpus']
 
 # %% ../nbs/01_extract.ipynb #705d5e02
 STATUSES = {
@@ -1208,14 +1209,22 @@ def process_folder(data_dir: Path | str, output_dir: Path | str, **kw) -> dict:
     for d in docs:
         if d["status"] != "ok": continue
         secs, text = [], []
-        for c in by_doc.get(d["doc_id"], []):   # chunks overlap: rebuild each section from its first chunk + non-overlapping rest
-            if not secs or secs[-1] != c["section"]: secs.append(c["section"]); text.append(f"\n## {c['section']}\n" if c["section"] not in ("records",) else "")
-            text.append(c["text"])
+        for c in by_doc.get(d["doc_id"], []):   # chunks overlap: each section is its first chunk + the new part of the next ones
+            if not secs or secs[-1] != c["section"]:
+                secs.append(c["section"]); text.append(f"\n## {c['section']}\n" if c["section"] not in ("records",) else "")
+                text.append(c["text"])
+            else: text[-1] = join_overlapping(text[-1], c["text"])
         corpus.append({"doc_id": d["doc_id"], "source": d["source"], "title": d.get("title"), "text": normalize_corpus("\n".join(text))})
     write_jsonl(out/"documents.jsonl", docs); write_jsonl(out/"chunks.jsonl", chunks); write_jsonl(out/"corpus.jsonl", corpus)
     (out/"corpus.txt").write_text("\n\n".join(c["text"] for c in corpus) + "\n", encoding="utf-8")
     s["corpus"] = str(out/"corpus.jsonl")
     return s
+
+def join_overlapping(prev: str, nxt: str, min_overlap: int = 8, max_overlap: int = 600) -> str:
+    "`prev` followed by `nxt` without the text they share (the end of `prev` repeated at the start of `nxt`)."
+    for k in range(min(len(prev), len(nxt), max_overlap), min_overlap - 1, -1):
+        if prev.endswith(nxt[:k]): return prev + nxt[k:]
+    return prev + " " + nxt
 
 def normalize_corpus(text: str) -> str:
     "Tidy blank lines in a corpus text."
