@@ -101,8 +101,10 @@ def child_hf(a) -> dict:
                                  lr_scheduler_type="cosine", warmup_steps=0.1, logging_steps=10**6, save_strategy="no", report_to=[],
                                  bf16=a.precision == "bf16", use_cpu=not a.gpu, dataloader_num_workers=0, remove_unused_columns=False, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+        c0 = time.process_time()
         metrics = trainer.train().metrics
-    return {"seconds": metrics["train_runtime"], "useful_tokens": sum(len(e["input_ids"]) for e in exs),
+        cpu = time.process_time() - c0
+    return {"seconds": metrics["train_runtime"], "cpu_seconds": cpu, "useful_tokens": sum(len(e["input_ids"]) for e in exs),
             "answer_tokens": sum(sum(l != -100 for l in e["labels"][1:]) for e in exs), "examples_per_step": a.batch,
             "peak_mb": _peak_mb(a.gpu), "rss_after_load_mb": rss_loaded}
 
@@ -118,13 +120,12 @@ def child_ours(a) -> dict:
                       precision=a.precision, checkpoint_every=10**6, curriculum="staged")
     with tempfile.TemporaryDirectory() as out:
         res = train(rows, rows[:4], out, cfg, progress=False)
-    return {"seconds": res["train_seconds"], "useful_tokens": sum(len(e["input_ids"]) for e in exs),
+    return {"seconds": res["train_seconds"], "cpu_seconds": res["train_cpu_seconds"], "useful_tokens": sum(len(e["input_ids"]) for e in exs),
             "answer_tokens": sum(sum(l != -100 for l in e["labels"][1:]) for e in exs), "steps": res["steps"],
             "examples_per_step": round(len(rows) / res["steps"], 2), "peak_mb": _peak_mb(a.gpu), "rss_after_load_mb": None}
 
-def model_flops_per_step(model_kind: str, exs_lens: list[int], answer_tokens: int) -> float:
+def useful_flops(exs_lens: list[int], answer_tokens: int) -> float:
     "Useful training FLOPs (forward + backward, the usual 6·N·tokens convention) for the data: body, attention, answer-token head."
-    from transformers import AutoConfig
     c = qwen05_config(151936)
     d, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
     kv = d // c.num_attention_heads * c.num_key_value_heads
@@ -135,10 +136,11 @@ def model_flops_per_step(model_kind: str, exs_lens: list[int], answer_tokens: in
 def run_child(mode: str, a, precision: str) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--model", a.model, "--n", str(a.n), "--batch", str(a.batch), "--rows", str(a.rows),
            "--precision", precision, "--folder", a.folder] + (["--gpu"] if a.gpu else [])
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {})}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0: raise SystemExit(f"{mode} child failed:\n{p.stderr[-4000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    r["tok_s"] = r["useful_tokens"] / r["seconds"]
+    r["tok_s"], r["tok_cpu_s"] = r["useful_tokens"] / r["seconds"], r["useful_tokens"] / r["cpu_seconds"]
     return r
 
 def main():
@@ -150,6 +152,7 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--precisions", default=None, help="comma-separated: fp32,bf16 (CPU default) or bf16 (GPU)")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (OMP_NUM_THREADS); 1 gives stable CPU-time numbers on a busy machine")
     ap.add_argument("--peak-tflops", type=float, default=989.5, help="dense bf16 peak of the GPU (H100/H200 SXM: 989.5)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -165,29 +168,33 @@ def main():
         if not torch.cuda.is_available(): raise SystemExit("--gpu needs a CUDA GPU (none visible)")
         make_student(a.model, Path(a.folder))
     precisions = (a.precisions or ("bf16" if a.gpu else "fp32,bf16")).split(",")
-    print(f"model={a.model} n={a.n} HF batch={a.batch} ours rows/step={a.rows} (512 tokens) reps={a.reps} cpus={os.cpu_count()} "
+    print(f"model={a.model} n={a.n} HF batch={a.batch} ours rows/step={a.rows} (512 tokens) reps={a.reps} cpus={os.cpu_count()} threads={a.threads or 'default'} "
           f"load={os.getloadavg()[0]:.2f}", flush=True)
     results = []
     for rep in range(a.reps):
         for prec in precisions:
             hf = run_child("hf", a, prec); ours = run_child("ours", a, prec)
             r = {"rep": rep, "precision": prec, "hf": hf, "ours": ours, "speedup": ours["tok_s"] / hf["tok_s"],
+                 "speedup_cpu_time": ours["tok_cpu_s"] / hf["tok_cpu_s"],
                  "memory_ratio": ours["peak_mb"] / hf["peak_mb"], "load": os.getloadavg()[0]}
             line = (f"rep {rep} {prec}: HF {hf['tok_s']:.0f} tok/s, peak {hf['peak_mb']:.0f} MB | ours {ours['tok_s']:.0f} tok/s, "
-                    f"peak {ours['peak_mb']:.0f} MB | speed-up {r['speedup']:.2f}x, memory {r['memory_ratio']:.2f}x (load {r['load']:.1f})")
+                    f"peak {ours['peak_mb']:.0f} MB | speed-up {r['speedup']:.2f}x (per CPU-second: HF {hf['tok_cpu_s']:.0f}, ours "
+                    f"{ours['tok_cpu_s']:.0f}, {r['speedup_cpu_time']:.2f}x), memory {r['memory_ratio']:.2f}x (load {r['load']:.1f})")
             if a.gpu:
                 from purpose.core import load_tokenizer
                 from purpose.train import encode_example
                 tok = load_tokenizer(make_student(a.model, Path(a.folder)))
                 lens = [len(encode_example(tok, x["messages"], 512)["input_ids"]) for x in synthetic_rows(tok, a.n)]
-                flops = model_flops_per_step(a.model, lens, ours["answer_tokens"])
+                flops = useful_flops(lens, ours["answer_tokens"])
                 r["mfu_ours"], r["mfu_hf"] = (flops / s["seconds"] / (a.peak_tflops * 1e12) for s in (ours, hf))
                 line += f" | MFU ours {r['mfu_ours']:.1%}, HF {r['mfu_hf']:.1%} (useful FLOPs, peak {a.peak_tflops} TFLOP/s)"
             print(line, flush=True)
             results.append(r)
     for prec in precisions:
         sp = [r["speedup"] for r in results if r["precision"] == prec]; mem = [r["memory_ratio"] for r in results if r["precision"] == prec]
-        print(f"{prec}: speed-up median {statistics.median(sp):.2f}x (all {', '.join(f'{s:.2f}' for s in sp)}), "
+        spc = [r["speedup_cpu_time"] for r in results if r["precision"] == prec]
+        print(f"{prec}: speed-up median {statistics.median(sp):.2f}x (all {', '.join(f'{s:.2f}' for s in sp)}), per CPU-second "
+              f"median {statistics.median(spc):.2f}x (all {', '.join(f'{s:.2f}' for s in spc)}), "
               f"peak memory ours/HF median {statistics.median(mem):.2f}")
     if a.json: Path(a.json).write_text(json.dumps(results, indent=1))
 

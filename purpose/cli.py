@@ -12,7 +12,7 @@ from .core import EMBEDDED_STUDENT, PurposeError, RunDir, read_jsonl, resolve_pa
 
 # %% auto #0
 __all__ = ['app', 'parse_param', 'run', 'process', 'llama_student', 'distill_pipeline', 'distill', 'enhanced_distill',
-           'load_training_rows', 'train', 'generate', 'main']
+           'load_training_rows', 'train', 'generate', 'serve', 'main']
 
 # %% ../nbs/09_cli.ipynb #6e811499
 app = typer.Typer(help="Purpose: turn a folder of domain papers into a small domain-expert model, and prove whether it worked.",
@@ -205,6 +205,15 @@ def generate(model_dir: Path = typer.Option(..., help="trained model folder, run
             typer.echo(piece, nl=False)
         typer.echo()
     else: typer.echo(inf.generate(prompt, temperature=temperature, max_new_tokens=max_new_tokens))
+
+# %% ../nbs/09_cli.ipynb #51e0731a
+@app.command()
+def serve(model_dir: Path = typer.Option(..., help="trained model folder, run folder or merged model"),
+          host: str = typer.Option("127.0.0.1", help="address to bind; 127.0.0.1 = this machine only"),
+          port: int = typer.Option(8000), model_id: str = typer.Option(None, help="the model name clients ask for (default purpose-<domain>)")):
+    "Serve a trained model with an OpenAI-compatible API (/v1/models, /v1/chat/completions); key from PURPOSE_SERVE_API_KEY."
+    from purpose.serve import serve as _serve
+    _serve(model_dir, host=host, port=port, model_id=model_id)
 
 # %% ../nbs/09_cli.ipynb #4c58921f
 try:

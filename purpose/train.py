@@ -11,9 +11,9 @@ from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_st
                           stage_run, write_json)
 
 # %% auto #0
-__all__ = ['DEPTH_ORDER', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate', 'answer_loss',
-           'TrainConfig', 'lr_at', 'prepare_model', 'evaluate_loss', 'train', 'plot_loss', 'train_stage',
-           'merge_adapter']
+__all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate',
+           'answer_loss', 'varlen_sdpa', 'register_varlen_attention', 'TrainConfig', 'lr_at', 'prepare_model',
+           'evaluate_loss', 'train', 'plot_loss', 'train_stage', 'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -134,6 +134,30 @@ def answer_loss(model, batch: dict, chunk: int = 1024, reduction: str = "mean"):
     n = ys.numel()
     return (total / max(n, 1), n) if reduction == "mean" else (total, n)
 
+# %% ../nbs/06_train.ipynb #acdcddb9
+VARLEN_ATTN = "purpose_varlen"
+
+def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
+    "Causal attention of a flat packed batch, one example at a time between `cu_seq_lens_q` boundaries (else plain sdpa)."
+    import torch, torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or attention_mask is not None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if key.shape[1] != query.shape[1]:
+        key, value = (repeat_kv(t, query.shape[1] // key.shape[1]) for t in (key, value))
+    bounds = cu.tolist()
+    out = torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
+                                                    dropout_p=dropout, scale=scaling) for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+def register_varlen_attention():
+    "Make `purpose_varlen` a transformers attention implementation (idempotent)."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    AttentionInterface.register(VARLEN_ATTN, varlen_sdpa)
+    AttentionMaskInterface.register(VARLEN_ATTN, flash_attention_mask)   # padding-free: no mask
+
 # %% ../nbs/06_train.ipynb #85cbc428
 @dataclass
 class TrainConfig:
@@ -155,7 +179,7 @@ class TrainConfig:
     replay: str = ""                  # "" (off), "general" or a JSONL of general chat examples
     replay_ratio: float = 0.1         # replayed examples per domain example and epoch
     precision: str = "auto"           # auto | fp32 | bf16
-    attn: str = "auto"                # auto (flash_attention_2 on GPU when installed, else sdpa) | sdpa | eager | flash_attention_2
+    attn: str = "auto"                # auto | purpose_varlen | sdpa (block mask) | eager (float mask) | flash_attention_2
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
     max_steps: int | None = None
@@ -170,25 +194,29 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(step - warm, total) / max(1, total)))
 
 # %% ../nbs/06_train.ipynb #c4328781
+def _uses_bf16(device: str, precision: str) -> bool:
+    "Whether `precision` means bf16 compute on `device` (`auto`: on GPUs, and on CPUs with native bf16)."
+    import torch
+    return precision == "bf16" or (precision == "auto" and (device == "cuda" or (device == "cpu" and torch.cpu._is_avx512_bf16_supported())))
+
 def _autocast(device: str, precision: str):
     import torch
-    if precision == "bf16" or (precision == "auto" and device == "cuda"):
-        return torch.autocast(device, dtype=torch.bfloat16)
-    if precision == "auto" and device == "cpu" and torch.cpu._is_avx512_bf16_supported():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16) if _uses_bf16(device, precision) else contextlib.nullcontext()
 
 def _attn_impl(cfg: TrainConfig, device: str) -> str:
+    "`attn`, or for `auto`: flash-attention varlen on a GPU that has it, sdpa with the block mask on other GPUs, `purpose_varlen` on CPU."
     if cfg.attn != "auto": return cfg.attn
-    return "flash_attention_2" if device == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+    if device == "cuda": return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    return VARLEN_ATTN
 
 def prepare_model(cfg: TrainConfig, device: str = "cpu"):
     "The student with LoRA adapters (or all weights trainable when `lora_r=0`), and its tokenizer."
     import torch
     device = str(device)
-    bf16_base = device.startswith("cuda") and cfg.lora_r > 0 and cfg.precision in ("auto", "bf16")
+    bf16_base = cfg.lora_r > 0 and _uses_bf16(device.split(":")[0], cfg.precision)   # frozen weights in bf16, adapters fp32
     model, tok = load_student(cfg.student, seed=cfg.seed, dtype=torch.bfloat16 if bf16_base else None)
     impl = _attn_impl(cfg, device.split(":")[0])
+    if impl == VARLEN_ATTN: register_varlen_attention()
     if getattr(model.config, "_attn_implementation", None) != impl: model.set_attn_implementation(impl)
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -203,7 +231,7 @@ def prepare_model(cfg: TrainConfig, device: str = "cpu"):
 def _layout(model) -> dict:
     "How `collate` must lay out batches for this model's attention kernel."
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    if impl.startswith("flash"): return {"flat": True}
+    if impl.startswith("flash") or impl == VARLEN_ATTN: return {"flat": True}
     return {} if impl == "sdpa" else {"float_mask_dtype": next(model.parameters()).dtype}
 
 def _to(batch: dict, device) -> dict:
@@ -334,7 +362,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
         dist.barrier()
     lay = _layout(model)
     bar = tqdm(total=steps_total, initial=state["step"], disable=not (progress and dist.is_main), desc="train", unit="step")
-    t0, side, tokens_seen, answer_tokens = time.perf_counter(), 0.0, 0, 0
+    t0, cpu0, side, side_cpu, tokens_seen, answer_tokens = time.perf_counter(), time.process_time(), 0.0, 0.0, 0, 0
     model.train(); opt.zero_grad(set_to_none=True)
     acc_loss, acc_tokens, acc_answer, acc_n, start_step, stopped = 0.0, 0, 0, 0, state["step"], False
     for bi in range(state["batch"], len(batches)):
@@ -366,13 +394,13 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
                  "tokens_per_s": round(tokens_seen / train_secs, 1), "eta_s": round(eta, 1)})
             bar.set_postfix(loss=f"{step_loss / acc_n:.3f}", tok_s=f"{tokens_seen / train_secs:.0f}", eta=_fmt_secs(eta)); bar.update(1)
             acc_loss, acc_tokens, acc_answer, acc_n = 0.0, 0, 0, 0
-            ts = time.perf_counter()
+            ts, tc = time.perf_counter(), time.process_time()
             if state["step"] % cfg.checkpoint_every == 0 and not (end_of_epoch or state["step"] >= steps_total): checkpoint()   # else: after the evaluation
-            side += time.perf_counter() - ts
+            side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
             if stop_after and state["step"] - start_step >= stop_after and not end_of_epoch:
                 checkpoint(); stopped = True; break
         if end_of_epoch or state["step"] >= steps_total:
-            ts = time.perf_counter()
+            ts, tc = time.perf_counter(), time.process_time()
             hl = evaluate_loss(model, held or examples[:n_domain], cfg, pad, device, dist)
             model.train()
             state["epoch_losses"][str(epoch)] = round(hl, 5)
@@ -381,7 +409,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
                 state["best_loss"], state["best_epoch"] = hl, epoch
                 if dist.is_main: _save(model, tok, out/"adapter")
             checkpoint()
-            side += time.perf_counter() - ts
+            side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
     bar.close()
     secs = time.perf_counter() - t0
     train_secs = secs - side
@@ -390,6 +418,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     return {"steps": state["step"], "stopped_early": stopped, "best_epoch": state["best_epoch"], "best_heldout_loss": round(state["best_loss"], 5),
             "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay),
             "seconds_this_run": round(secs, 2), "train_seconds": round(train_secs, 2),
+            "train_cpu_seconds": round(time.process_time() - cpu0 - side_cpu, 2),
             "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,
             "answer_tokens_per_s": round(answer_tokens / train_secs, 1) if train_secs > 0 and answer_tokens else None,
             "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world}

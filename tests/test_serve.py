@@ -1,5 +1,6 @@
 "The OpenAI-compatible server, exercised with the official `openai` SDK over 127.0.0.1 on a tiny trained adapter."
 import json, threading, urllib.error, urllib.request
+from pathlib import Path
 import pytest
 openai = pytest.importorskip("openai")
 from purpose.core import TINY_STUDENT, chat_messages, write_json
@@ -115,3 +116,24 @@ def test_api_key_is_enforced_when_set(inference):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
         assert [m.id for m in openai.OpenAI(base_url=url + "/v1", api_key="k-123", max_retries=0).models.list()] == [MODEL]
     finally: srv.shutdown(); srv.server_close()
+
+def test_purpose_serve_command(run_dir):
+    "`purpose serve` in its own process: the SDK talks to it, a bad request does not bring it down."
+    import socket, subprocess, sys, time
+    from conftest import ROOT
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    exe = Path(sys.executable).parent/"purpose"
+    proc = subprocess.Popen([str(exe), "serve", "--model-dir", str(run_dir), "--port", str(port), "--model-id", "m"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2); break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120)
+        with pytest.raises(openai.NotFoundError): client.chat.completions.create(model="other", messages=ASK)
+        assert client.chat.completions.create(model="m", messages=ASK, max_tokens=3).choices[0].message.role == "assistant"
+    finally:
+        proc.terminate(); proc.wait(30)

@@ -6,8 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 from purpose.core import TINY_STUDENT, chat_messages, load_student, read_jsonl
-from purpose.train import (TrainConfig, answer_loss, collate, encode_example, evaluate_loss, pack, prepare_model, train,
-                           train_stage)
+from purpose.train import (VARLEN_ATTN, TrainConfig, answer_loss, collate, encode_example, evaluate_loss, pack,
+                           register_varlen_attention, train, train_stage)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Tiny models run many tiny ops: one thread avoids OpenMP spin-waits that make them crawl on a shared, busy CPU."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 def qa_rows(n: int, offset: int = 0) -> list[dict]:
     "Chat rows of varied length (answers from 1 to ~25 words)."
@@ -20,10 +27,12 @@ def step_losses(log_path: Path) -> list[float]:
 
 # --- packed == unpacked ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", VARLEN_ATTN])
 def test_packed_loss_and_gradients_equal_unpacked(attn):
+    "Block mask (sdpa: bool, eager: float) over padded rows, and the flat padding-free layout with per-example attention."
     from peft import LoraConfig, get_peft_model
     base, tok = load_student(TINY_STUDENT)
+    register_varlen_attention()
     base.set_attn_implementation(attn)
     torch.manual_seed(1)   # init_lora_weights=False: both LoRA factors random, so every adapter weight gets a gradient
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
@@ -32,9 +41,10 @@ def test_packed_loss_and_gradients_equal_unpacked(attn):
     rows = pack(exs, list(range(len(exs))), max_len=2 * max(lens))
     assert len(rows) >= 2 and len({sum(lens[i] for i in r) for r in rows}) > 1     # several rows, so some padding
     assert any(len(r) > 1 for r in rows)                                              # and real packing
-    lay = {} if attn == "sdpa" else {"float_mask_dtype": torch.float32}
+    lay = {"sdpa": {}, "eager": {"float_mask_dtype": torch.float32}, VARLEN_ATTN: {"flat": True}}[attn]
     batch = collate(exs, rows, tok.pad_token_id, **lay)
-    assert (batch["input_ids"] == tok.pad_token_id).any()
+    if attn == VARLEN_ATTN: assert batch["input_ids"].shape == (1, sum(lens)) and batch["attention_mask"] is None
+    else: assert (batch["input_ids"] == tok.pad_token_id).any()
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
 
     model.zero_grad(); s, n = answer_loss(model, batch, chunk=7, reduction="sum"); s.backward()
@@ -68,7 +78,8 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
     killed = tmp_path/"killed"
     (tmp_path/"child.py").write_text(KILL_CHILD)
     (tmp_path/"data.json").write_text(json.dumps({"rows": rows, "held": held, "out": str(killed), "cfg": asdict(cfg)}))
-    proc = subprocess.Popen([sys.executable, str(tmp_path/"child.py"), str(tmp_path/"data.json")], stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(tmp_path/"child.py"), str(tmp_path/"data.json")], stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     state, log = killed/"checkpoint"/"state.pt", killed/"train_log.jsonl"
     deadline = time.time() + 120
     try:   # kill once a checkpoint exists and a couple of steps were logged after it
@@ -93,6 +104,14 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
     assert step_losses(log) == pytest.approx(step_losses(tmp_path/"whole"/"train_log.jsonl"), rel=1e-4)
     assert resumed["best_heldout_loss"] == pytest.approx(whole["best_heldout_loss"], rel=1e-4)
     assert (killed/"adapter"/"adapter_config.json").exists() and (killed/"loss.png").exists()
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path):
+    rows = qa_rows(6)
+    cfg = TrainConfig(student=TINY_STUDENT, epochs=1, lr=3e-3, lora_r=4, lora_dropout=0.0, max_len=128, rows_per_batch=1, precision="fp32")
+    plain = train(rows, [], tmp_path/"plain", cfg, progress=False)
+    ckpt = train(rows, [], tmp_path/"gc", TrainConfig(**{**asdict(cfg), "gradient_checkpointing": True}), progress=False)
+    assert plain["steps"] == ckpt["steps"] > 1
+    assert step_losses(tmp_path/"gc"/"train_log.jsonl") == pytest.approx(step_losses(tmp_path/"plain"/"train_log.jsonl"), rel=1e-5)
 
 # --- full fine-tuning and merged models -----------------------------------------------------------------------------
 

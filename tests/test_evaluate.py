@@ -1,0 +1,114 @@
+"Evaluation protocol: contamination, external loaders on the real QA sets, metrics with intervals, the whole pipeline on PubMedQA."
+import json
+from pathlib import Path
+import pytest
+from purpose.core import TINY_STUDENT, Manifest, chat_messages, read_json, read_jsonl, write_json, write_jsonl
+from purpose.evaluate import (YESNO, bootstrap_ci, contamination_check, evaluate_stage, external_eval, load_eval_jsonl, load_pubmedqa,
+                              load_squad, paired_bootstrap, write_corpus)
+
+SHARED = Path(__file__).resolve().parents[1].parent/"shared"
+PUBMEDQA = SHARED/"data"/"qa"/"pubmedqa"/"ori_pqal.json"
+COVIDQA = SHARED/"data"/"qa"/"covid_qa_deepset"/"200423_covidQA.json"
+needs_pubmedqa = pytest.mark.skipif(not PUBMEDQA.exists(), reason="../shared/data/qa/pubmedqa is absent")
+needs_covidqa = pytest.mark.skipif(not COVIDQA.exists(), reason="../shared/data/qa/covid_qa_deepset is absent")
+
+def test_contamination_flags_shared_source_sentences_and_near_duplicates():
+    sent = "Ground contact time decreased from 0.11 s to 0.09 s as running velocity increased towards the maximum."
+    train = [{"qa_id": "t1", "question": "How does contact time change with speed?", "answer": sent},
+             {"qa_id": "t2", "question": "Which muscles limit maximal sprint speed in elite athletes?", "answer": "The hamstrings."}]
+    held = [{"qa_id": "h1", "question": "What happens to ground contact at top speed?", "answer": f"{sent} This was measured with force plates."},
+            {"qa_id": "h2", "question": "Which muscles limit maximal sprint speed in elite athletes", "answer": "Calves."},
+            {"qa_id": "h3", "question": "What is reaction time?", "answer": "The time from the gun to the first force."}]
+    flags = {f["qa_id"]: f["reasons"] for f in contamination_check(held, train)}
+    assert set(flags) == {"h1", "h2"}
+    assert any("13-gram" in r and "t1" in r for r in flags["h1"]) and any("near-duplicate" in r for r in flags["h2"])
+    assert contamination_check(held, train, n=30) and "h1" not in {f["qa_id"] for f in contamination_check(held, train, n=30)}
+
+def test_bootstrap_intervals_shrink_with_more_items():
+    small, large = bootstrap_ci([1, 0] * 10), bootstrap_ci([1, 0] * 200)
+    assert small[0] < large[0] <= 0.5 <= large[1] < small[1]
+    assert bootstrap_ci([1, 0, 1], seed=3) == bootstrap_ci([1, 0, 1], seed=3)
+    p = paired_bootstrap([1, 1, 0, 1] * 10, [1, 0, 0, 1] * 10)
+    assert p["diff"] == 0.25 and p["significant"]
+
+@needs_pubmedqa
+def test_pubmedqa_loader_keeps_the_answer_out_of_the_corpus(tmp_path):
+    recs = load_pubmedqa(PUBMEDQA)
+    assert len(recs) == 1000 and all(len(r["items"]) == 1 for r in recs)
+    items = [r["items"][0] for r in recs]
+    assert {i["label"] for i in items} == set(YESNO) and all(i["answer"].lower().startswith(i["label"]) for i in items)
+    counts = write_corpus(recs[:20], tmp_path, "pubmedqa")
+    chunks = read_jsonl(tmp_path/"extract"/"chunks.jsonl")
+    assert counts["documents"] == 20 and counts["chunks"] == len(chunks) >= 20
+    assert {"chunk_id", "doc_id", "source", "section", "page_start", "page_end", "text", "n_tokens"} <= set(chunks[0])
+    assert all(d["status"] == "ok" for d in read_jsonl(tmp_path/"extract"/"documents.jsonl"))
+    corpus = " ".join(c["text"] for c in chunks)
+    long_answers = [r["items"][0]["answer"].split(". ", 1)[1] for r in recs[:20]]
+    assert sum(a[:80] in corpus for a in long_answers) == 0          # conclusions (the references) never enter the corpus
+
+@needs_covidqa
+def test_squad_loader_on_covid_qa(tmp_path):
+    recs = load_squad(COVIDQA)
+    items = [i for r in recs for i in r["items"]]
+    assert len(recs) == 98 and len(items) > 1000 and all(i["kind"] == "extractive" for i in items)
+    r = recs[0]
+    assert all(ref in r["contexts"][0] for i in r["items"] for ref in i["answers"])
+    write_corpus(recs[:2], tmp_path, "covidqa", chunk_tokens=200)
+    chunks = read_jsonl(tmp_path/"extract"/"chunks.jsonl")
+    assert len(chunks) > 10 and max(c["n_tokens"] for c in chunks) < 400
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from purpose.train import TrainConfig, train
+    run = tmp_path_factory.mktemp("evalrun")
+    qa = [{"qa_id": f"q{i}", "question": f"What was the stride frequency of sprinter {i}?", "answer": f"Sprinter {i} ran at {4 + i / 10:.1f} Hz.",
+           "split": "train", "citations": ["c1"]} for i in range(6)]
+    qa.append({"qa_id": "h1", "question": "How often did the feet of runner three touch the ground per second?", "answer": "4.3 Hz.", "split": "heldout", "citations": ["c1"]})
+    write_jsonl(run/"distill"/"qa.jsonl", qa)
+    write_jsonl(run/"extract"/"chunks.jsonl", [{"chunk_id": "c1", "doc_id": "d1", "text": "Stride frequency was 4.3 Hz for sprinter 3."},
+                                               {"chunk_id": "c2", "doc_id": "d2", "text": "Ground contact lasted 0.09 s."}])
+    rows = [{"messages": chat_messages(q["question"], "sprint", q["answer"]), "depth": "basic", "hard": False} for q in qa if q["split"] == "train"]
+    train(rows, [], run/"train", TrainConfig(student=TINY_STUDENT, epochs=1, lora_r=4, max_len=128), progress=False)
+    write_json(run/"train"/"train_config.json", {"student": TINY_STUDENT})
+    return run
+
+def test_generic_jsonl_eval_set_and_report(tiny_run, tmp_path):
+    src = tmp_path/"set.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "How long did ground contact last?", "answer": "0.09 s", "doc_id": "d2", "kind": "extractive"},
+        {"question": "Was stride frequency above 4 Hz for sprinter 3?", "answer": "yes", "doc_id": "d1"},
+        {"question": "What was the stride frequency of sprinter 3?", "answer": "Sprinter 3 ran at 4.3 Hz.", "doc_id": "d1"}]) + "\n")
+    items = [dict(it, doc_id=r["doc_id"]) for r in load_eval_jsonl(src) for it in r["items"]]
+    assert [i["kind"] for i in items] == ["extractive", "yesno", "free"]
+    write_jsonl(tiny_run/"eval"/"set.jsonl", items)
+    rep = evaluate_stage(tiny_run, domain="sprint", eval_set=tiny_run/"eval"/"set.jsonl", max_new_tokens=4, latency_samples=1, bootstrap=100)
+    assert rep["contamination"]["flagged"] == ["jsonl-3"] and rep["n_heldout"] == 2     # the copied training question is removed
+    assert set(rep["systems"]) == {"base", "tuned", "base+rag", "tuned+rag"}
+    for m in rep["systems"].values():
+        assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1] and m["latency_p95_s"] >= m["latency_p50_s"] > 0
+        assert m["general_perplexity"] > 1 and m["tokens_per_s"] > 0
+    assert set(rep["comparisons"]) >= {"tuned - base", "base+rag - base", "tuned+rag - base+rag"}
+    answers = read_jsonl(tiny_run/"eval"/"answers.jsonl")
+    assert len(answers) == 4 * 2 and {a["choice"] for a in answers if "choice" in a} <= set(YESNO)
+    md = (tiny_run/"eval"/"report.md").read_text()
+    assert "| base+rag |" in md and "1 flagged" in md and "Forgetting check" in md
+    assert read_json(tiny_run/"eval"/"contamination.json")["flagged"][0]["qa_id"] == "jsonl-3"
+
+def test_base_only_needs_no_adapter(tiny_run, tmp_path):
+    import shutil
+    run = tmp_path/"run"
+    shutil.copytree(tiny_run/"distill", run/"distill"); shutil.copytree(tiny_run/"extract", run/"extract")
+    rep = evaluate_stage(run, systems="base,base+rag", max_new_tokens=3, latency_samples=1, bootstrap=50, forgetting=False)
+    assert set(rep["systems"]) == {"base", "base+rag"}
+    with pytest.raises(Exception, match="train/adapter is missing"): evaluate_stage(run, systems="tuned", max_new_tokens=2)
+
+@needs_pubmedqa
+def test_external_eval_runs_the_whole_pipeline_on_pubmedqa(tmp_path):
+    rep = external_eval(tmp_path/"pq", "pubmedqa", PUBMEDQA, n_contexts=12, n_eval=4, per_cell=1, student=TINY_STUDENT, systems="base,tuned,base+rag",
+                        max_new_tokens=3, progress=False, latency_samples=1, bootstrap=50, forgetting=False, train_kw={"lora_r": 4, "max_len": 256})
+    assert rep["n_heldout"] + len(rep["contamination"]["flagged"]) == 4 and rep["kinds"] == {"yesno": rep["n_heldout"]}
+    assert rep["majority_baseline"] is not None and "most likely of the three answers" in rep["accuracy_definition"]
+    stages = Manifest(tmp_path/"pq").load()["stages"]
+    assert all(stages[s]["status"] == "done" for s in ("extract", "graph", "queries", "distill", "train", "evaluate"))
+    held = {i["question"] for i in read_jsonl(tmp_path/"pq"/"eval"/"external.jsonl")}
+    assert not held & {q["question"] for q in read_jsonl(tmp_path/"pq"/"distill"/"qa.jsonl")}
