@@ -12,8 +12,8 @@ from .core import (PurposeError, RunDir, append_jsonl, chat_messages, read_jsonl
 from .modelhub import cited_sources, complete_many, content_words, get_teacher, grounded_messages, split_sentences
 
 # %% auto #0
-__all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'token_f1',
-           'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
+__all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
+           'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
            'teacher_name', 'ask_teachers', 'raft_examples', 'replay_examples', 'export_formats', 'dataset_card',
            'distill_stage', 'standard_queries', 'standard_distill_stage']
 
@@ -30,6 +30,14 @@ def grounding_score(answer: str, sources: list[str], min_overlap: float = 0.6) -
     if not sents: return 0.0
     ok = sum(len([w for w in content_words(s) if w in vocab]) / len(content_words(s)) >= min_overlap for s in sents)
     return ok / len(sents)
+
+_QUOTE = re.compile(r'["\u201c]([^"\u201c\u201d]{12,}?)["\u201d]')
+
+def misquoted_spans(answer: str, sources: list[str]) -> list[str]:
+    "Spans the answer puts in quotation marks that do not appear word for word (case and spacing aside) in `sources`."
+    norm = lambda t: " ".join(re.findall(r"[a-z0-9]+(?:[.,][0-9]+)?", t.lower()))
+    src = norm(" ".join(sources))
+    return [q for q in _QUOTE.findall(answer) if norm(q) and norm(q) not in src]
 
 def token_f1(a: str, b: str) -> float:
     "Token-level F1 between two texts (content words, SQuAD style)."
@@ -282,7 +290,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
                 cites = [q["chunk_ids"][n - 1] for n in cited_sources(raw) if 0 < n <= len(q["chunk_ids"])]
                 cited_text = [chunks[c]["text"] for c in cites] or [chunks[c]["text"] for c in q["chunk_ids"]]
                 cands.append({"teacher": teacher, "answer": ans, "citations": cites, "grounding": round(grounding_score(ans, cited_text), 3),
-                              "sources": cited_text})
+                              "misquotes": misquoted_spans(ans, cited_text), "sources": cited_text})
             if cands: cands_by_q[q["query_id"]] = cands   # else: recorded in failures.jsonl
         flat = [(q, c) for q in queries for c in cands_by_q.get(q["query_id"], [])]
         if judge:
@@ -297,6 +305,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
             row = {"qa_id": stable_id(q["query_id"], best["teacher"]), **{k: q[k] for k in ("query_id", "question", "dimension", "depth", "split", "concepts")}, **best}
             if not row["answer"]: rejected.append({**row, "reason": "empty_answer"})
             elif row["judge_reason"].startswith("judge_failed"): rejected.append({**row, "reason": row["judge_reason"]})
+            elif row["misquotes"]: rejected.append({**row, "reason": f"misquoted: {row['misquotes'][0]!r} is not in the cited chunks"})
             elif row["grounding"] < min_grounding: rejected.append({**row, "reason": f"ungrounded: grounding {row['grounding']} < {min_grounding}"})
             elif row["judge_score"] < judge_threshold: rejected.append({**row, "reason": f"low_judge_score: {row['judge_score']} < {judge_threshold} ({row['judge_reason']})"})
             else: accepted.append(row)

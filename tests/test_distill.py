@@ -94,3 +94,17 @@ def test_standard_distillation_generator_then_enhancer(tmp_path):
         assert c["accepted"] + c["rejected"] == 2 and c["accepted"] >= 1
         assert all(q["draft"] == "A guess." for q in qs)
         assert all("A guess" not in q["answer"] for q in read_jsonl(run/"distill"/"qa.jsonl"))
+
+
+def test_misquoted_answers_are_rejected(tmp_path):
+    "A teacher that puts words in quotation marks that the cited chunk does not contain is rejected as misquoted."
+    run = make_run(tmp_path)
+    def reply(req):
+        q, sources = parse_grounded(req.body["messages"])
+        if "ground contact" in q.lower(): return 'The study reports "ground contact lasted 0.12 s in every sprinter" [1].'
+        return f"{sources[min(sources)]} [1]"
+    with WireServer(reply=reply, models=("quoter",)) as ws:
+        distill_stage(run, domain="sprint", teachers=ws.spec("quoter"), judge_threshold=1.0)
+    rejected = {r["query_id"]: r for r in read_jsonl(run/"distill"/"rejected.jsonl")}
+    assert rejected["q1"]["reason"].startswith("misquoted: 'ground contact lasted 0.12 s in every sprinter'")
+    assert "q0" not in rejected
