@@ -5,7 +5,7 @@
 # %% ../nbs/01_extract.ipynb #15c97ab2
 from __future__ import annotations
 import csv, fnmatch, functools, hashlib, io, json, multiprocessing as mp, os, re, shutil, signal, string, subprocess
-import tempfile, threading, time, unicodedata, zlib
+import heapq, tempfile, threading, time, unicodedata, zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field, asdict
 from html.parser import HTMLParser
@@ -463,10 +463,11 @@ def key_terms(text: str, limit: int = 25) -> list[str]:
                or (len(cand) > 1 and initials[0] == acro[0].lower() and len(cand) == len(caps) - 1):
                 terms.setdefault(f"{' '.join(cand)} ({m.group(1)})", None); break
     toks = re.findall(r"[a-z][a-z\-]+", text.lower())
-    grams = Counter(zip(toks, toks[1:])) + Counter(zip(toks, toks[1:], toks[2:]))   # counted in C, filtered after
+    grams = Counter(zip(toks, toks[1:])); grams.update(zip(toks, toks[1:], toks[2:]))   # counted in C, filtered after
     good = lambda g: g[0] not in _STOP and g[-1] not in _STOP and all(len(w) > 2 for w in g) and sum(w in _STOP for w in g) <= 1
-    for g, c in grams.most_common():
-        if c < 3 or len(terms) >= limit: break
+    frequent = sorted(((g, c) for g, c in grams.items() if c >= 3), key=lambda gc: -gc[1])   # stable: ties keep text order
+    for g, c in frequent:
+        if len(terms) >= limit: break
         if not good(g): continue
         g = " ".join(g)
         if not any(g in t.lower() for t in terms): terms.setdefault(g, None)
@@ -853,7 +854,7 @@ def _sketch(text: str, k: int = 128) -> list[int]:
     ids = {x: zlib.crc32(x.encode()) for x in set(words)}
     w = list(map(ids.__getitem__, words))
     hs = {hash(t) & 0xFFFFFFFFFFFF for t in zip(w, w[1:], w[2:], w[3:], w[4:])} or {hash(tuple(w)) & 0xFFFFFFFFFFFF}
-    return sorted(hs)[:k]   # hashes of int tuples do not depend on PYTHONHASHSEED: the same in every process
+    return heapq.nsmallest(k, hs)   # hashes of int tuples do not depend on PYTHONHASHSEED: the same in every process
 
 def _doc_row(doc_id, source, kind, status, error=None, **kw) -> dict:
     row = {"doc_id": doc_id, "source": source, "kind": kind, "status": status, "error": error, "extractor": None, "n_pages": None,
