@@ -186,10 +186,8 @@ def train(data_dir: Path = typer.Option(..., help="run folder, distill dataset o
     res = _train(train_rows, held, out, cfg)
     write_json(out/"train_config.json", asdict(cfg))
     if merge and lora_r > 0:
-        from purpose.evaluate import load_tuned
-        from purpose.train import _save
-        m, tok = load_tuned(out/"adapter", model_name)
-        _save(m.merge_and_unload(), tok, out/"merged")
+        from purpose.train import merge_adapter
+        merge_adapter(out/"adapter", cfg, out/"merged")
     typer.echo(json.dumps({**res, "model_dir": str(out)}, indent=2))
 
 @app.command()
