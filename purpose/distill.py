@@ -15,7 +15,7 @@ from .modelhub import cited_sources, complete_many, content_words, get_teacher, 
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
            'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
            'teacher_name', 'ask_teachers', 'raft_examples', 'replay_examples', 'export_formats', 'dataset_card',
-           'distill_stage', 'standard_queries', 'standard_distill_stage']
+           'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
 def clean_answer(text: str) -> str:
@@ -239,12 +239,18 @@ def dataset_card(qa: list[dict], rejected: list[dict], teachers: list[str], doma
 def _load_dataset_dict(qa: list[dict], domain: str, extra: list[dict] = ()):
     from datasets import Dataset, DatasetDict
     cols = ("qa_id", "query_id", "question", "answer", "dimension", "depth", "teacher", "judge_score", "grounding", "agreement", "hard")
-    def ds(rows):
-        return Dataset.from_list([{**{c: r[c] for c in cols}, "judge_score": float(r["judge_score"]), "grounding": float(r["grounding"]),
-                                   "agreement": float(r["agreement"]), "hard": bool(r["hard"]), "citations": list(r["citations"]),
-                                   "format": r.get("format", "qa"), "messages": r.get("messages") or chat_messages(r["question"], domain, r["answer"])}
-                                  for r in rows])
-    return DatasetDict({s: ds([q for q in list(qa) + list(extra) if q["split"] == s]) for s in ("train", "heldout")})
+    rows = list(qa) + list(extra)
+    full = Dataset.from_list([{**{c: r[c] for c in cols}, "judge_score": float(r["judge_score"]), "grounding": float(r["grounding"]),
+                               "agreement": float(r["agreement"]), "hard": bool(r["hard"]), "citations": list(r["citations"]),
+                               "format": r.get("format", "qa"), "messages": r.get("messages") or chat_messages(r["question"], domain, r["answer"])}
+                              for r in rows])
+    # one table split by index: an empty split keeps the columns and types of the other
+    return DatasetDict({s: full.select([i for i, r in enumerate(rows) if r["split"] == s]) for s in ("train", "heldout")})
+
+def save_dataset(dsd, path: Path | str) -> Path:
+    "`dsd.save_to_disk(path)`, with an empty split written as one empty shard so that `load_from_disk` can read it back."
+    dsd.save_to_disk(str(path), num_shards={s: 1 for s, d in dsd.items() if len(d) == 0})
+    return Path(path)
 
 def _with_draft(messages: list[dict], draft: str | None) -> list[dict]:
     "Grounded messages with a first draft to improve in the system message (standard distillation's enhancing step)."
@@ -319,7 +325,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         n_train = sum(q["split"] == "train" for q in kept)
         if replay_fraction > 0: extra += replay_examples(max(1, round(replay_fraction * n_train)), domain, replay_file, seed)
         dsd = _load_dataset_dict(kept, domain, extra)
-        dsd.save_to_disk(str(run.distill/"dataset"))
+        save_dataset(dsd, run.distill/"dataset")
         if push_to_hub: dsd.push_to_hub(push_to_hub, private=True)   # token from HF_TOKEN / huggingface-cli login
         rec.info["exports"] = export_formats(kept + extra, run.distill/"exports", domain)
         (run.distill/"card.md").write_text(dataset_card(kept, rejected, names, domain, extra, judge))

@@ -100,7 +100,7 @@ class GraphContexts:
                 if dim == "methodological":
                     a = self.methods[(rnd * len(self.by_comm) + comm) % len(self.methods)]
                 if needs_pair:
-                    nbs = sorted(self.neighbours[a], key=lambda b: -len(self.pair_chunks.get((a, b), set()) | self.pair_chunks.get((b, a), set())))
+                    nbs = sorted(self.neighbours[a], key=lambda b: (-len(self.pair_chunks.get((a, b), set()) | self.pair_chunks.get((b, a), set())), b))
                     for b in nbs:
                         if (a, b) in seen: continue
                         seen.add((a, b))
