@@ -6,12 +6,13 @@
 from __future__ import annotations
 import ast, json, math, sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 import typer
 from .core import EMBEDDED_STUDENT, PurposeError, RunDir, read_jsonl, resolve_papers_dir
 
 # %% auto #0
-__all__ = ['app', 'parse_param', 'run', 'process', 'llama_student', 'distill_pipeline', 'distill', 'enhanced_distill',
+__all__ = ['app', 'PapersDir', 'ModelName', 'NumQA', 'Epochs', 'Judge', 'Budget', 'UseLlama', 'LlamaPath', 'BitPrecision',
+           'parse_param', 'run', 'process', 'student_settings', 'distill_pipeline', 'distill', 'enhanced_distill',
            'load_training_rows', 'train', 'generate', 'serve', 'main']
 
 # %% ../nbs/09_cli.ipynb #6e811499
@@ -68,29 +69,25 @@ def process(data_dir: Path = typer.Option(..., help="folder of PDFs, CSV, JSON, 
     process_folder(data_dir, output_dir, passwords=tuple(password), workers=workers)
 
 # %% ../nbs/09_cli.ipynb #4760f216
-def llama_student(llama_path: Path | None, bit_precision: int | None = None, log=print) -> str:
-    "The student folder for `--use-llama` (checked), with a clear message when quantisation is not possible here."
-    if llama_path is None: raise PurposeError("--use-llama needs --llama-path PATH (a local model folder with config.json)")
-    p = Path(llama_path)
-    if not (p/"config.json").exists(): raise PurposeError(f"--llama-path {p}: no config.json there; point it at a local Hugging Face model folder")
-    if bit_precision not in (None, 4, 8, 16, 32): raise PurposeError(f"--bit-precision {bit_precision}: use 4 or 8 (or leave it out for full precision)")
-    if bit_precision in (4, 8):
-        import importlib.util
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        try:
-            import torch
-            has_cuda = torch.cuda.is_available()
-        except ImportError: has_cuda = False
-        if not (has_bnb and has_cuda):
-            log(f"note: {bit_precision}-bit quantisation needs bitsandbytes and a CUDA GPU (bitsandbytes: {'yes' if has_bnb else 'not installed'}, "
-                f"CUDA: {'yes' if has_cuda else 'no'}); training {p.name} in full precision")
-        else:
-            log(f"note: bitsandbytes and CUDA found, but the trainer loads students in full precision for now; training {p.name} unquantised")
-    return str(p)
+def student_settings(model_name: str, use_llama: bool = False, llama_path: Path | None = None,
+                     bit_precision: int | None = None) -> tuple[str, dict]:
+    "The student (`--model-name`, or the local folder of `--use-llama --llama-path`) and the training settings `--bit-precision` asks for."
+    student = model_name
+    if use_llama:
+        if llama_path is None: raise PurposeError("--use-llama needs --llama-path PATH (a local model folder with config.json)")
+        if not (Path(llama_path)/"config.json").exists():
+            raise PurposeError(f"--llama-path {llama_path}: no config.json there; point it at a local Hugging Face model folder")
+        student = str(llama_path)
+    if bit_precision is None: return student, {}
+    if bit_precision in (16, 32): return student, {"precision": {16: "bf16", 32: "fp32"}[bit_precision]}
+    if bit_precision not in (4, 8): raise PurposeError(f"--bit-precision {bit_precision}: use 4 or 8 (QLoRA), 16 (bf16) or 32 (fp32)")
+    from purpose.train import TrainConfig, quantization_config
+    quantization_config(TrainConfig(student=student, quantize=bit_precision))   # refuse now, before hours of distillation, if it cannot run
+    return student, {"quantize": bit_precision}
 
 def distill_pipeline(papers_dir: Path, run_dir: Path, domain: str, student: str, num_qa_pairs: int, epochs: int,
                      teachers: str = "offline", heldout_fraction: float = 0.2, evaluate: bool = True, log=print,
-                     mode: str = "enhanced", judge: str | None = None, budget_usd: float | None = None) -> dict:
+                     mode: str = "enhanced", judge: str | None = None, budget_usd: float | None = None, train_kw: dict | None = None) -> dict:
     "Every stage in-process for one papers folder (`mode` 'enhanced' or 'standard'); returns the evaluation report (or the training result)."
     from purpose.extract import extract_stage
     from purpose.graph import graph_stage
@@ -110,49 +107,48 @@ def distill_pipeline(papers_dir: Path, run_dir: Path, domain: str, student: str,
     else:
         specs = [t.strip() for t in teachers.split(",") if t.strip()]
         log(f"distill (standard): {standard_distill_stage(run_dir, domain=domain, generator=specs[0], enhancer=specs[1] if len(specs) > 1 else None, num_qa_pairs=num_qa_pairs, heldout_fraction=heldout_fraction, judge=judge, budget_usd=budget_usd)}")
-    res = train_stage(run_dir, student=student, epochs=epochs)
+    res = train_stage(run_dir, student=student, epochs=epochs, **(train_kw or {}))
     log(f"train: {res}")
     if not evaluate: return res
     report = evaluate_stage(run_dir, domain=domain, systems="base,tuned")
     log((RunDir(run_dir).eval/"report.md").read_text())
     return report
 
+# the options `distill` and `enhanced-distill` share
+PapersDir = Annotated[Path, typer.Option(help="folder of papers")]
+ModelName = Annotated[str, typer.Option(help="student: smollm2-135m, tiny-random or a model folder")]
+NumQA = Annotated[int, typer.Option(help="questions to distil")]
+Epochs = Annotated[int, typer.Option(help="training epochs")]
+Judge = Annotated[Optional[str], typer.Option(help="LLM judge spec (default: the offline judge)")]
+Budget = Annotated[Optional[float], typer.Option(help="stop spending on API models above this")]
+UseLlama = Annotated[bool, typer.Option(help="train a local model folder (--llama-path) as the student")]
+LlamaPath = Annotated[Optional[Path], typer.Option(help="local model folder for --use-llama")]
+BitPrecision = Annotated[Optional[int], typer.Option(help="4 or 8: QLoRA on a quantised student (CUDA GPU + bitsandbytes); 16: bf16; 32: fp32")]
+
 @app.command()
-def distill(papers_dir: Path = typer.Option(..., help="folder of papers"),
-            model_name: str = typer.Option(EMBEDDED_STUDENT, help="student: smollm2-135m, tiny-random or a model folder"),
-            num_qa_pairs: int = typer.Option(100, help="questions to distil"),
-            epochs: int = typer.Option(2, help="training epochs"),
-            run_dir: Optional[Path] = typer.Option(None, help="run folder (default: runs/<papers folder name>)"),
-            teachers: str = typer.Option("offline", help="GENERATOR[,ENHANCER] teacher specs, e.g. openai:gpt-4o,anthropic:claude-sonnet-4-0"),
-            judge: Optional[str] = typer.Option(None, help="LLM judge spec (default: the offline judge)"),
-            budget_usd: Optional[float] = typer.Option(None, help="stop spending on API models above this"),
-            use_llama: bool = typer.Option(False, help="train a local model folder (--llama-path) as the student"),
-            llama_path: Optional[Path] = typer.Option(None, help="local model folder for --use-llama"),
-            bit_precision: Optional[int] = typer.Option(None, help="4 or 8: quantise the local student (needs bitsandbytes + CUDA)")):
+def distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STUDENT, num_qa_pairs: NumQA = 100, epochs: Epochs = 2,
+            run_dir: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/<papers folder name>)")] = None,
+            teachers: Annotated[str, typer.Option(help="GENERATOR[,ENHANCER] teacher specs, e.g. openai:gpt-4o,anthropic:claude-sonnet-4-0")] = "offline",
+            judge: Judge = None, budget_usd: Budget = None, use_llama: UseLlama = False, llama_path: LlamaPath = None,
+            bit_precision: BitPrecision = None):
     "Standard distillation: chunks → QA from the first teacher → answers enhanced by the second → fine-tuned student."
     domain = Path(papers_dir).name
-    student = llama_student(llama_path, bit_precision, log=typer.echo) if use_llama else model_name
+    student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision)
     distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
-                     mode="standard", judge=judge, budget_usd=budget_usd)
+                     mode="standard", judge=judge, budget_usd=budget_usd, train_kw=train_kw)
 
 @app.command("enhanced-distill")
-def enhanced_distill(papers_dir: Path = typer.Option(..., help="folder of papers"),
-                     model_name: str = typer.Option(EMBEDDED_STUDENT, help="student: smollm2-135m, tiny-random or a model folder"),
-                     num_qa_pairs: int = typer.Option(100, help="questions to distil"),
-                     epochs: int = typer.Option(2, help="training epochs"),
-                     domain: Optional[str] = typer.Option(None, help="domain name (default: the papers folder's name)"),
-                     run_dir: Optional[Path] = typer.Option(None, help="run folder (default: runs/<domain>)"),
-                     teachers: str = typer.Option("offline", help="comma-separated teacher specs (several: consensus)"),
-                     judge: Optional[str] = typer.Option(None, help="LLM judge spec (default: the offline judge)"),
-                     budget_usd: Optional[float] = typer.Option(None, help="stop spending on API models above this"),
-                     use_llama: bool = typer.Option(False, help="train a local model folder (--llama-path) as the student"),
-                     llama_path: Optional[Path] = typer.Option(None, help="local model folder for --use-llama"),
-                     bit_precision: Optional[int] = typer.Option(None, help="4 or 8: quantise the local student (needs bitsandbytes + CUDA)")):
+def enhanced_distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STUDENT, num_qa_pairs: NumQA = 100, epochs: Epochs = 2,
+                     domain: Annotated[Optional[str], typer.Option(help="domain name (default: the papers folder's name)")] = None,
+                     run_dir: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/<domain>)")] = None,
+                     teachers: Annotated[str, typer.Option(help="comma-separated teacher specs (several: consensus)")] = "offline",
+                     judge: Judge = None, budget_usd: Budget = None, use_llama: UseLlama = False, llama_path: LlamaPath = None,
+                     bit_precision: BitPrecision = None):
     "Knowledge map → stratified queries → grounded, judged consensus answers → fine-tuned student → evaluation."
     domain = domain or Path(papers_dir).name
-    student = llama_student(llama_path, bit_precision, log=typer.echo) if use_llama else model_name
+    student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision)
     distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
-                     mode="enhanced", judge=judge, budget_usd=budget_usd)
+                     mode="enhanced", judge=judge, budget_usd=budget_usd, train_kw=train_kw)
 
 # %% ../nbs/09_cli.ipynb #b9703140
 def load_training_rows(data_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -175,14 +171,16 @@ def train(data_dir: Path = typer.Option(..., help="run folder, distill dataset o
           model_dir: Path = typer.Option(Path("models"), help="where the trained model folder is created"),
           model_name: str = typer.Option(EMBEDDED_STUDENT, help="student: smollm2-135m, tiny-random or a model folder"),
           epochs: int = typer.Option(2), lr: float = typer.Option(3e-4), lora_r: int = typer.Option(16, help="0 = full fine-tuning"),
-          max_len: int = typer.Option(512), merge: bool = typer.Option(False, help="also save a merged model")):
+          max_len: int = typer.Option(512), merge: bool = typer.Option(False, help="also save a merged model"),
+          bit_precision: BitPrecision = None):
     "Fine-tune the student on a distilled QA dataset; writes MODEL_DIR/<name>-domain/."
     from dataclasses import asdict
     from purpose.core import write_json
     from purpose.train import TrainConfig, train as _train
+    student, extra = student_settings(model_name, bit_precision=bit_precision)
     train_rows, held = load_training_rows(data_dir)
     out = Path(model_dir)/f"{Path(model_name).name}-domain"
-    cfg = TrainConfig(student=model_name, epochs=epochs, lr=lr, lora_r=lora_r, max_len=max_len)
+    cfg = TrainConfig(student=student, epochs=epochs, lr=lr, lora_r=lora_r, max_len=max_len, **extra)
     res = _train(train_rows, held, out, cfg)
     write_json(out/"train_config.json", asdict(cfg))
     if merge and lora_r > 0:

@@ -275,13 +275,17 @@ def load_tokenizer(name: str = EMBEDDED_STUDENT):
     tok.padding_side = "left"
     return tok
 
-def load_student(name: str = EMBEDDED_STUDENT, seed: int = 0, dtype=None):
-    "Load student `name` (`smollm2-135m`, `tiny-random` or a model folder): returns `(model, tokenizer)`."
+def load_student(name: str = EMBEDDED_STUDENT, seed: int = 0, dtype=None, quantization_config=None, device_map=None):
+    "Load student `name` (`smollm2-135m`, `tiny-random` or a model folder): returns `(model, tokenizer)`; quantised when given a bitsandbytes config."
     import torch
     from transformers import AutoModelForCausalLM
     dtype = dtype or torch.float32
     tok = load_tokenizer(name)
-    if name == TINY_STUDENT:
+    if quantization_config is not None:
+        if name == TINY_STUDENT: raise PurposeError("the tiny-random student is built in memory and cannot be quantised: use a pretrained student")
+        path = embedded_student_dir() if name == EMBEDDED_STUDENT else Path(name)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
+    elif name == TINY_STUDENT:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                               pad_token_id=tok.pad_token_id), dtype=dtype)

@@ -12,8 +12,9 @@ from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_st
 
 # %% auto #0
 __all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate',
-           'answer_loss', 'varlen_sdpa', 'register_varlen_attention', 'TrainConfig', 'lr_at', 'prepare_model',
-           'evaluate_loss', 'train', 'plot_loss', 'train_stage', 'merge_adapter']
+           'answer_loss', 'varlen_sdpa', 'register_varlen_attention', 'TrainConfig', 'lr_at', 'bnb_settings',
+           'quantization_config', 'prepare_model', 'evaluate_loss', 'train', 'plot_loss', 'train_stage',
+           'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -181,6 +182,7 @@ class TrainConfig:
     precision: str = "auto"           # auto | fp32 | bf16
     attn: str = "auto"                # auto | purpose_varlen | sdpa (block mask) | eager (float mask) | flash_attention_2
     gradient_checkpointing: bool = False
+    quantize: int | None = None       # 4 or 8: QLoRA on a bitsandbytes-quantised student (CUDA GPU + bitsandbytes)
     checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
     max_steps: int | None = None
     seed: int = 0
@@ -209,15 +211,41 @@ def _attn_impl(cfg: TrainConfig, device: str) -> str:
     if device == "cuda": return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
     return VARLEN_ATTN
 
+def bnb_settings(bits: int):
+    "The bitsandbytes quantisation for `bits`: 4 = NF4 with double quantisation and bf16 compute (QLoRA), 8 = LLM.int8."
+    import torch
+    from transformers import BitsAndBytesConfig
+    if bits == 4: return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                            bnb_4bit_compute_dtype=torch.bfloat16)
+    if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
+    raise PurposeError(f"quantize={bits}: use 4 or 8 (or leave it unset for full precision)")
+
+def quantization_config(cfg: TrainConfig, device: str = "cuda"):
+    "`None` for a full-precision run; for `cfg.quantize` the bitsandbytes settings, once this machine is known to run them."
+    import torch
+    if cfg.quantize is None: return None
+    qc = bnb_settings(cfg.quantize)
+    if cfg.lora_r <= 0: raise PurposeError(f"quantize={cfg.quantize} trains LoRA adapters on frozen quantised weights: set lora_r > 0 (full fine-tuning cannot update them)")
+    missing = [what for what, ok in (("a CUDA GPU", str(device).startswith("cuda") and torch.cuda.is_available()),
+                                     ("the bitsandbytes package (pip install bitsandbytes)", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+    if missing: raise PurposeError(f"quantize={cfg.quantize} (QLoRA) needs {' and '.join(missing)}, which this run does not have: "
+                                   "leave quantisation off (no quantize setting, no --bit-precision) to train in full precision")
+    return qc
+
 def prepare_model(cfg: TrainConfig, device: str = "cpu"):
     "The student with LoRA adapters (or all weights trainable when `lora_r=0`), and its tokenizer."
     import torch
     device = str(device)
+    qc = quantization_config(cfg, device)
     bf16_base = cfg.lora_r > 0 and _uses_bf16(device.split(":")[0], cfg.precision)   # frozen weights in bf16, adapters fp32
-    model, tok = load_student(cfg.student, seed=cfg.seed, dtype=torch.bfloat16 if bf16_base else None)
+    model, tok = load_student(cfg.student, seed=cfg.seed, dtype=torch.bfloat16 if bf16_base or qc else None, quantization_config=qc,
+                              device_map={"": torch.device(device).index or 0} if qc else None)
     impl = _attn_impl(cfg, device.split(":")[0])
     if impl == VARLEN_ATTN: register_varlen_attention()
     if getattr(model.config, "_attn_implementation", None) != impl: model.set_attn_implementation(impl)
+    if qc is not None:
+        from peft import prepare_model_for_kbit_training     # norms in fp32, inputs that carry gradients through frozen int weights
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
         targets = "all-linear" if cfg.target_modules == "all-linear" else [t.strip() for t in cfg.target_modules.split(",")]
@@ -226,7 +254,7 @@ def prepare_model(cfg: TrainConfig, device: str = "cpu"):
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"): model.enable_input_require_grads()
-    return model.to(device), tok
+    return (model if qc is not None else model.to(device)), tok   # a quantised model is already placed by its device_map
 
 def _layout(model) -> dict:
     "How `collate` must lay out batches for this model's attention kernel."

@@ -1,5 +1,6 @@
 "The `purpose` command: one clear error line for user errors, `--domain all` continues past a failed domain."
 import json
+import pytest
 from conftest import purpose_cli, TINY
 
 def _one_error_line(r, contains):
@@ -48,3 +49,12 @@ def test_train_and_generate(tmp_path):
     g = purpose_cli("generate", "--model-dir", out, "--prompt", "Q1?", "--max-new-tokens", "4", "--temperature", "0")
     assert g.returncode == 0, g.stderr
     _one_error_line(purpose_cli("train", "--data-dir", tmp_path, "--model-name", "tiny-random"), "no QA dataset")
+
+def test_bit_precision_is_refused_up_front_where_qlora_cannot_run(tmp_path):
+    "`--bit-precision 4` without a CUDA GPU + bitsandbytes: one error line naming what is missing, before any work is done."
+    import importlib.util, torch
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"): pytest.skip("this machine can run QLoRA")
+    papers = tmp_path/"papers"; papers.mkdir(); (papers/"a.txt").write_text("Sprint velocity is stride length times stride frequency.")
+    _one_error_line(purpose_cli("enhanced-distill", "--papers-dir", papers, "--run-dir", tmp_path/"run", "--bit-precision", "4"), "needs a CUDA GPU")
+    assert not (tmp_path/"run").exists()
+    _one_error_line(purpose_cli("train", "--data-dir", tmp_path, "--bit-precision", "3"), "use 4 or 8")
