@@ -351,6 +351,13 @@ def score_item(item: dict, text: str, choice: str | None, f1_threshold: float) -
                 "generated_label": gen, "generated_correct": float(gen == item["label"])}
     return {"correct": float(f1 >= f1_threshold), "exact_match": em, "token_f1": f1}
 
+@contextlib.contextmanager
+def _merged(model):
+    "The peft `model` with its adapter folded into the weights (serving speed), unfolded again afterwards."
+    model.merge_adapter()
+    try: yield model
+    finally: model.unmerge_adapter()
+
 def evaluate_systems(model, tok, items: list[dict], domain: str, systems=SYSTEMS, f1_threshold: float = 0.5,
                      max_new_tokens: int = 64, batch_size: int = 8, latency_samples: int = 5, judge=None,
                      bootstrap: int = 1000, forgetting: bool = True, seed: int = 0) -> tuple[dict, list[dict]]:
@@ -360,7 +367,8 @@ def evaluate_systems(model, tok, items: list[dict], domain: str, systems=SYSTEMS
     for system in tqdm(systems, desc="evaluate", unit="system", disable=len(items) < 20):
         tuned, rag = system.startswith("tuned"), system.endswith("+rag")
         if tuned and not hasattr(model, "disable_adapter"): raise PurposeError(f"system '{system}' needs a trained adapter")
-        ctx = contextlib.nullcontext() if tuned or not hasattr(model, "disable_adapter") else model.disable_adapter()
+        if not hasattr(model, "disable_adapter"): ctx = contextlib.nullcontext()
+        else: ctx = _merged(model) if tuned else model.disable_adapter()   # tuned runs as it would be served: adapter folded in
         with ctx:
             ppl = perplexity(model, tok, items, domain, rag)
             msgs = [system_messages(it, domain, rag) for it in items]
@@ -489,13 +497,14 @@ def plot_report(report: dict, path: Path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/07_evaluate.ipynb #9ca37cbd
-def load_tuned(adapter_dir: Path | str, student: str):
-    "The student with its trained adapter (peft model), or a fully fine-tuned model folder."
+def load_tuned(adapter_dir: Path | str, student: str, merge: bool = False):
+    "The student with its trained adapter (a peft model; with `merge=True` folded into a plain model), or a fully fine-tuned model folder."
     adapter_dir = Path(adapter_dir)
     if (adapter_dir/"adapter_config.json").exists():
         from peft import PeftModel
         base, tok = load_student(student)
-        return PeftModel.from_pretrained(base, adapter_dir).eval(), tok
+        model = PeftModel.from_pretrained(base, adapter_dir).eval()
+        return (model.merge_and_unload().eval() if merge else model), tok
     return load_student(str(adapter_dir))
 
 def eval_items(run: RunDir, eval_set: Path | str | None) -> list[dict]:
@@ -613,7 +622,7 @@ class DomainInference:
         man = read_json(model_dir.parent.parent/"manifest.json", {}) or {}
         self.model_dir = model_dir
         self.domain = domain or (man.get("stages", {}).get("distill", {}).get("params", {}).get("domain")) or "domain"
-        self.model, self.tok = load_tuned(model_dir, student or cfg.get("student") or "smollm2-135m")
+        self.model, self.tok = load_tuned(model_dir, student or cfg.get("student") or "smollm2-135m", merge=True)   # no adapter overhead per token
     def messages(self, messages: list[dict]) -> list[dict]:
         "`messages` with the domain's system prompt in front when they bring none."
         return messages if messages and messages[0]["role"] == "system" else chat_messages("", self.domain)[:1] + list(messages)
