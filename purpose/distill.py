@@ -14,8 +14,8 @@ from .modelhub import cited_sources, complete_many, content_words, get_teacher, 
 # %% auto #0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
            'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
-           'teacher_name', 'ask_teachers', 'raft_examples', 'replay_examples', 'export_formats', 'dataset_card',
-           'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
+           'teacher_name', 'ask_teachers', 'raft_examples', 'passage_examples', 'replay_examples', 'export_formats',
+           'dataset_card', 'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
 def clean_answer(text: str) -> str:
@@ -185,6 +185,26 @@ def raft_examples(qa: list[dict], chunks: dict[str, dict], k: int = 2, seed: int
                     "messages": msgs[:2] + [{"role": "assistant", "content": f"{q['answer']} [{n}]"}]})
     return out
 
+def passage_examples(qa: list[dict], chunks: dict[str, dict], documents: dict[str, dict], domain: str, which: str = "uncited",
+                     min_words: int = 12) -> list[dict]:
+    "Source passages as training examples (the question names paper, section and page; the answer is the passage): `which` chunks."
+    if which not in ("none", "uncited", "all"): raise PurposeError(f"passages={which!r}: use 'uncited' (chunks no training answer cites), 'all' or 'none'")
+    if which == "none": return []
+    cited = {c for q in qa if q["split"] == "train" for c in q.get("citations", [])}
+    out = []
+    for cid in sorted(chunks, key=lambda c: (chunks[c]["doc_id"], chunks[c].get("page_start") or 0, c)):
+        c = chunks[cid]
+        if (which == "uncited" and cid in cited) or len(c["text"].split()) < min_words: continue
+        doc = documents.get(c["doc_id"], {})
+        title = doc.get("title") or c.get("source") or c["doc_id"]
+        pages = c.get("page_start") and (f"page {c['page_start']}" if c.get("page_end") in (None, c["page_start"]) else f"pages {c['page_start']}–{c['page_end']}")
+        where = ", ".join(x for x in (c.get("section"), pages) if x)
+        q = f'What does "{title}" say' + (f" ({where})?" if where else "?")
+        out.append({"qa_id": stable_id("passage", cid), "query_id": "", "question": q, "answer": c["text"], "dimension": "passage",
+                    "depth": "basic", "split": "train", "teacher": "corpus", "judge_score": 0.0, "grounding": 1.0, "agreement": 1.0,
+                    "hard": False, "citations": [cid], "format": "passage", "messages": chat_messages(q, domain, c["text"])})
+    return out
+
 def replay_examples(n: int, domain: str, path: Path | str | None = None, seed: int = 0) -> list[dict]:
     "`n` general chat examples from a JSONL file (question/answer or messages), for the training split."
     path = Path(path) if path else _general_qa()
@@ -260,7 +280,7 @@ def _with_draft(messages: list[dict], draft: str | None) -> list[dict]:
 def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | list = "offline", judge: str | None = None,
                   judge_threshold: float = 3.0, min_grounding: float = 0.5, dedup_threshold: float = 0.85,
                   concurrency: int = 4, max_queries: int | None = None, budget_usd: float | None = None, cache=True,
-                  retries: int = 4, raft_distractors: int = 0, replay_fraction: float = 0.0, replay_file: str | None = None,
+                  retries: int = 4, raft_distractors: int = 0, replay_fraction: float = 0.0, replay_file: str | None = None, passages: str = "uncited",
                   push_to_hub: str | None = None, seed: int = 0) -> dict:
     "Answer the run's questions with the teachers, check, reconcile, de-duplicate and export the dataset."
     run = RunDir(run_dir)
@@ -270,7 +290,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
     if not 0 <= replay_fraction <= 1: raise PurposeError(f"replay_fraction={replay_fraction}: use a fraction of the training split in [0, 1]")
     params = dict(domain=domain, teachers=[teacher_name(s) for s in specs], judge=judge, judge_threshold=judge_threshold,
                   min_grounding=min_grounding, dedup_threshold=dedup_threshold, concurrency=concurrency, max_queries=max_queries,
-                  budget_usd=budget_usd, raft_distractors=raft_distractors, replay_fraction=replay_fraction, replay_file=replay_file,
+                  budget_usd=budget_usd, raft_distractors=raft_distractors, replay_fraction=replay_fraction, replay_file=replay_file, passages=passages,
                   push_to_hub=push_to_hub, seed=seed)
     with stage_run(run, "distill", params) as rec:
         chunks = {c["chunk_id"]: c for c in read_jsonl(run.extract/"chunks.jsonl")}
@@ -324,6 +344,8 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         extra = raft_examples(kept, chunks, raft_distractors, seed) if raft_distractors > 0 else []
         n_train = sum(q["split"] == "train" for q in kept)
         if replay_fraction > 0: extra += replay_examples(max(1, round(replay_fraction * n_train)), domain, replay_file, seed)
+        docs = {d["doc_id"]: d for d in read_jsonl(run.extract/"documents.jsonl")} if (run.extract/"documents.jsonl").exists() else {}
+        extra += passage_examples(kept, chunks, docs, domain, passages)
         dsd = _load_dataset_dict(kept, domain, extra)
         save_dataset(dsd, run.distill/"dataset")
         if push_to_hub: dsd.push_to_hub(push_to_hub, private=True)   # token from HF_TOKEN / huggingface-cli login
@@ -334,7 +356,8 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         rec.counts.update({"queries": len(queries), "accepted": len(kept), "rejected": len(rejected), "failed": len(failures),
                            "train": n_train, "heldout": sum(q["split"] == "heldout" for q in kept),
                            "hard": sum(bool(q["hard"]) for q in kept), "cells_filled": len(grid),
-                           "raft": sum(e["format"] == "raft" for e in extra), "replay": sum(e["format"] == "replay" for e in extra)})
+                           "raft": sum(e["format"] == "raft" for e in extra), "replay": sum(e["format"] == "replay" for e in extra),
+                           "passages": sum(e["format"] == "passage" for e in extra)})
     return rec.counts
 
 # %% ../nbs/05_distill.ipynb #f2ef5351

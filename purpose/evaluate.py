@@ -448,9 +448,26 @@ def verdict_lines(report: dict) -> list[str]:
     if "tuned+rag - base+rag" in c:
         t = c["tuned+rag - base+rag"]["correct"]
         out.append(f"- With retrieval, tuning changes accuracy by {t['diff']:+.1%} (95 % CI {t['ci'][0]:+.1%} to {t['ci'][1]:+.1%}).")
+    for key, what in (("tuned - base", "Tuning"), ("base+rag - base", "Retrieval")):
+        if key in c and "token_f1" in c[key]:
+            f = c[key]["token_f1"]
+            out.append(f"- {what} changes mean token F1 (partial credit) by {f['diff']:+.3f} (95 % CI {f['ci'][0]:+.3f} to {f['ci'][1]:+.3f}; "
+                       + ("significant" if f["significant"] else "not distinguishable from zero") + ").")
+    if s and all(m.get("accuracy") == 0 for m in s.values()):
+        out.append("- No system reaches the accuracy threshold on any item: judge these models by token F1, consistency and perplexity.")
     if "base" in s and "tuned" in s and "general_perplexity" in s["base"]:
         b, t = s["base"]["general_perplexity"], s["tuned"]["general_perplexity"]
         out.append(f"- Forgetting check: perplexity on general text {b:.2f} (base) → {t:.2f} (tuned), {t / b - 1:+.1%}.")
+    return out
+
+def _training_lines(t: dict) -> list[str]:
+    "What the tuned model saw of the held-out material, in words."
+    out = []
+    if t.get("heldout_by") == "document":
+        out.append(f"Held out by document: {t['heldout_documents']} whole document(s); no training question or answer cites them.")
+    if t.get("passages"):
+        out.append(f"Training also saw {t['passages']} source passages (chunks no training answer cites, held-out documents included): "
+                   "that is how knowledge of the held-out documents can reach the tuned model closed-book.")
     return out
 
 def report_markdown(report: dict) -> str:
@@ -473,7 +490,7 @@ def report_markdown(report: dict) -> str:
             f"never trained on; accuracy = {how}.",
             f"Contamination check against {con.get('train_items', 0)} training QA: {con.get('checked', 0)} checked, "
             f"{len(con.get('flagged', []))} flagged ({con.get('ngram', 13)}-gram overlap or near-duplicate question) and "
-            f"{'removed' if con.get('removed') else 'kept'}; see eval/contamination.json.", ""]
+            f"{'removed' if con.get('removed') else 'kept'}; see eval/contamination.json.", *_training_lines(report.get("training") or {}), ""]
     return "\n".join([*head, *rows, *extra, "", "## What the numbers say", "", *verdict_lines(report), ""])
 
 def plot_report(report: dict, path: Path):
@@ -563,7 +580,11 @@ def evaluate_stage(run_dir: Path | str, domain: str = "domain", systems: str | l
         how = "; ".join(({"yesno": "yes/no/maybe items: the most likely of the three answers equals the label",
                           "extractive": f"extractive items: token F1 ≥ {f1_threshold} with the best reference span",
                           "free": f"token F1 ≥ {f1_threshold} against the reference answer"}[k] for k in kinds))
-        report = {"domain": domain, "student": student, "eval_set": str(eval_set) if eval_set else None, "n_heldout": len(scored),
+        cov = read_json(run.queries/"coverage.json", {}) or {}
+        training = {"heldout_by": "external set" if eval_set else cov.get("heldout_by", "question"),
+                    "heldout_documents": len(cov.get("heldout_documents", [])),
+                    "passages": (Manifest(run).stage("distill").get("counts") or {}).get("passages", 0)}
+        report = {"domain": domain, "student": student, "eval_set": str(eval_set) if eval_set else None, "n_heldout": len(scored), "training": training,
                   "kinds": dict(kinds), "f1_threshold": f1_threshold, "accuracy_definition": how, "retriever": retriever,
                   "majority_baseline": round(labels.most_common(1)[0][1] / sum(labels.values()), 4) if labels else None,
                   "contamination": {k: v for k, v in contamination.items() if k != "flagged"} | {"flagged": [f["qa_id"] for f in flagged]},

@@ -11,7 +11,7 @@ from .core import PurposeError, RunDir, read_json, read_jsonl, stable_id, stage_
 
 # %% auto #0
 __all__ = ['DIMENSIONS', 'DEPTHS', 'TEMPLATES', 'METHOD_HINTS', 'GraphContexts', 'near_duplicate', 'generate_queries', 'coverage',
-           'plot_coverage', 'queries_stage']
+           'plot_coverage', 'heldout_documents', 'split_by_document', 'queries_stage']
 
 # %% ../nbs/03_queries.ipynb #b4f4566d
 DIMENSIONS = ("factual", "methodological", "analytical", "comparative")
@@ -173,22 +173,51 @@ def plot_coverage(cov: dict, path: Path | str | None = None):
     if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
     return fig
 
+# %% ../nbs/03_queries.ipynb #d27b4aa9
+def heldout_documents(chunks: list[dict], fraction: float, seed: int = 0) -> list[str]:
+    "Documents held out whole: taken in a seeded order until they hold `fraction` of the chunks; none for a one-document corpus."
+    per = Counter(c["doc_id"] for c in chunks)
+    if fraction <= 0 or len(per) < 2: return []
+    held, n = [], 0
+    for d in sorted(per, key=lambda d: stable_id(seed, "heldout-document", d)):
+        if n >= fraction * sum(per.values()) or len(held) == len(per) - 1: break     # at least one document stays for training
+        held.append(d); n += per[d]
+    return sorted(held)
+
+def split_by_document(queries: list[dict], chunk_doc: dict[str, str], held: list[str]) -> list[dict]:
+    "Held out: the questions whose first evidence chunk is in a held-out document; each question keeps only its own side's chunks."
+    held, out = set(held), []
+    for q in queries:
+        side = chunk_doc.get(q["chunk_ids"][0]) in held
+        out.append({**q, "split": "heldout" if side else "train", "chunk_ids": [c for c in q["chunk_ids"] if (chunk_doc.get(c) in held) == side]})
+    return out
+
 # %% ../nbs/03_queries.ipynb #9610ccc4
-def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: float = 0.2, seed: int = 0) -> dict:
+def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: float = 0.2, heldout_by: str = "document", seed: int = 0) -> dict:
     "Generate the stratified questions of a run folder from its graph and write `queries/`."
     run = RunDir(run_dir)
     run.require("graph/nodes.json", "graph/claims.json", "graph/contradictions.json", "graph/taxonomy.json")
     if not 0 <= heldout_fraction < 1: raise PurposeError(f"heldout_fraction={heldout_fraction}: use a fraction in [0, 1)")
     if per_cell < 1: raise PurposeError(f"per_cell={per_cell}: ask for at least 1 question per cell")
-    params = {"per_cell": per_cell, "heldout_fraction": heldout_fraction, "seed": seed}
+    if heldout_by not in ("document", "question"): raise PurposeError(f"heldout_by={heldout_by!r}: use 'document' or 'question'")
+    params = {"per_cell": per_cell, "heldout_fraction": heldout_fraction, "heldout_by": heldout_by, "seed": seed}
     with stage_run(run, "queries", params) as rec:
         ctx = GraphContexts(read_json(run.graph/"nodes.json"), read_json(run.graph/"claims.json"),
                             read_json(run.graph/"contradictions.json"), read_json(run.graph/"edges.json", []), read_json(run.graph/"methods.json", []))
         qs = generate_queries(ctx, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
+        held = []
+        if heldout_by == "document":
+            run.require("extract/chunks.jsonl")
+            chunks = read_jsonl(run.extract/"chunks.jsonl")
+            held = heldout_documents(chunks, heldout_fraction, seed)
+            if held: qs = split_by_document(qs, {c["chunk_id"]: c["doc_id"] for c in chunks}, held)
+            else: rec.info["note"] = "fewer than two documents: held out question by question instead"
         write_jsonl(run.queries/"queries.jsonl", qs)
-        cov = coverage(qs, len(read_json(run.graph/"taxonomy.json")["communities"]))
+        cov = {**coverage(qs, len(read_json(run.graph/"taxonomy.json")["communities"])),
+               "heldout_by": "document" if held else "question", "heldout_documents": held}
         write_json(run.queries/"coverage.json", cov)
         plot_coverage(cov, run.queries/"coverage.png")
         rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in cov["splits"].items()},
-                           "cells_filled": cov["cells_filled"], "communities_covered": cov["communities_covered"]})
+                           "cells_filled": cov["cells_filled"], "communities_covered": cov["communities_covered"],
+                           "heldout_documents": len(held)})
     return rec.counts

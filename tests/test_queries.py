@@ -43,3 +43,28 @@ def test_split_does_not_depend_on_other_questions(graph_run):
     queries_stage(graph_run, per_cell=6)
     big = {q["query_id"]: q["split"] for q in read_jsonl(graph_run/"queries"/"queries.jsonl")}
     assert set(small) <= set(big) and all(big[k] == v for k, v in small.items())
+
+
+def test_documents_are_held_out_whole_and_the_heldout_set_stays_clean(graph_run):
+    "Default split: whole documents; after the offline teacher answers, the contamination check flags few held-out items."
+    from purpose.distill import distill_stage
+    from purpose.evaluate import contamination_check
+    c = queries_stage(graph_run, per_cell=4)
+    cov = read_json(graph_run/"queries"/"coverage.json")
+    held = set(cov["heldout_documents"])
+    assert cov["heldout_by"] == "document" and c["heldout_documents"] == len(held) >= 1
+    doc = {x["chunk_id"]: x["doc_id"] for x in read_jsonl(graph_run/"extract"/"chunks.jsonl")}
+    qs = read_jsonl(graph_run/"queries"/"queries.jsonl")
+    assert all({doc[cid] in held for cid in q["chunk_ids"]} == {q["split"] == "heldout"} for q in qs)
+    assert 0.1 <= sum(q["split"] == "heldout" for q in qs) / len(qs) <= 0.5
+    d = distill_stage(graph_run, domain="sprint", cache=False)
+    qa = read_jsonl(graph_run/"distill"/"qa.jsonl")
+    train, heldout = [q for q in qa if q["split"] == "train"], [q for q in qa if q["split"] == "heldout"]
+    flagged = contamination_check(heldout, train)
+    assert len(flagged) <= 0.25 * len(heldout), [f["reasons"] for f in flagged]
+    assert not [f for f in flagged if any("answer" in r for r in f["reasons"])]       # no training answer quotes a held-out sentence
+    from datasets import load_from_disk
+    rows = list(load_from_disk(str(graph_run/"distill"/"dataset"))["train"])
+    passages = [r for r in rows if r["format"] == "passage"]
+    assert len(passages) == d["passages"] and any(doc[r["citations"][0]] in held for r in passages)   # held-out knowledge as text
+    assert not {r["citations"][0] for r in passages} & {cid for q in train for cid in q["citations"]}
