@@ -13,7 +13,7 @@ from .core import EMBEDDED_STUDENT, PurposeError, RunDir, read_jsonl, resolve_pa
 # %% auto #0
 __all__ = ['app', 'PapersDir', 'ModelName', 'NumQA', 'Epochs', 'Judge', 'Budget', 'UseLlama', 'LlamaPath', 'BitPrecision',
            'parse_param', 'run', 'process', 'student_settings', 'distill_pipeline', 'distill', 'enhanced_distill',
-           'load_training_rows', 'train', 'generate', 'serve', 'main']
+           'load_training_rows', 'train', 'generate', 'run_domain_name', 'evaluate', 'serve', 'main']
 
 # %% ../nbs/09_cli.ipynb #6e811499
 app = typer.Typer(help="Purpose: turn a folder of domain papers into a small domain-expert model, and prove whether it worked.",
@@ -201,6 +201,35 @@ def generate(model_dir: Path = typer.Option(..., help="trained model folder, run
             typer.echo(piece, nl=False)
         typer.echo()
     else: typer.echo(inf.generate(prompt, temperature=temperature, max_new_tokens=max_new_tokens))
+
+def run_domain_name(run_dir: Path) -> str:
+    "The domain a run folder was made for (its manifest), or 'domain'."
+    from purpose.core import Manifest
+    man = Manifest(run_dir).load() if (Path(run_dir)/"manifest.json").exists() else {}
+    return man.get("domain") or man.get("stages", {}).get("distill", {}).get("params", {}).get("domain") or "domain"
+
+@app.command()
+def evaluate(run_dir: Path = typer.Option(..., help="run folder; with --dataset it is created (or resumed) for that set"),
+             dataset: Optional[str] = typer.Option(None, help="pubmedqa, squad or jsonl: its contexts become the corpus, its questions are held out"),
+             path: Optional[Path] = typer.Option(None, help="the --dataset file, e.g. ori_pqal.json"),
+             eval_set: Optional[Path] = typer.Option(None, help="score this JSONL (question, answer) on an existing run instead of its held-out split"),
+             systems: str = typer.Option("base,tuned,base+rag,tuned+rag", help="any of base, tuned, base+rag, tuned+rag"),
+             n_contexts: int = typer.Option(300, help="with --dataset: documents used as the corpus"),
+             n_eval: int = typer.Option(80, help="with --dataset: questions about them held out and scored"),
+             epochs: int = typer.Option(1, help="with --dataset: training epochs"),
+             max_items: Optional[int] = typer.Option(None, help="score at most this many items"),
+             max_new_tokens: int = typer.Option(48), judge: Optional[str] = typer.Option(None, help="LLM judge spec for 1–5 scores"),
+             domain: Optional[str] = typer.Option(None, help="domain name (default: the run's)")):
+    "Base vs tuned, closed-book and with retrieval: a run's held-out split, a JSONL set, or the whole pipeline on PubMedQA/SQuAD."
+    from purpose.evaluate import evaluate_stage, external_eval
+    kw = dict(systems=systems, max_items=max_items, max_new_tokens=max_new_tokens, judge=judge)
+    if dataset:
+        if eval_set: raise PurposeError("--eval-set scores an existing run; with --dataset the set's own questions are held out")
+        external_eval(run_dir, dataset, path, n_contexts=n_contexts, n_eval=n_eval, domain=domain, epochs=epochs, **kw)
+    else:
+        if path: raise PurposeError("--path names the file of a --dataset; to score a JSONL on an existing run use --eval-set")
+        evaluate_stage(run_dir, domain=domain or run_domain_name(run_dir), eval_set=eval_set, **kw)
+    typer.echo((RunDir(run_dir).eval/"report.md").read_text())
 
 # %% ../nbs/09_cli.ipynb #51e0731a
 @app.command()

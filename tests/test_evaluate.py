@@ -112,3 +112,18 @@ def test_external_eval_runs_the_whole_pipeline_on_pubmedqa(tmp_path):
     assert all(stages[s]["status"] == "done" for s in ("extract", "graph", "queries", "distill", "train", "evaluate"))
     held = {i["question"] for i in read_jsonl(tmp_path/"pq"/"eval"/"external.jsonl")}
     assert not held & {q["question"] for q in read_jsonl(tmp_path/"pq"/"distill"/"qa.jsonl")}
+
+def test_cli_evaluate_an_existing_run_and_refuse_mixed_options(tiny_run, tmp_path):
+    "`purpose evaluate --run-dir R` scores the held-out split and prints the report; --path without --dataset is refused."
+    import shutil
+    from conftest import purpose_cli
+    run = tmp_path/"run"; shutil.copytree(tiny_run, run)
+    write_json(run/"manifest.json", {"domain": "sprint", "stages": {}})
+    r = purpose_cli("evaluate", "--run-dir", run, "--systems", "base,tuned", "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert "# Evaluation: sprint" in r.stdout and "| tuned |" in r.stdout
+    assert set(read_json(run/"eval"/"report.json")["systems"]) == {"base", "tuned"}
+    bad = purpose_cli("evaluate", "--run-dir", run, "--path", tmp_path/"x.json")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --path names the file of a --dataset")
+    missing = purpose_cli("evaluate", "--run-dir", tmp_path/"none", "--dataset", "pubmedqa")
+    assert missing.returncode == 2 and "needs `path`" in missing.stderr
