@@ -70,8 +70,9 @@ def process(data_dir: Path = typer.Option(..., help="folder of PDFs, CSV, JSON, 
 
 # %% ../nbs/09_cli.ipynb #4760f216
 def student_settings(model_name: str, use_llama: bool = False, llama_path: Path | None = None,
-                     bit_precision: int | None = None) -> tuple[str, dict]:
-    "The student (`--model-name`, or the local folder of `--use-llama --llama-path`) and the training settings `--bit-precision` asks for."
+                     bit_precision: int | None = None, log=print) -> tuple[str, dict]:
+    """The student (`--model-name`, or the local folder of `--use-llama --llama-path`) and the training settings `--bit-precision`
+    asks for: 4/8 = QLoRA where a CUDA GPU and bitsandbytes are there, otherwise a note and full precision; 16 = bf16; 32 = fp32."""
     student = model_name
     if use_llama:
         if llama_path is None: raise PurposeError("--use-llama needs --llama-path PATH (a local model folder with config.json)")
@@ -81,8 +82,12 @@ def student_settings(model_name: str, use_llama: bool = False, llama_path: Path 
     if bit_precision is None: return student, {}
     if bit_precision in (16, 32): return student, {"precision": {16: "bf16", 32: "fp32"}[bit_precision]}
     if bit_precision not in (4, 8): raise PurposeError(f"--bit-precision {bit_precision}: use 4 or 8 (QLoRA), 16 (bf16) or 32 (fp32)")
-    from purpose.train import TrainConfig, quantization_config
-    quantization_config(TrainConfig(student=student, quantize=bit_precision))   # refuse now, before hours of distillation, if it cannot run
+    from purpose.train import qlora_missing
+    missing = qlora_missing("cuda")
+    if missing:
+        log(f"note: --bit-precision {bit_precision} (QLoRA) needs {' and '.join(missing)}, which this machine does not have; "
+            f"training {Path(student).name} in full precision")
+        return student, {}
     return student, {"quantize": bit_precision}
 
 def distill_pipeline(papers_dir: Path, run_dir: Path, domain: str, student: str, num_qa_pairs: int, epochs: int,
@@ -133,7 +138,7 @@ def distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STUDENT, num
             bit_precision: BitPrecision = None):
     "Standard distillation: chunks → QA from the first teacher → answers enhanced by the second → fine-tuned student."
     domain = Path(papers_dir).name
-    student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision)
+    student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision, log=typer.echo)
     distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
                      mode="standard", judge=judge, budget_usd=budget_usd, train_kw=train_kw)
 
@@ -146,7 +151,7 @@ def enhanced_distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STU
                      bit_precision: BitPrecision = None):
     "Knowledge map → stratified queries → grounded, judged consensus answers → fine-tuned student → evaluation."
     domain = domain or Path(papers_dir).name
-    student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision)
+    student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision, log=typer.echo)
     distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
                      mode="enhanced", judge=judge, budget_usd=budget_usd, train_kw=train_kw)
 
@@ -177,7 +182,7 @@ def train(data_dir: Path = typer.Option(..., help="run folder, distill dataset o
     from dataclasses import asdict
     from purpose.core import write_json
     from purpose.train import TrainConfig, train as _train
-    student, extra = student_settings(model_name, bit_precision=bit_precision)
+    student, extra = student_settings(model_name, bit_precision=bit_precision, log=typer.echo)
     train_rows, held = load_training_rows(data_dir)
     out = Path(model_dir)/f"{Path(model_name).name}-domain"
     cfg = TrainConfig(student=student, epochs=epochs, lr=lr, lora_r=lora_r, max_len=max_len, **extra)

@@ -13,8 +13,8 @@ from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_st
 # %% auto #0
 __all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate',
            'answer_loss', 'varlen_sdpa', 'register_varlen_attention', 'TrainConfig', 'lr_at', 'bnb_settings',
-           'quantization_config', 'prepare_model', 'evaluate_loss', 'train', 'plot_loss', 'train_stage',
-           'merge_adapter']
+           'qlora_missing', 'quantization_config', 'prepare_model', 'evaluate_loss', 'train', 'plot_loss',
+           'train_stage', 'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -220,14 +220,19 @@ def bnb_settings(bits: int):
     if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
     raise PurposeError(f"quantize={bits}: use 4 or 8 (or leave it unset for full precision)")
 
+def qlora_missing(device: str = "cuda") -> list[str]:
+    "What this machine lacks for quantised (QLoRA) training on `device`: a CUDA GPU, bitsandbytes, or nothing."
+    import torch
+    return [what for what, ok in (("a CUDA GPU", str(device).startswith("cuda") and torch.cuda.is_available()),
+                                  ("the bitsandbytes package (pip install bitsandbytes)", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+
 def quantization_config(cfg: TrainConfig, device: str = "cuda"):
     "`None` for a full-precision run; for `cfg.quantize` the bitsandbytes settings, once this machine is known to run them."
     import torch
     if cfg.quantize is None: return None
     qc = bnb_settings(cfg.quantize)
     if cfg.lora_r <= 0: raise PurposeError(f"quantize={cfg.quantize} trains LoRA adapters on frozen quantised weights: set lora_r > 0 (full fine-tuning cannot update them)")
-    missing = [what for what, ok in (("a CUDA GPU", str(device).startswith("cuda") and torch.cuda.is_available()),
-                                     ("the bitsandbytes package (pip install bitsandbytes)", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+    missing = qlora_missing(device)
     if missing: raise PurposeError(f"quantize={cfg.quantize} (QLoRA) needs {' and '.join(missing)}, which this run does not have: "
                                    "leave quantisation off (no quantize setting, no --bit-precision) to train in full precision")
     return qc

@@ -50,11 +50,15 @@ def test_train_and_generate(tmp_path):
     assert g.returncode == 0, g.stderr
     _one_error_line(purpose_cli("train", "--data-dir", tmp_path, "--model-name", "tiny-random"), "no QA dataset")
 
-def test_bit_precision_is_refused_up_front_where_qlora_cannot_run(tmp_path):
-    "`--bit-precision 4` without a CUDA GPU + bitsandbytes: one error line naming what is missing, before any work is done."
+def test_bit_precision_falls_back_to_full_precision_with_a_note(tmp_path):
+    "`--bit-precision 4` without a CUDA GPU + bitsandbytes: a note naming what is missing, then full-precision training."
     import importlib.util, torch
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"): pytest.skip("this machine can run QLoRA")
-    papers = tmp_path/"papers"; papers.mkdir(); (papers/"a.txt").write_text("Sprint velocity is stride length times stride frequency.")
-    _one_error_line(purpose_cli("enhanced-distill", "--papers-dir", papers, "--run-dir", tmp_path/"run", "--bit-precision", "4"), "needs a CUDA GPU")
-    assert not (tmp_path/"run").exists()
-    _one_error_line(purpose_cli("train", "--data-dir", tmp_path, "--bit-precision", "3"), "use 4 or 8")
+    data = tmp_path/"data"; data.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"Answer {i}."}]} for i in range(4)]
+    (data/"messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = purpose_cli("train", "--data-dir", data, "--model-dir", tmp_path/"models", "--model-name", "tiny-random", "--epochs", "1", "--bit-precision", "4")
+    assert r.returncode == 0, r.stderr
+    assert "note: --bit-precision 4 (QLoRA) needs a CUDA GPU" in r.stdout and "in full precision" in r.stdout
+    assert json.loads((tmp_path/"models"/"tiny-random-domain"/"train_config.json").read_text())["quantize"] is None
+    _one_error_line(purpose_cli("train", "--data-dir", data, "--bit-precision", "3"), "use 4 or 8")
