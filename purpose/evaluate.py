@@ -465,7 +465,10 @@ def _training_lines(t: dict) -> list[str]:
     out = []
     if t.get("heldout_by") == "document":
         out.append(f"Held out by document: {t['heldout_documents']} whole document(s); no training question or answer cites them.")
-    if t.get("passages"):
+    if t.get("passages") and t.get("heldout_by") == "external set":
+        out.append(f"Training also saw {t['passages']} source passages (corpus chunks no training answer cites, among them the documents "
+                   "the external questions are about); none of the external questions or answers was trained.")
+    elif t.get("passages"):
         out.append(f"Training also saw {t['passages']} source passages (chunks no training answer cites, held-out documents included): "
                    "that is how knowledge of the held-out documents can reach the tuned model closed-book.")
     return out
