@@ -5,6 +5,7 @@
 # %% ../nbs/06_train.ipynb #c8167bfe
 from __future__ import annotations
 import contextlib, importlib.util, math, os, random, time
+from typing import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_student, read_json, read_jsonl,
@@ -13,8 +14,8 @@ from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_st
 # %% auto #0
 __all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate',
            'answer_loss', 'varlen_sdpa', 'register_varlen_attention', 'TrainConfig', 'lr_at', 'bnb_settings',
-           'qlora_missing', 'quantization_config', 'prepare_model', 'evaluate_loss', 'train', 'plot_loss',
-           'train_stage', 'merge_adapter']
+           'qlora_missing', 'quantization_config', 'prepare_model', 'evaluate_loss', 'ThreadTuner', 'train',
+           'plot_loss', 'train_stage', 'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -183,6 +184,7 @@ class TrainConfig:
     attn: str = "auto"                # auto | purpose_varlen | sdpa (block mask) | eager (float mask) | flash_attention_2
     gradient_checkpointing: bool = False
     quantize: int | None = None       # 4 or 8: QLoRA on a bitsandbytes-quantised student (CUDA GPU + bitsandbytes)
+    cpu_threads: int = 0              # CPU threads; 0 = tune while training (fewer threads win when other processes are busy)
     checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
     max_steps: int | None = None
     seed: int = 0
@@ -335,6 +337,31 @@ def _save(model, tok, path: Path):
 def _fmt_secs(s: float) -> str:
     s = int(round(s)); return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
+# %% ../nbs/06_train.ipynb #2377a10c
+class ThreadTuner:
+    "Choose the CPU thread count from measured tokens/s: probe the other counts now and then, keep the fastest."
+    def __init__(self, counts: Sequence[int], every: int = 8, max_every: int = 64, margin: float = 0.1):
+        self.counts, self.every, self.base_every, self.max_every, self.margin = list(counts), every, every, max_every, margin
+        self.current, self.rate, self.steps, self.next_probe, self.probe, self.switches = self.counts[0], None, 0, every, None, []
+    def threads(self) -> int:
+        "The thread count for the next step."
+        self.steps += 1
+        others = [c for c in self.counts if c != self.current]
+        self.probe = others[0] if others and self.steps >= self.next_probe else None
+        return self.probe or self.current
+    def record(self, tokens: int, seconds: float) -> None:
+        "The last step's tokens and seconds: update the current rate, or judge the probe (switch to it when clearly faster)."
+        if seconds <= 0 or self.steps == 1: return                   # the first step also pays for warm-up
+        r = tokens / seconds
+        if self.probe is None:
+            self.rate = r if self.rate is None else 0.7 * self.rate + 0.3 * r
+            return
+        if self.rate is not None and r > (1 + self.margin) * self.rate:
+            self.switches.append((self.steps, self.current, self.probe))
+            self.current, self.rate, self.every = self.probe, r, self.base_every
+        else: self.every = min(self.every * 2, self.max_every)
+        self.next_probe = self.steps + self.every
+
 # %% ../nbs/06_train.ipynb #0d540eba
 def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str, cfg: TrainConfig, progress: bool = True,
           stop_after: int | None = None) -> dict:
@@ -394,6 +421,10 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             os.replace(ckpt/"state.pt.tmp", ckpt/"state.pt")
         dist.barrier()
     lay = _layout(model)
+    threads0 = torch.get_num_threads()
+    if dev_type == "cpu" and cfg.cpu_threads > 0: torch.set_num_threads(cfg.cpu_threads)
+    tuner = (ThreadTuner([threads0, max(1, threads0 // 2)]) if dev_type == "cpu" and cfg.cpu_threads == 0 and dist.world == 1 and threads0 > 1
+             else None)
     bar = tqdm(total=steps_total, initial=state["step"], disable=not (progress and dist.is_main), desc="train", unit="step")
     t0, cpu0, side, side_cpu, tokens_seen, answer_tokens = time.perf_counter(), time.process_time(), 0.0, 0.0, 0, 0
     model.train(); opt.zero_grad(set_to_none=True)
@@ -401,6 +432,10 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     for bi in range(state["batch"], len(batches)):
         if state["step"] >= steps_total: break
         epoch, rows = batches[bi]
+        if tuner:
+            n_thr = tuner.threads()
+            if n_thr != torch.get_num_threads(): torch.set_num_threads(n_thr)
+            t_step = time.perf_counter()
         mine = _my_rows(rows, dist, pad_row)
         b = collate(examples, mine, pad, **lay)
         n_global = dist.sum([int((b["labels"][:, 1:] != -100).sum())])[0]
@@ -418,6 +453,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             for g in opt.param_groups: g["lr"] = lr_at(state["step"], steps_total, cfg)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step(); opt.zero_grad(set_to_none=True)
+            if tuner: tuner.record(acc_tokens, time.perf_counter() - t_step)
             state["step"] += 1
             step_loss, step_tokens, step_answer = dist.sum([acc_loss, acc_tokens, acc_answer])
             tokens_seen += int(step_tokens); answer_tokens += int(step_answer)
@@ -444,6 +480,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             checkpoint()
             side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
     bar.close()
+    torch.set_num_threads(threads0)
     secs = time.perf_counter() - t0
     train_secs = secs - side
     if dist.is_main: plot_loss(log_path, out/"loss.png")
@@ -454,7 +491,9 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             "train_cpu_seconds": round(time.process_time() - cpu0 - side_cpu, 2),
             "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,
             "answer_tokens_per_s": round(answer_tokens / train_secs, 1) if train_secs > 0 and answer_tokens else None,
-            "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world}
+            "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world,
+            "cpu_threads": (tuner.current if tuner else torch.get_num_threads()) if dev_type == "cpu" else None,
+            "thread_switches": tuner.switches if tuner else []}
 
 def plot_loss(log_path: Path, path: Path):
     "Training loss per step and held-out loss per epoch."
