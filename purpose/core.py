@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+import warnings
+# peft calls a transformers method that transformers 5 deprecates; the warning is about their code, not the user's
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
 
 # %% auto #0
 __all__ = ['STAGES', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json',
