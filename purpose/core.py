@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #26f7c866
 from __future__ import annotations
-import contextlib, hashlib, importlib.metadata, importlib.util, json, os, platform, re, shutil, sys, tempfile, time
+import contextlib, functools, hashlib, importlib.metadata, importlib.util, json, os, platform, re, shutil, sys, tempfile, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,11 +162,15 @@ _PACKAGES = ("purpose", "torch", "transformers", "peft", "datasets", "accelerate
              "matplotlib", "openai", "anthropic", "pypdf", "pypdfium2", "nbdev")
 
 def package_versions() -> dict[str, str]:
-    "Versions of the packages a run depends on (missing ones are left out)."
+    "Versions of the packages a run depends on (missing ones are left out); looked up once per process."
+    return dict(_package_versions())
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple:
     out = {"python": platform.python_version()}
     for p in _PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError): out[p] = importlib.metadata.version(p)
-    return out
+    return tuple(out.items())
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -848,6 +848,10 @@ def read_pdf(path: Path, opts: ExtractOptions) -> dict:
         if extractor == "pypdfium2" and hasattr(reader, "close"): reader.close()
 
 # %% ../nbs/01_extract.ipynb #b90bc558
+def _text_key(text: str) -> str:
+    "Hash of the text with case and whitespace ignored: equal keys are the same document (computed in the workers)."
+    return hashlib.sha1(" ".join(text.split()).lower().encode()).hexdigest()
+
 def _sketch(text: str, k: int = 128) -> list[int]:
     "A bottom-k sketch of the document's word 5-shingles (for near-duplicate detection)."
     words = re.findall(r"\w+", text.lower())
@@ -914,7 +918,7 @@ def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None
                 full = sec.text
                 rec = offline_record([sec], full)
                 return (_doc_row(doc_id, source, kind, "ok", None, **base, **meta, sections=[sec.info()], record=rec,
-                                 warnings=warnings, _text=full, _sketch=_sketch(full)),
+                                 warnings=warnings, _text=full, _text_key=_text_key(full), _sketch=_sketch(full)),
                         chunk_document(doc_id, source, [sec], chunk_tokenizer(opts.tokenizer), opts.chunk_tokens, opts.chunk_overlap))
             if kind == "html":
                 lines, title = html_lines(text); meta["title"] = title
@@ -932,7 +936,7 @@ def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None
         rec = offline_record(sections, full)
         chunks = chunk_document(doc_id, source, sections, chunk_tokenizer(opts.tokenizer), opts.chunk_tokens, opts.chunk_overlap)
         doc = _doc_row(doc_id, source, kind, "ok", None, **base, **meta, sections=[s.info() for s in sections], references=refs,
-                       record=rec, warnings=warnings, _text=full, _sketch=_sketch(full))
+                       record=rec, warnings=warnings, _text=full, _text_key=_text_key(full), _sketch=_sketch(full))
         return doc, chunks
     except FileProblem as e:
         return fail(e.status, e.error)
@@ -993,7 +997,7 @@ def mark_duplicates(docs: list[dict], threshold: float = 0.8) -> list[dict]:
     seen_sha, seen_text, kept = {}, {}, []
     for d in docs:
         if d["status"] != "ok": continue
-        th = hashlib.sha1(re.sub(r"\s+", " ", d.get("_text", "")).strip().lower().encode()).hexdigest()
+        th = d.get("_text_key") or _text_key(d.get("_text", ""))
         first = seen_sha.get(d.get("sha256")) or seen_text.get(th)
         if first:
             d.update(status="duplicate", duplicate_of=first["doc_id"],
@@ -1162,7 +1166,7 @@ def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: f
             if rec is not None: d.update(record_offline=d["record"], record=rec, record_source="teacher"); counts["teacher_ok"] += 1
             else: d.update(record_source="offline", record_error=err); counts["teacher_failed"] += 1
     for d in docs:
-        d.pop("_text", None); d.pop("_sketch", None)
+        d.pop("_text", None); d.pop("_sketch", None); d.pop("_text_key", None)
         d.setdefault("record_source", "offline" if d.get("record") else None)
     counts = {"documents": len(docs), **{k: counts[k] for k in sorted(counts)}, "chunks": len(chunks),
               "pages": sum(d.get("n_pages") or 0 for d in docs if d["status"] == "ok"), "tokens": sum(c["n_tokens"] for c in chunks)}
