@@ -8,12 +8,12 @@ import ast, json, math, sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 import typer
-from .core import EMBEDDED_STUDENT, PurposeError, RunDir, read_jsonl, resolve_papers_dir
+from .core import EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, read_jsonl, resolve_papers_dir
 
 # %% auto #0
 __all__ = ['app', 'PapersDir', 'ModelName', 'NumQA', 'Epochs', 'Judge', 'Budget', 'UseLlama', 'LlamaPath', 'BitPrecision',
            'parse_param', 'run', 'process', 'student_settings', 'distill_pipeline', 'distill', 'enhanced_distill',
-           'load_training_rows', 'train', 'generate', 'run_domain_name', 'evaluate', 'serve', 'main']
+           'load_training_rows', 'train', 'generate', 'evaluate', 'serve', 'main']
 
 # %% ../nbs/09_cli.ipynb #6e811499
 app = typer.Typer(help="Purpose: turn a folder of domain papers into a small domain-expert model, and prove whether it worked.",
@@ -207,12 +207,6 @@ def generate(model_dir: Path = typer.Option(..., help="trained model folder, run
         typer.echo()
     else: typer.echo(inf.generate(prompt, temperature=temperature, max_new_tokens=max_new_tokens))
 
-def run_domain_name(run_dir: Path) -> str:
-    "The domain a run folder was made for (its manifest), or 'domain'."
-    from purpose.core import Manifest
-    man = Manifest(run_dir).load() if (Path(run_dir)/"manifest.json").exists() else {}
-    return man.get("domain") or man.get("stages", {}).get("distill", {}).get("params", {}).get("domain") or "domain"
-
 @app.command()
 def evaluate(run_dir: Path = typer.Option(..., help="run folder; with --dataset it is created (or resumed) for that set"),
              dataset: Optional[str] = typer.Option(None, help="pubmedqa, squad or jsonl: its contexts become the corpus, its questions are held out"),
@@ -233,7 +227,7 @@ def evaluate(run_dir: Path = typer.Option(..., help="run folder; with --dataset 
         external_eval(run_dir, dataset, path, n_contexts=n_contexts, n_eval=n_eval, domain=domain, epochs=epochs, **kw)
     else:
         if path: raise PurposeError("--path names the file of a --dataset; to score a JSONL on an existing run use --eval-set")
-        evaluate_stage(run_dir, domain=domain or run_domain_name(run_dir), eval_set=eval_set, **kw)
+        evaluate_stage(run_dir, domain=domain or Manifest(run_dir).domain(), eval_set=eval_set, **kw)
     typer.echo((RunDir(run_dir).eval/"report.md").read_text())
 
 # %% ../nbs/09_cli.ipynb #51e0731a

@@ -196,6 +196,10 @@ class Manifest:
         write_json(self.run.manifest, m)
         return m
     def stage(self, stage: str) -> dict: return self.load()["stages"].get(stage, {})
+    def domain(self, default: str = "domain") -> str:
+        "The domain the run was made for: the manifest's own, else the distill stage's parameter, else `default`."
+        m = self.load()
+        return m.get("domain") or m["stages"].get("distill", {}).get("params", {}).get("domain") or default
 
 # %% ../nbs/00_core.ipynb #d4cec166
 class StageRecord:
@@ -288,17 +292,15 @@ def load_student(name: str = EMBEDDED_STUDENT, seed: int = 0, dtype=None, quanti
     from transformers import AutoModelForCausalLM
     dtype = dtype or torch.float32
     tok = load_tokenizer(name)
-    if quantization_config is not None:
-        if name == TINY_STUDENT: raise PurposeError("the tiny-random student is built in memory and cannot be quantised: use a pretrained student")
-        path = embedded_student_dir() if name == EMBEDDED_STUDENT else Path(name)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization_config, device_map=device_map)
-    elif name == TINY_STUDENT:
+    if name == TINY_STUDENT:
+        if quantization_config is not None: raise PurposeError("the tiny-random student is built in memory and cannot be quantised: use a pretrained student")
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                               pad_token_id=tok.pad_token_id), dtype=dtype)
     else:
         path = embedded_student_dir() if name == EMBEDDED_STUDENT else Path(name)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        quant = {"quantization_config": quantization_config, "device_map": device_map} if quantization_config is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **quant)
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None: model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), tok

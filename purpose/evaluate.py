@@ -643,9 +643,8 @@ class DomainInference:
         elif (model_dir/"adapter").exists(): model_dir = model_dir/"adapter"                  # `purpose train` output
         if not model_dir.exists(): raise PurposeError(f"model folder {model_dir} does not exist: pass a run folder, its train/adapter or a merged model")
         cfg = read_json(model_dir.parent/"train_config.json", {}) or {}
-        man = read_json(model_dir.parent.parent/"manifest.json", {}) or {}
         self.model_dir = model_dir
-        self.domain = domain or (man.get("stages", {}).get("distill", {}).get("params", {}).get("domain")) or "domain"
+        self.domain = domain or Manifest(model_dir.parent.parent).domain()
         self.model, self.tok = load_tuned(model_dir, student or cfg.get("student") or "smollm2-135m", merge=True)   # no adapter overhead per token
     def messages(self, messages: list[dict]) -> list[dict]:
         "`messages` with the domain's system prompt in front when they bring none."

@@ -230,7 +230,6 @@ def qlora_missing(device: str = "cuda") -> list[str]:
 
 def quantization_config(cfg: TrainConfig, device: str = "cuda"):
     "`None` for a full-precision run; for `cfg.quantize` the bitsandbytes settings, once this machine is known to run them."
-    import torch
     if cfg.quantize is None: return None
     qc = bnb_settings(cfg.quantize)
     if cfg.lora_r <= 0: raise PurposeError(f"quantize={cfg.quantize} trains LoRA adapters on frozen quantised weights: set lora_r > 0 (full fine-tuning cannot update them)")
