@@ -110,11 +110,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n" + data)   # headers and body in one write
         self.wfile.write(b"".join(self._headers_buffer)); self._headers_buffer = []
 
+    def _auth(self) -> str | None:
+        "The credential sent (bearer token or `x-api-key`), for the key check only: it is never logged."
+        a = self.headers.get("Authorization") or ""
+        return (a.split(" ", 1)[1] if a.lower().startswith("bearer ") else a) or self.headers.get("x-api-key")
+
     def do_GET(self):
         ws: WireServer = self.server.wire
-        if self.path.rstrip("/") == "/v1/models":
-            return self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "purpose-wire"} for m in ws.models]})
-        self._send(404, error_body("openai", 404, f"no route GET {self.path}"))
+        path = self.path.split("?")[0].rstrip("/")
+        protocol = "anthropic" if self.headers.get("anthropic-version") else "openai"
+        if path != "/v1/models" and not path.startswith("/v1/models/"):
+            return self._send(404, error_body(protocol, 404, f"no route GET {self.path}"))
+        model = path[len("/v1/models/"):] if path != "/v1/models" else ""
+        req = WireRequest(protocol, path, model, {}, bool(self._auth()))
+        self._send(*ws._lookup(req, self._auth(), self.headers.get("Authorization")))
 
     def do_POST(self):
         ws: WireServer = self.server.wire
@@ -124,21 +133,26 @@ class _Handler(BaseHTTPRequestHandler):
         protocol = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path)
         if protocol is None and path.startswith("/v1/models/") and path.endswith("/predictions"): protocol = "replicate"
         if protocol is None: return self._send(404, error_body("openai", 404, f"no route POST {self.path}"))
-        had_key = bool(self.headers.get("Authorization") or self.headers.get("x-api-key"))
+        had_key = bool(self._auth())
         try: body = json.loads(raw or b"{}")
         except json.JSONDecodeError: return self._send(400, error_body(protocol, 400, "request body is not JSON"))
         model = body.get("model") or ("/".join(path.split("/")[3:5]) if protocol == "replicate" else "")
-        status, payload, headers = ws._respond(WireRequest(protocol, path, model, body, had_key), raw)
+        req = WireRequest(protocol, path, model, body, had_key)
+        status, payload, headers = ws._respond(req, raw, self._auth(), self.headers.get("Authorization"))
         self._send(status, payload, headers)
 
 class WireServer:
     "A local OpenAI/Anthropic/Replicate-protocol server with fault injection, a request log and scripted replies."
     def __init__(self, reply: Callable[[WireRequest], str] | None = None, faults: Faults | None = None,
-                 models: tuple = ("wire-model", "wire-fallback"), require_key: bool = False, **fault_kw):
+                 models: tuple = ("wire-model", "wire-fallback"), require_key: bool = False, keys: tuple = (),
+                 echo_auth: bool = False, **fault_kw):
         self.reply = reply or default_reply                 # request -> reply text
         self.faults = faults or Faults(**fault_kw)
         self.models, self.require_key = tuple(models), require_key
+        self.keys = tuple(keys)                             # when set, any other key gets a 401
+        self.echo_auth = echo_auth                          # a careless server: the 401 body quotes the Authorization header
         self.log: list[WireRequest] = []
+        self.lookups: list[WireRequest] = []                # GET /v1/models[/ID] requests (not in `log`)
         self._lock, self._seen, self._queued = threading.Lock(), Counter(), []
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -173,7 +187,11 @@ class WireServer:
     def requests(self, model: str | None = None) -> list[WireRequest]:
         with self._lock: return [r for r in self.log if model is None or r.model == model]
     def reset(self):
-        with self._lock: self.log.clear(); self._seen.clear(); self._queued.clear()
+        with self._lock:
+            self.log.clear()
+            self.lookups.clear()
+            self._seen.clear()
+            self._queued.clear()
 
     # -- answering --
     def _fault(self, req: WireRequest, raw: bytes) -> tuple[int, float | None] | None:
@@ -188,12 +206,34 @@ class WireServer:
             return st, (f.retry_after if st == 429 else None)
         return None
 
-    def _respond(self, req: WireRequest, raw: bytes) -> tuple[int, dict, dict]:
+    def _key_refused(self, key: str | None, authorization: str | None) -> str | None:
+        "The 401 message for a missing or wrong key, or `None` when the key is accepted."
+        if self.require_key and not key: return "no API key sent"
+        if self.keys and key not in self.keys:
+            return "Incorrect API key provided" + (f" (Authorization: {authorization})" if self.echo_auth else "")
+        return None
+
+    def _lookup(self, req: WireRequest, key: str | None = None, authorization: str | None = None) -> tuple[int, dict, dict]:
+        "Answer `GET /v1/models` (the list, in a shape both SDKs read) or `GET /v1/models/ID` (one model, or 404)."
+        ms = [{"id": m, "object": "model", "type": "model", "created": 0, "owned_by": "purpose-wire", "display_name": m,
+               "created_at": "2024-01-01T00:00:00Z"} for m in self.models]
+        status, msg = 200, self._key_refused(key, authorization)
+        if msg: status = 401
+        elif req.model and req.model not in self.models: status, msg = 404, f"model '{req.model}' not found"
+        req.status, req.fault = status, {401: "refused key", 404: "unknown model"}.get(status)
+        with self._lock: self.lookups.append(req)
+        if status != 200: return status, error_body(req.protocol, status, msg), {"x-should-retry": "false"}
+        if req.model: return 200, next(m for m in ms if m["id"] == req.model), {}
+        return 200, {"object": "list", "data": ms, "has_more": False, "first_id": self.models[0] if ms else None,
+                     "last_id": self.models[-1] if ms else None}, {}
+
+    def _respond(self, req: WireRequest, raw: bytes, key: str | None = None,
+                 authorization: str | None = None) -> tuple[int, dict, dict]:
         f = self.faults
-        key = hashlib.sha1(raw).hexdigest()
-        if f.latency or f.jitter: time.sleep(f.latency + f.jitter * _draw(f.seed, key, 0, "latency"))
+        digest = hashlib.sha1(raw).hexdigest()
+        if f.latency or f.jitter: time.sleep(f.latency + f.jitter * _draw(f.seed, digest, 0, "latency"))
         status, headers, fault = 200, {}, None
-        if self.require_key and not req.had_key: status, fault = 401, "no key"
+        if refused := self._key_refused(key, authorization): status, fault = 401, "refused key"
         elif (hit := self._fault(req, raw)) is not None:
             status, ra = hit
             fault = f"injected {status}"
@@ -202,11 +242,11 @@ class WireServer:
         req.status, req.fault = status, fault
         with self._lock: self.log.append(req)
         if status != 200:
-            msg = {401: "no API key sent", 404: f"model '{req.model}' not found"}.get(status, f"{fault} (purpose wire server)")
+            msg = {401: refused or "no API key sent", 404: f"model '{req.model}' not found"}.get(status, f"{fault} (purpose wire server)")
             headers["x-should-retry"] = "false"   # our own retry policy is the one under test
             return status, error_body(req.protocol, status, msg), headers
         text = self.reply(req)
-        if req.json_schema is not None and f.malformed_rate and _draw(f.seed, key, self._seen[key], "malformed") < f.malformed_rate:
+        if req.json_schema is not None and f.malformed_rate and _draw(f.seed, digest, self._seen[digest], "malformed") < f.malformed_rate:
             text, req.fault = text[: max(1, len(text) // 2)] + " ...", "malformed"
         pt, ct = count_tokens(req.prompt), count_tokens(text)
         if req.protocol == "anthropic":
