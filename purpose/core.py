@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #26f7c866
 from __future__ import annotations
-import contextlib, functools, hashlib, importlib.metadata, importlib.util, json, os, platform, re, shutil, sys, tempfile, time
+import contextlib, fcntl, functools, hashlib, importlib.metadata, importlib.util, json, logging, os, platform, re
+import shutil, sys, tempfile, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any, Iterable, Iterator
 import warnings
 # peft calls a transformers method that transformers 5 deprecates; the warning is about their code, not the user's
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+_log = logging.getLogger("purpose")
 
 # %% auto #0
-__all__ = ['STAGES', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json',
-           'write_jsonl', 'append_jsonl', 'read_jsonl', 'list_domains', 'input_files', 'resolve_papers_dir', 'RunDir',
-           'secret_values', 'scrub', 'package_versions', 'Manifest', 'StageRecord', 'stage_run', 'cache_dir',
+__all__ = ['STAGES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json',
+           'read_json', 'write_jsonl', 'repair_jsonl', 'append_jsonl', 'read_jsonl', 'fingerprint', 'list_domains',
+           'input_files', 'resolve_papers_dir', 'RunDir', 'secret_values', 'scrub', 'package_versions', 'Manifest',
+           'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run', 'cache_dir',
            'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student',
            'system_prompt', 'chat_messages', 'run_summary']
 
@@ -58,13 +61,29 @@ def write_jsonl(path: Path | str, rows: Iterable[dict]) -> Path:
     "Write `rows` as JSON lines, atomically."
     return _atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
+def repair_jsonl(path: Path | str) -> str | None:
+    "Cut a torn last line (a kill mid-append) off `path` and set it aside in `<name>.torn`; returns what was cut."
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0: return None
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n": return None
+        data = f.seek(0) or f.read()
+        keep = data.rfind(b"\n") + 1
+        with open(path.with_name(path.name + ".torn"), "ab") as t: t.write(data[keep:] + b"\n")
+        f.truncate(keep)
+    _log.warning("%s: its last line was torn (an interrupted write); set it aside in %s.torn", path, path.name)
+    return data[keep:].decode("utf-8", "replace")
+
 def append_jsonl(path: Path | str, row: dict) -> None:
-    "Append one row and flush it to disk: finished items survive a kill."
+    "Append one row, starting on a line boundary, and flush it to disk: finished items survive a kill."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_jsonl(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        f.flush(); os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
 
 def read_jsonl(path: Path | str) -> list[dict]:
     "Read JSON lines; a torn last line (from a kill mid-append) is ignored, any other bad line is an error."
@@ -79,6 +98,24 @@ def read_jsonl(path: Path | str) -> list[dict]:
             if i == len(lines): break
             raise PurposeError(f"{path}:{i}: not valid JSON ({e}); fix or delete that line") from None
     return rows
+
+# %% ../nbs/00_core.ipynb #69a93abf
+def _hash_path(h, path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f"\x1e{f.relative_to(path) if path.is_dir() else f.name}\x1f".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""): h.update(block)
+
+def fingerprint(*parts: Any) -> str:
+    "sha256 of `parts`: JSON-able values by their canonical JSON, `Path`s by the bytes of the file or folder."
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path):
+            if p.exists(): _hash_path(h, p)
+            else: h.update(f"\x1emissing:{p.name}".encode())
+        else: h.update(("\x1e" + json.dumps(p, sort_keys=True, ensure_ascii=False, default=str)).encode())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #c14b939e
 def list_domains(papers_root: Path | str) -> list[str]:
@@ -201,22 +238,87 @@ class Manifest:
         m = self.load()
         return m.get("domain") or m["stages"].get("distill", {}).get("params", {}).get("domain") or default
 
-# %% ../nbs/00_core.ipynb #d4cec166
-class StageRecord:
-    "What a running stage reports: counts and extra fields for the manifest."
-    def __init__(self): self.counts: dict[str, Any] = {}; self.info: dict[str, Any] = {}
+# %% ../nbs/00_core.ipynb #cdcdba95
+def _lock_holder(path: Path) -> str:
+    try: info = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError): info = {}
+    return f"pid {info.get('pid', '?')} ({info.get('command', '?')}, since {info.get('since', '?')})"
 
 @contextlib.contextmanager
-def stage_run(run_dir: RunDir | Path | str, stage: str, params: dict | None = None) -> Iterator[StageRecord]:
-    "Record a stage's status, parameters (scrubbed), counts and seconds in the run's manifest."
-    man, rec, t0 = Manifest(run_dir), StageRecord(), time.perf_counter()
-    man.update_stage(stage, status="running", started=_now(), params=params or {}, error=None)
-    try: yield rec
-    except BaseException as e:
-        man.update_stage(stage, status="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.perf_counter()-t0, 3),
+def run_lock(run_dir: RunDir | Path | str, wait: bool | None = None) -> Iterator[Path]:
+    "Hold the run folder's lock while the block runs; a second holder gets an error naming the first (or waits)."
+    root = Path(run_dir.root if isinstance(run_dir, RunDir) else run_dir).resolve()
+    path = root/".lock"
+    held = os.environ.get("PURPOSE_RUN_LOCK", "").split(os.pathsep)
+    if str(path) in held or int(os.environ.get("RANK", "0")) > 0:   # a holder's child, or a DDP worker
+        yield path
+        return
+    wait = os.environ.get("PURPOSE_LOCK_WAIT") == "1" if wait is None else wait
+    root.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise PurposeError(f"run folder {root} is in use by {_lock_holder(path)}: wait for it to finish, "
+                               "or ask to wait (purpose run --wait, PURPOSE_LOCK_WAIT=1)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:200], "since": _now()}))
+        f.flush()
+        before = os.environ.get("PURPOSE_RUN_LOCK")
+        os.environ["PURPOSE_RUN_LOCK"] = os.pathsep.join([*filter(None, held), str(path)])
+        try: yield path
+        finally:
+            if before is None: os.environ.pop("PURPOSE_RUN_LOCK", None)
+            else: os.environ["PURPOSE_RUN_LOCK"] = before
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/00_core.ipynb #d4cec166
+STAGE_READS = {
+    "graph": ["extract/chunks.jsonl", "extract/documents.jsonl"],
+    "queries": ["extract/chunks.jsonl", "graph/nodes.json", "graph/edges.json", "graph/claims.json",
+                "graph/contradictions.json", "graph/taxonomy.json", "graph/methods.json"],
+    "distill": ["extract/chunks.jsonl", "extract/documents.jsonl", "queries/queries.jsonl"],
+    "augment": ["extract/chunks.jsonl", "extract/documents.jsonl", "graph/nodes.json", "graph/edges.json",
+                "graph/claims.json"],
+    "train": ["distill/dataset", "augment/texts.jsonl"],
+    "evaluate": ["extract/chunks.jsonl", "distill/qa.jsonl", "queries/coverage.json", "train/adapter"],
+}
+
+class StageRecord:
+    "What a running stage reports: counts and extra fields for the manifest."
+    def __init__(self):
+        self.counts: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
+
+def stage_fingerprint(run_dir: RunDir | Path | str, stage: str, params: dict | None = None,
+                      inputs: Iterable[Path | str] | None = None) -> str:
+    "Fingerprint of a stage's parameters and input files (`inputs`, default: what `STAGE_READS` says it reads)."
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    paths = [run.root/p for p in STAGE_READS.get(stage, [])] if inputs is None else [Path(p) for p in inputs]
+    return fingerprint(scrub(params or {}, []), *paths)
+
+def stage_done(run_dir: RunDir | Path | str, stage: str, params: dict | None = None,
+               inputs: Iterable[Path | str] | None = None) -> bool:
+    "Whether `stage` finished on exactly these parameters and inputs (so its outputs may be reused)."
+    entry = Manifest(run_dir).stage(stage)
+    return entry.get("status") == "done" and entry.get("fingerprint") == stage_fingerprint(run_dir, stage, params, inputs)
+
+@contextlib.contextmanager
+def stage_run(run_dir: RunDir | Path | str, stage: str, params: dict | None = None,
+              inputs: Iterable[Path | str] | None = None) -> Iterator[StageRecord]:
+    "Hold the run's lock; record status, parameters (scrubbed), the inputs' fingerprint, counts and seconds."
+    with run_lock(run_dir):
+        man, rec, t0 = Manifest(run_dir), StageRecord(), time.perf_counter()
+        fp = stage_fingerprint(run_dir, stage, params, inputs)
+        man.update_stage(stage, status="running", started=_now(), params=params or {}, error=None,
+                         fingerprint=fp, pid=os.getpid())
+        try: yield rec
+        except BaseException as e:
+            man.update_stage(stage, status="failed", error=f"{type(e).__name__}: {e}",
+                             seconds=round(time.perf_counter() - t0, 3), counts=rec.counts, **rec.info)
+            raise
+        man.update_stage(stage, status="done", finished=_now(), seconds=round(time.perf_counter() - t0, 3),
                          counts=rec.counts, **rec.info)
-        raise
-    man.update_stage(stage, status="done", finished=_now(), seconds=round(time.perf_counter()-t0, 3), counts=rec.counts, **rec.info)
 
 # %% ../nbs/00_core.ipynb #a2e1ac0e
 EMBEDDED_STUDENT = "smollm2-135m"
