@@ -8,14 +8,14 @@ import contextlib, importlib.util, math, os, random, time
 from typing import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from .core import (EMBEDDED_STUDENT, PurposeError, RunDir, append_jsonl, load_student, read_json, read_jsonl,
-                          stage_run, write_json)
+from .core import (EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, append_jsonl, chat_messages, fingerprint,
+                   load_student, read_json, read_jsonl, stage_run, write_json)
 
 # %% auto #0
-__all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'encode_example', 'curriculum_order', 'pack', 'load_replay', 'mix_replay', 'collate',
-           'answer_loss', 'varlen_sdpa', 'register_varlen_attention', 'TrainConfig', 'lr_at', 'bnb_settings',
-           'qlora_missing', 'quantization_config', 'prepare_model', 'evaluate_loss', 'ThreadTuner', 'train',
-           'plot_loss', 'train_stage', 'merge_adapter']
+__all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'QA_FORMATS', 'encode_example', 'encode_text', 'encode_row', 'curriculum_order', 'pack',
+           'load_replay', 'mix_replay', 'collate', 'answer_loss', 'varlen_sdpa', 'register_varlen_attention',
+           'TrainConfig', 'check_train_config', 'lr_at', 'bnb_settings', 'qlora_missing', 'quantization_config',
+           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'load_checkpoint', 'train', 'plot_loss']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -28,6 +28,18 @@ def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
     ids = (p_ids + a_ids)[:max_len]
     labels = ([-100] * len(p_ids) + a_ids)[:max_len]
     return {"input_ids": ids, "labels": labels}
+
+# %% ../nbs/06_train.ipynb #620cca4c
+def encode_text(tok, text: str, max_len: int = 512) -> dict:
+    "Token ids and labels (every token) of a plain training text, cut to `max_len`."
+    ids = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:max_len]
+    return {"input_ids": ids, "labels": list(ids)}
+
+def encode_row(tok, row: dict, max_len: int = 512) -> dict:
+    "A training row: chat `messages` (answer-only loss) or a plain `text` (all tokens)."
+    if row.get("messages"): return encode_example(tok, row["messages"], max_len)
+    if row.get("text"): return encode_text(tok, row["text"], max_len)
+    raise PurposeError(f"training row {str(row)[:80]!r} has neither 'messages' nor 'text'")
 
 # %% ../nbs/06_train.ipynb #ed401c0d
 DEPTH_ORDER = {"basic": 0, "intermediate": 1, "advanced": 2, "expert": 3}
@@ -165,7 +177,8 @@ def register_varlen_attention():
 class TrainConfig:
     "Everything that shapes a training run (stored in the manifest and in each checkpoint)."
     student: str = EMBEDDED_STUDENT   # `smollm2-135m`, `tiny-random` or a model folder
-    epochs: int = 2
+    epochs: int = 2                   # passes over all training rows
+    qa_first_epochs: int = 0          # pre-instruction-tuning: epochs of QA only before the joint epochs
     lr: float = 3e-4
     lora_r: int = 16                  # 0 = full fine-tuning
     lora_alpha: int = 32
@@ -188,6 +201,33 @@ class TrainConfig:
     checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
     max_steps: int | None = None
     seed: int = 0
+    def __post_init__(self): check_train_config(self)
+
+
+# %% ../nbs/06_train.ipynb #751e3b39
+_RULES = {"epochs": (1, None), "qa_first_epochs": (0, None), "lr": (0, None), "lora_r": (0, None),
+          "lora_alpha": (1, None), "lora_dropout": (0, 0.99), "max_len": (16, None), "rows_per_batch": (1, None),
+          "grad_accum": (1, None), "warmup_ratio": (0, 1), "min_lr_ratio": (0, 1), "weight_decay": (0, None),
+          "replay_ratio": (0, None), "cpu_threads": (0, None), "checkpoint_every": (1, None), "max_steps": (1, None)}
+_POSITIVE = {"lr"}
+_CHOICES = {"curriculum": ("staged", "sorted", "none"), "precision": ("auto", "fp32", "bf16"),
+            "attn": ("auto", VARLEN_ATTN, "sdpa", "eager", "flash_attention_2"), "quantize": (None, 4, 8)}
+
+def check_train_config(self: TrainConfig) -> None:
+    "Refuse a setting of the wrong type or out of range, naming it and what is allowed."
+    for name, f in self.__dataclass_fields__.items():
+        v, kinds = getattr(self, name), {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        want = f.type.replace(" | None", "")
+        if v is None and "None" in f.type: continue
+        if not isinstance(v, kinds[want]) or (want != "bool" and isinstance(v, bool)):
+            raise PurposeError(f"train setting {name}={v!r}: expected {want}" + (" or None" if "None" in f.type else ""))
+        lo, hi = _RULES.get(name, (None, None))
+        low = lo is not None and (v <= lo if name in _POSITIVE else v < lo)
+        if low or (hi is not None and v > hi):
+            need = "> 0" if name in _POSITIVE else f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise PurposeError(f"train setting {name}={v!r}: use a value {need}")
+    for name, ok in _CHOICES.items():
+        if getattr(self, name) not in ok: raise PurposeError(f"train setting {name}={getattr(self, name)!r}: use one of {ok}")
 
 # %% ../nbs/06_train.ipynb #782d5b9d
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -361,11 +401,42 @@ class ThreadTuner:
         else: self.every = min(self.every * 2, self.max_every)
         self.next_probe = self.steps + self.every
 
+# %% ../nbs/06_train.ipynb #8ec70395
+QA_FORMATS = ("qa", "raft")
+
+def epoch_rows(rows: list[dict], epoch: int, cfg: TrainConfig) -> list[int]:
+    "Indices of `rows` trained in `epoch`, in curriculum order: QA only in the first `qa_first_epochs` epochs."
+    order = curriculum_order(rows, cfg.curriculum, cfg.seed + epoch)
+    if epoch >= cfg.qa_first_epochs: return order
+    return [i for i in order if rows[i].get("format", "qa") in QA_FORMATS]
+
+# %% ../nbs/06_train.ipynb #b6d5585c
+def load_checkpoint(ckpt: Path, fp: str, log=print, set_aside: bool = True) -> dict | None:
+    "The checkpoint in `ckpt` when it was written for fingerprint `fp`; else (`set_aside`) move the old run aside: None."
+    import shutil, torch
+    state = Path(ckpt)/"state.pt"
+    if not state.exists(): return None
+    try: saved = torch.load(state, weights_only=False, map_location="cpu")
+    except Exception as e:
+        raise PurposeError(f"{state} cannot be read ({type(e).__name__}: {str(e)[:80]}): it is damaged or truncated; "
+                           f"delete {Path(ckpt)} to train from the start") from None
+    if saved.get("fingerprint") == fp: return saved
+    if not set_aside: return None
+    out = Path(ckpt).parent
+    aside = out/f"stale-{saved.get('fingerprint') or 'unknown'}"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for name in ("checkpoint", "adapter", "train_log.jsonl", "loss.png"):
+        if (out/name).exists(): shutil.move(str(out/name), str(aside/name))
+    log(f"train: the training data or settings changed since {state} was written "
+        f"(fingerprint {saved.get('fingerprint')} -> {fp}): starting again; the old run is in {aside}")
+    return None
+
 # %% ../nbs/06_train.ipynb #0d540eba
 def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str, cfg: TrainConfig, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, log_fn=print) -> dict:
     "Train on chat `rows` (each with `messages`, `depth`, `hard`), keep the best epoch, write checkpoints, log and figure; `stop_after` N steps ends this session resumably."
-    import torch
+    import shutil, torch
     from tqdm.auto import tqdm
     out = Path(out_dir)
     if not train_rows: raise PurposeError("no training examples: the distill stage accepted no train QA")
@@ -375,7 +446,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     torch.manual_seed(cfg.seed)
     model, tok = prepare_model(cfg, device)
     pad = tok.pad_token_id
-    examples = [encode_example(tok, r["messages"], cfg.max_len) for r in train_rows]
+    examples = [encode_row(tok, r, cfg.max_len) for r in train_rows]
     n_domain = len(examples)
     replay = load_replay(cfg.replay) if cfg.replay else []
     examples += [encode_example(tok, r["messages"], cfg.max_len) for r in replay]
@@ -385,8 +456,8 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     replay_ids = list(range(n_domain, n_domain + len(replay)))
-    orders = [mix_replay(curriculum_order(train_rows, cfg.curriculum, cfg.seed + e), replay_ids, cfg.replay_ratio, cfg.seed + e)
-              for e in range(cfg.epochs)]
+    orders = [mix_replay(epoch_rows(train_rows, e, cfg), replay_ids, cfg.replay_ratio, cfg.seed + e)
+              for e in range(cfg.qa_first_epochs + cfg.epochs)]
     per_step = cfg.rows_per_batch * dist.world
     batches = [(e, rows[i:i + per_step]) for e, o in enumerate(orders) for rows in [pack(examples, o, cfg.max_len)]
                for i in range(0, len(rows), per_step)]
@@ -394,9 +465,11 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     if cfg.max_steps: steps_total = min(steps_total, cfg.max_steps)
     state = {"step": 0, "batch": 0, "best_loss": float("inf"), "best_epoch": None, "epoch_losses": {}, "log_lines": 0}
     ckpt, log_path = out/"checkpoint", out/"train_log.jsonl"
-    if (ckpt/"state.pt").exists():
-        saved = torch.load(ckpt/"state.pt", weights_only=False, map_location="cpu")
-        if saved["config"] != asdict(cfg): raise PurposeError(f"{ckpt} was written with other settings; delete it to start over or use the same settings")
+    fp = fingerprint(asdict(cfg), train_rows, heldout_rows, replay)
+    saved = load_checkpoint(ckpt, fp, log_fn) if dist.is_main else None
+    dist.barrier()                                   # the main process has set a stale run aside
+    if not dist.is_main: saved = load_checkpoint(ckpt, fp, set_aside=False)
+    if saved is not None:
         trainable = dict(model.named_parameters())
         with torch.no_grad():
             for k, v in saved["trainable"].items(): trainable[k].copy_(v.to(device))
@@ -406,7 +479,9 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
         if dist.is_main and log_path.exists():     # forget what was logged after the checkpoint
             lines = log_path.read_text().splitlines(keepends=True)[:state["log_lines"]]
             log_path.with_name(log_path.name + ".tmp").write_text("".join(lines)); os.replace(log_path.with_name(log_path.name + ".tmp"), log_path)
-    elif dist.is_main and log_path.exists(): log_path.unlink()
+    elif dist.is_main:
+        log_path.unlink(missing_ok=True)
+        if (out/"adapter").exists(): shutil.rmtree(out/"adapter")   # never leave another run's adapter behind
     dist.barrier()
     def log(rec: dict):
         if dist.is_main: append_jsonl(log_path, rec)
@@ -414,7 +489,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     def checkpoint():
         if dist.is_main:
             ckpt.mkdir(exist_ok=True)
-            torch.save({"config": asdict(cfg), "state": state, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+            torch.save({"config": asdict(cfg), "fingerprint": fp, "state": state, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
                         "trainable": {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}}, ckpt/"state.pt.tmp")
             os.replace(ckpt/"state.pt.tmp", ckpt/"state.pt")
@@ -485,7 +560,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     if dist.is_main: plot_loss(log_path, out/"loss.png")
     dist.barrier()
     return {"steps": state["step"], "stopped_early": stopped, "best_epoch": state["best_epoch"], "best_heldout_loss": round(state["best_loss"], 5),
-            "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay),
+            "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay), "fingerprint": fp,
             "seconds_this_run": round(secs, 2), "train_seconds": round(train_secs, 2),
             "train_cpu_seconds": round(time.process_time() - cpu0 - side_cpu, 2),
             "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,
@@ -506,28 +581,3 @@ def plot_loss(log_path: Path, path: Path):
     ax.plot([r["step"] for r in ends], [r["heldout_loss"] for r in ends], "o-", label="held-out loss (per epoch)")
     ax.set_xlabel("optimizer step"); ax.set_ylabel("cross-entropy"); ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
-
-# %% ../nbs/06_train.ipynb #ea75bae7
-def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True, **config) -> dict:
-    "Train the student on the run's distilled dataset; write `train/` (adapter, checkpoint, log, loss figure; `merged/` when asked)."
-    from datasets import load_from_disk
-    run = RunDir(run_dir)
-    run.require("distill/dataset")
-    unknown = set(config) - set(TrainConfig.__dataclass_fields__)
-    if unknown: raise PurposeError(f"unknown training setting(s) {sorted(unknown)}: use {sorted(TrainConfig.__dataclass_fields__)}")
-    cfg = TrainConfig(**config)
-    with stage_run(run, "train", {**asdict(cfg), "merge": merge}) as rec:
-        ds = load_from_disk(str(run.distill/"dataset"))
-        res = train(list(ds["train"]), list(ds["heldout"]), run.train, cfg, progress=progress)
-        write_json(run.train/"train_config.json", asdict(cfg))
-        if merge and cfg.lora_r > 0: merge_adapter(run.train/"adapter", cfg, run.train/"merged")
-        rec.counts.update({"examples": res["examples"], "steps": res["steps"]})
-        rec.info.update({k: v for k, v in res.items() if k not in ("examples", "steps")})
-    return {**rec.counts, **rec.info}
-
-def merge_adapter(adapter_dir: Path | str, cfg: TrainConfig, out: Path | str) -> Path:
-    "Fold a trained LoRA adapter into the student's weights and save a plain transformers model to `out`."
-    from peft import PeftModel
-    base, tok = load_student(cfg.student, seed=cfg.seed)
-    _save(PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tok, Path(out))
-    return Path(out)
