@@ -4,30 +4,31 @@
 
 # %% ../nbs/04_modelhub.ipynb #722b1843
 from __future__ import annotations
-import asyncio, hashlib, json, math, os, random, re, stat, threading, time
+import asyncio, hashlib, json, logging, math, os, random, re, stat, threading, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 import typer
-from .core import PurposeError, cache_dir, read_json, write_json
+from .core import PurposeError, cache_dir, read_json, secret_values, write_json
 from .wire import count_tokens
 
 # %% auto #0
 __all__ = ['OPENAI_COMPATIBLE_DEFAULTS', 'PROVIDERS', 'KEY_VARS', 'KEY_REQUIRED', 'GROUNDED_SYSTEM', 'STOPWORDS',
            'RETRY_STATUSES', 'DEAD_STATUSES', 'task_model_map', 'domain_task_map', 'DOMAINS', 'NON_GENERATIVE',
-           'TASK_INSTRUCTIONS', 'models_app', 'TeacherSpec', 'parse_spec', 'config_path', 'load_config', 'save_config',
-           'get_key', 'env_key', 'ModelUnavailable', 'grounded_messages', 'parse_grounded', 'cited_sources',
-           'content_words', 'split_sentences', 'OfflineTeacher', 'Reply', 'messages_text', 'schema_instruction',
-           'with_schema_instruction', 'OpenAITeacher', 'AnthropicTeacher', 'ProviderHTTPError', 'ReplicateTeacher',
-           'HFTeacher', 'get_teacher', 'cache_key', 'ResponseCache', 'as_cache', 'load_registry', 'price_table',
-           'price_of', 'cost_usd', 'Ledger', 'Bucket', 'provider_limits', 'wait_for_capacity', 'StructuredOutputError',
+           'TASK_INSTRUCTIONS', 'models_app', 'mask_url_credentials', 'TeacherSpec', 'parse_spec', 'public_spec',
+           'config_path', 'load_config', 'save_config', 'get_key', 'env_key', 'ModelUnavailable', 'mask_secrets',
+           'grounded_messages', 'parse_grounded', 'cited_sources', 'content_words', 'split_sentences', 'OfflineTeacher',
+           'Reply', 'messages_text', 'schema_instruction', 'with_schema_instruction', 'OpenAITeacher',
+           'AnthropicTeacher', 'ProviderHTTPError', 'ReplicateTeacher', 'HFTeacher', 'get_teacher', 'check_teacher',
+           'check_teachers', 'cache_key', 'ResponseCache', 'as_cache', 'load_registry', 'price_table', 'price_of',
+           'cost_usd', 'Ledger', 'Bucket', 'provider_limits', 'wait_for_capacity', 'StructuredOutputError',
            'validate_json', 'parse_json_reply', 'repair_messages', 'classify_error', 'short_error', 'Result', 'Results',
-           'BudgetExceeded', 'run_sync', 'acomplete_many', 'complete_many', 'estimate', 'ModelInfo', 'registry',
-           'list_models', 'get_model_info', 'resolve_spec', 'general_models', 'unavailable_reason', 'candidates_for',
-           'DomainGuess', 'classify_domain', 'task_messages', 'offline_embed', 'rerank', 'process_task',
-           'process_domain_task', 'ModelHub', 'models_list', 'models_info', 'models_setup_config',
+           'BudgetExceeded', 'run_sync', 'acomplete_many', 'complete_many', 'estimate', 'one_cause', 'ModelInfo',
+           'registry', 'list_models', 'get_model_info', 'resolve_spec', 'general_models', 'unavailable_reason',
+           'candidates_for', 'DomainGuess', 'classify_domain', 'task_messages', 'offline_embed', 'rerank',
+           'process_task', 'process_domain_task', 'ModelHub', 'models_list', 'models_info', 'models_setup_config',
            'models_process_text', 'models_process_domain_text', 'try_teachers']
 
 # %% ../nbs/04_modelhub.ipynb #f952c3cd
@@ -41,13 +42,24 @@ KEY_VARS = {"openai": ("OPENAI_API_KEY",), "anthropic": ("ANTHROPIC_API_KEY",), 
             "vllm": ("OPENAI_COMPATIBLE_API_KEY",), "llamacpp": ("OPENAI_COMPATIBLE_API_KEY",)}
 KEY_REQUIRED = ("openai", "anthropic", "together", "replicate", "hf-inference")
 
+_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@'\"]*)(?::([^/\s@'\"]*))?@")
+
+def mask_url_credentials(text: str) -> str:
+    "`text` with the credentials of every `scheme://user:secret@host` masked (`scheme://user:***@host`)."
+    return _URL_CREDS.sub(lambda m: m.group(1) + (f"{m.group(2)}:***@" if m.group(3) is not None else "***@"), text)
+
 @dataclass(frozen=True)
 class TeacherSpec:
-    "A parsed teacher spec: `provider:model[@base_url]`."
+    "A parsed teacher spec: `provider:model[@base_url]`; its text and repr never show credentials in the URL."
     provider: str
     model: str = ""
-    base_url: str | None = None
-    def __str__(self): return self.provider + (f":{self.model}" if self.model else "") + (f"@{self.base_url}" if self.base_url else "")
+    base_url: str | None = None   # as given, credentials included: used only for the HTTP call
+    @property
+    def public_url(self) -> str | None:
+        "`base_url` with any credentials masked: what manifests, notebooks and messages show."
+        return mask_url_credentials(self.base_url) if self.base_url else self.base_url
+    def __str__(self): return self.name + (f"@{self.public_url}" if self.base_url else "")
+    def __repr__(self): return f"TeacherSpec(provider={self.provider!r}, model={self.model!r}, base_url={self.public_url!r})"
     @property
     def name(self) -> str:
         "`provider:model` without the address: the name used for the cache, prices and usage."
@@ -56,18 +68,23 @@ class TeacherSpec:
 def parse_spec(spec: str) -> TeacherSpec:
     "Parse `offline`, `openai:gpt-4o-mini`, `anthropic:MODEL`, `hf:PATH`, `ollama:llama3@http://host:11434/v1`."
     spec = (spec or "").strip()
+    shown = mask_url_credentials(spec)
     if not spec: raise PurposeError("empty teacher spec: use e.g. 'offline', 'openai:gpt-4o-mini' or 'hf:/path/to/model'")
     provider, _, rest = spec.partition(":")
     provider = provider.lower()
     if provider not in PROVIDERS:
-        raise PurposeError(f"unknown teacher provider '{provider}' in '{spec}': use one of {', '.join(PROVIDERS)}")
+        raise PurposeError(f"unknown teacher provider '{provider}' in '{shown}': use one of {', '.join(PROVIDERS)}")
     model, base_url = rest, None
     if provider != "hf" and "@" in rest: model, _, base_url = rest.partition("@")
     if provider in OPENAI_COMPATIBLE_DEFAULTS: base_url = base_url or OPENAI_COMPATIBLE_DEFAULTS[provider]
     if provider == "openai-compatible" and not base_url:
-        raise PurposeError(f"teacher '{spec}' needs a server address: openai-compatible:MODEL@http://127.0.0.1:8000/v1")
-    if provider not in ("offline",) and not model: raise PurposeError(f"teacher '{spec}' names no model: use {provider}:MODEL")
+        raise PurposeError(f"teacher '{shown}' needs a server address: openai-compatible:MODEL@http://127.0.0.1:8000/v1")
+    if provider not in ("offline",) and not model: raise PurposeError(f"teacher '{shown}' names no model: use {provider}:MODEL")
     return TeacherSpec(provider, model, base_url)
+
+def public_spec(spec) -> str:
+    "A teacher spec (or `a|b` chain, or comma-separated list) as text for manifests, notebooks and datasets: no URL credentials."
+    return mask_url_credentials(str(spec))
 
 # %% ../nbs/04_modelhub.ipynb #869f5a2c
 def config_path() -> Path:
@@ -107,6 +124,27 @@ def env_key(var: str | tuple, spec: TeacherSpec, required: bool = True) -> str |
 
 class ModelUnavailable(PurposeError):
     "A model that cannot be used in this run (no key, weights not available offline, not a generative model)."
+
+# %% ../nbs/04_modelhub.ipynb #e3c9f6af
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{3,}")
+_KEYLIKE = re.compile(r"\b(sk-ant-|sk-proj-|sk-|hf_|r8_|gsk_|xai-)[A-Za-z0-9_\-]{8,}")
+_KEY_FIELD = re.compile(r"(?i)((?:x-api-key|api[_-]?key|access[_-]?token)[\"']?\s*[:=]\s*[\"']?)([^\s\"',;}]{4,})")
+
+def _known_secrets() -> list[str]:
+    "The key values this process knows: credential-like environment variables and the config file's `keys`."
+    vals = secret_values() + [os.environ.get(v, "") for vs in KEY_VARS.values() for v in vs]
+    try: keys = (read_json(config_path(), {}) or {}).get("keys") or {}
+    except Exception: keys = {}
+    vals += [v for v in keys.values() if isinstance(v, str)]
+    return sorted({v for v in vals if len(v) >= 8}, key=len, reverse=True)
+
+def mask_secrets(text: str) -> str:
+    "`text` with keys masked: known key values, `Bearer ...`, `sk-...`-style keys, `api_key=...` and URL credentials."
+    if not isinstance(text, str) or not text: return text
+    for s in _known_secrets(): text = text.replace(s, "***")
+    text = _BEARER.sub(lambda m: m.group(1) + "***", mask_url_credentials(text))
+    text = _KEYLIKE.sub(lambda m: m.group(1) + "***", text)
+    return _KEY_FIELD.sub(lambda m: m.group(1) + "***", text)
 
 # %% ../nbs/04_modelhub.ipynb #482b07e7
 GROUNDED_SYSTEM = ("You are a careful research assistant. Answer the question using only the numbered sources. "
@@ -405,6 +443,101 @@ def get_teacher(spec: str | TeacherSpec | Any = "offline", **kw):
         return HFTeacher(s, **kw)
     return OpenAITeacher(s, **kw)
 
+# %% ../nbs/04_modelhub.ipynb #471c1a00
+def _key_vars(s: TeacherSpec) -> tuple:
+    return KEY_VARS.get(s.provider, ("OPENAI_COMPATIBLE_API_KEY",))
+
+def _server_url(s: TeacherSpec) -> str:
+    "The address a teacher's calls go to (credentials included)."
+    if s.provider == "openai": return s.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    if s.provider == "anthropic": return s.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+    if s.provider == "replicate": return (s.base_url or "https://api.replicate.com/v1").rstrip("/")
+    return s.base_url
+
+def _listed(model: str, ids: list[str]) -> bool:
+    "Whether a server's model list names `model` (`llama3` matches Ollama's `llama3:latest`)."
+    return model in ids or (":" not in model and any(i.split(":")[0] == model for i in ids))
+
+def _sdk_lookup(s: TeacherSpec, key: str | None, url: str, timeout: float) -> str:
+    "Look the model up with the official SDK; a 1-token call when the server has no list or the list lacks it."
+    ping = [{"role": "user", "content": "ping"}]
+    if s.provider == "anthropic":
+        import anthropic as sdk
+        client = sdk.Anthropic(api_key=key, base_url=url, max_retries=0, timeout=timeout)
+        try: client.models.retrieve(s.model); return "model found"
+        except sdk.NotFoundError: client.messages.create(model=s.model, max_tokens=1, messages=ping)
+        return "answered a 1-token call"
+    import openai as sdk
+    client = sdk.OpenAI(api_key=key or "not-needed", base_url=url, max_retries=0, timeout=timeout)
+    try: ids = [m.id for m in client.models.list()]
+    except sdk.NotFoundError: ids = []
+    if _listed(s.model, ids): return f"model listed ({len(ids)} on the server)"
+    client.chat.completions.create(model=s.model, messages=ping, max_tokens=1)
+    return "answered a 1-token call"
+
+def _replicate_lookup(s: TeacherSpec, key: str | None, url: str, timeout: float) -> str:
+    import urllib.request
+    req = urllib.request.Request(f"{url}/models/{s.model}", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=timeout): return "model found"
+
+# %% ../nbs/04_modelhub.ipynb #443dfa4e
+def _explain(e: BaseException, s: TeacherSpec, url: str, timeout: float) -> str:
+    "The cause of a failed check, in words."
+    kinds = {c.__name__ for c in type(e).__mro__}
+    status, where = getattr(e, "status_code", None) or getattr(e, "code", None), mask_url_credentials(url)
+    if kinds & {"APITimeoutError", "TimeoutError"} or "timed out" in str(e):
+        return f"unreachable: no answer from {where} within {timeout:g} s"
+    if kinds & {"APIConnectionError", "URLError", "ConnectionError"} and not isinstance(status, int):
+        return f"unreachable: cannot connect to {where} (is the server running, is the address right?)"
+    if status in (401, 403):
+        return f"the server refused the key (HTTP {status}): check {' or '.join(_key_vars(s))}"
+    if status == 404: return f"model '{s.model}' not found at {where} (HTTP 404): check the model name and the address"
+    if isinstance(status, int): return f"HTTP {status} from {where}: {short_error(e)}"
+    return short_error(e)
+
+def check_teacher(spec: str | TeacherSpec | Any, timeout: float = 8.0) -> str:
+    "Check one teacher without running anything (key, server, model); returns what was checked, raises `ModelUnavailable`."
+    if hasattr(spec, "complete"): return "a teacher object: not checked"
+    s = spec if isinstance(spec, TeacherSpec) else parse_spec(spec)
+    if s.provider == "offline": return "nothing to check"
+    if s.provider == "hf" and _looks_local(s.model):
+        p = Path(s.model).expanduser()
+        if p.exists() and not (p/"config.json").exists():
+            raise ModelUnavailable(f"teacher '{s}': {p} has no config.json: point hf: at a model folder saved with save_pretrained")
+        return "a local model"
+    if s.provider == "hf":
+        if not get_key(*KEY_VARS["hf-inference"]):
+            raise ModelUnavailable(f"teacher '{s}': '{s.model}' is a Hugging Face Hub id, not available offline: use "
+                                   "hf:/path/to/a/saved/folder, or set HF_TOKEN for the hosted router")
+        s = TeacherSpec("hf-inference", s.model, OPENAI_COMPATIBLE_DEFAULTS["hf-inference"])
+    key = get_key(*_key_vars(s))
+    if not key and s.provider in KEY_REQUIRED:
+        raise ModelUnavailable(f"teacher '{s}' has no key: set the environment variable {' or '.join(_key_vars(s))} "
+                               "(or run `purpose models setup-config`)")
+    url = _server_url(s)
+    try: return (_replicate_lookup if s.provider == "replicate" else _sdk_lookup)(s, key, url, timeout)
+    except Exception as e: raise ModelUnavailable(f"teacher '{s}': {_explain(e, s, url, timeout)}") from None
+
+def check_teachers(specs: str | list, timeout: float = 8.0) -> dict[str, str]:
+    "Check every teacher before a stage runs (`a|b` chains pass when one member does); one error line for the first that cannot."
+    items = [t.strip() for t in specs.split(",")] if isinstance(specs, str) else list(specs)
+    items = [t for t in items if not (isinstance(t, str) and not t)]
+    if not items: raise PurposeError("no teacher to check: name at least one, e.g. 'offline' or 'openai:gpt-4o-mini'")
+    chains = [[m.strip() for m in t.split("|")] if isinstance(t, str) else [t] for t in items]
+    members = list(dict.fromkeys(m for c in chains for m in c))
+    for m in members:
+        if isinstance(m, str): parse_spec(m)                   # a typo is an error even inside a chain
+    def one(m):
+        try: return check_teacher(m, timeout)
+        except PurposeError as e: return e
+    with ThreadPoolExecutor(min(8, len(members))) as ex: outcome = dict(zip(members, ex.map(one, members)))
+    said = {m: f"unavailable ({o})" if isinstance(o, Exception) else o for m, o in outcome.items()}
+    report = {}
+    for t, chain in zip(items, chains):
+        if all(isinstance(outcome[m], Exception) for m in chain): raise outcome[chain[0]]
+        report[public_spec(t)] = said[chain[0]] if len(chain) == 1 else " | ".join(f"{public_spec(m)}: {said[m]}" for m in chain)
+    return report
+
 # %% ../nbs/04_modelhub.ipynb #a84866c2
 def cache_key(spec: TeacherSpec | str, messages: list[dict], params: dict) -> str:
     "Content address of one request: sha256 of provider, model, parameters and prompt (never the key or server address)."
@@ -420,9 +553,15 @@ class ResponseCache:
     def __repr__(self): return f"ResponseCache({self.root})"
     def _path(self, key: str) -> Path: return self.root/key[:2]/f"{key}.json"
     def get(self, key: str) -> dict | None:
+        "The entry stored under `key`, or `None`; a broken entry is a miss, with a warning naming its file."
         p = self._path(key)
-        try: return json.loads(p.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError): return None
+        try: entry = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError: return None
+        except (json.JSONDecodeError, UnicodeDecodeError): entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("text"), str): return entry
+        logging.getLogger("purpose").warning("%s is not a cached reply (no 'text' field): ignored, the model is asked again "
+                                             "and the file replaced; delete it (or the folder %s) if this repeats", p, self.root)
+        return None
     def put(self, key: str, entry: dict) -> None: write_json(self._path(key), entry)
     def __len__(self): return sum(1 for _ in self.root.glob("*/*.json"))
 
@@ -572,8 +711,8 @@ def classify_error(e: BaseException) -> tuple[str, float | None]:
     return "retry", None   # timeouts, connection errors, anything unexpected: try again
 
 def short_error(e: BaseException) -> str:
-    "One line naming the error, for results and reports."
-    msg = " ".join(str(e).split())
+    "One line naming the error, for results and reports (keys masked)."
+    msg = mask_secrets(" ".join(str(e).split()))
     return f"{type(e).__name__}: {msg[:300]}"
 
 @dataclass
@@ -666,17 +805,17 @@ class _Run:
     def key(self, i, messages):
         return cache_key(self.specs[i], messages, {**self.params, "json_schema": self.json_schema})
 
-    def from_cache(self, idx, messages) -> Result | None:
-        if self.cache is None: return None
-        for i, s in enumerate(self.specs):
-            if s.provider == "custom": continue
-            hit = self.cache.get(self.key(i, messages))
-            if hit is None: continue
-            self.ledger.add(s.name, cached=1)
-            parsed = parse_json_reply(hit["text"], self.json_schema) if self.json_schema else None
-            return Result(idx, hit["text"], model=s.name, input_tokens=hit.get("input_tokens", 0), output_tokens=hit.get("output_tokens", 0),
-                          cached=True, parsed=parsed)
-        return None
+    def from_cache(self, i, idx, messages) -> Result | None:
+        "Candidate `i`'s cached answer to `messages` (only its own: another candidate's never answers for it)."
+        s = self.specs[i]
+        if self.cache is None or s.provider == "custom": return None
+        hit = self.cache.get(self.key(i, messages))
+        if hit is None: return None
+        try: parsed = parse_json_reply(hit["text"], self.json_schema) if self.json_schema else None
+        except StructuredOutputError: return None   # cached before the schema changed: ask again
+        self.ledger.add(s.name, cached=1)
+        return Result(idx, hit["text"], model=s.name, input_tokens=hit.get("input_tokens", 0),
+                      output_tokens=hit.get("output_tokens", 0), cached=True, parsed=parsed)
 
     def worst_case(self, i, messages) -> tuple[int, float]:
         tin = count_tokens(messages_text(messages)) + (count_tokens(json.dumps(self.json_schema)) if self.json_schema else 0)
@@ -724,9 +863,11 @@ class _Run:
         return c
 
     async def item(self, idx, messages) -> Result:
-        if (hit := self.from_cache(idx, messages)) is not None: return hit
         tried, attempts = [], 0
         for i, spec in enumerate(self.specs):
+            if (hit := self.from_cache(i, idx, messages)) is not None:
+                hit.attempts, hit.tried = attempts, tried
+                return hit
             if i in self.dead: tried.append(f"{spec}: skipped ({self.dead[i]})"); continue
             for a in range(self.retries + 1):
                 attempts += 1
@@ -816,14 +957,39 @@ def estimate(specs, prompts: Iterable[list[dict]], *, max_tokens: int = 512, jso
     spec, c, tab = _spec_of(cands[0]), as_cache(cache), price_table(prices)
     calls = cached = tin = 0
     for m in prompts:
-        if c is not None and any(c.get(cache_key(_spec_of(x), m, {"temperature": temperature, "max_tokens": max_tokens, "json_schema": json_schema}))
-                                 for x in cands if _spec_of(x).provider != "custom"):
-            cached += 1; continue
+        params = {"temperature": temperature, "max_tokens": max_tokens, "json_schema": json_schema}
+        if c is not None and spec.provider != "custom" and c.get(cache_key(spec, m, params)):
+            cached += 1
+            continue
         calls += 1
         tin += count_tokens(messages_text(m)) + (count_tokens(json.dumps(json_schema)) if json_schema else 0)
     tout = calls * max_tokens
     return {"model": spec.name, "calls": calls, "cached": cached, "input_tokens": tin, "max_output_tokens": tout,
             "price_per_mtok": list(price_of(spec, tab)), "max_cost_usd": round(cost_usd(spec, tin, tout, tab), 6)}
+
+# %% ../nbs/04_modelhub.ipynb #a82f012a
+_VARYING = re.compile(r"\b(?:req|chatcmpl|msg)_[A-Za-z0-9]+|\b[0-9a-f]{12,}\b|\d+(?:\.\d+)?")
+_BREAKER = re.compile(r"^failed \d+ items in a row$")
+
+def _cause_parts(error: str) -> list[tuple[str, str]]:
+    "`(comparable, shown)` for each candidate's reason in one failure's error."
+    out = []
+    for part in (error or "").removeprefix("no model could answer: ").split(" | "):
+        part = re.sub(r"^(.*?): skipped \((.*)\)$", r"\1: \2", part.strip())
+        if _BREAKER.match(part.split(": ", 1)[-1]) or not part: continue
+        out.append((_VARYING.sub("#", part), part))
+    return out
+
+def one_cause(failures: Iterable, total: int | None = None) -> str | None:
+    "The one cause every failure shares, as one line (`None` when causes differ, or fewer than `total` items failed)."
+    rows = [r if isinstance(r, dict) else {"error": getattr(r, "error", None)} for r in failures]
+    if not rows or (total is not None and len(rows) < total): return None
+    sigs = {}
+    for r in rows:
+        parts = _cause_parts(mask_secrets(r.get("error") or ""))
+        if parts: sigs.setdefault(tuple(c for c, _ in parts), " | ".join(s for _, s in parts))
+    if len(sigs) != 1: return None
+    return f"all {len(rows)} items failed for one cause: {next(iter(sigs.values()))}"
 
 # %% ../nbs/04_modelhub.ipynb #72386a07
 @dataclass
@@ -1078,6 +1244,6 @@ def try_teachers(run_dir: Path | str, question: str, teachers: str | list = "off
     rows = []
     for spec in specs:
         r = complete_many(spec, [msgs], **kw)[0]
-        rows.append({"teacher": str(spec), "answer": r.text if r.ok else None, "error": r.error, "model": r.model,
+        rows.append({"teacher": public_spec(spec), "answer": r.text if r.ok else None, "error": r.error, "model": r.model,
                      "cost_usd": r.cost_usd, "cached": r.cached, "chunks": [c["chunk_id"] for c in best]})
     return rows
