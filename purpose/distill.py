@@ -7,15 +7,16 @@ from __future__ import annotations
 import json, random, re, time
 from collections import Counter, defaultdict
 from pathlib import Path
-from .core import (PurposeError, RunDir, append_jsonl, chat_messages, read_jsonl, stable_id, stage_run,
-                          write_json, write_jsonl)
+from .core import (PurposeError, RunDir, append_jsonl, chat_messages, fingerprint, read_jsonl, stable_id,
+                          stage_run, write_json, write_jsonl)
 from .modelhub import cited_sources, complete_many, content_words, get_teacher, grounded_messages, split_sentences
 
 # %% auto #0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
            'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
-           'teacher_name', 'ask_teachers', 'raft_examples', 'passage_examples', 'replay_examples', 'export_formats',
-           'dataset_card', 'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
+           'prompt_fingerprint', 'stored_answer_key', 'teacher_name', 'ask_teachers', 'raft_examples',
+           'passage_examples', 'replay_examples', 'export_formats', 'dataset_card', 'unanswered_failures',
+           'common_cause', 'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
 def clean_answer(text: str) -> str:
@@ -133,24 +134,33 @@ def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x
     return kept, dups
 
 # %% ../nbs/05_distill.ipynb #74f863dc
+def prompt_fingerprint(messages: list[dict]) -> str:
+    "Fingerprint of the exact prompt a teacher answered: a stored answer is reused only for the same prompt."
+    return fingerprint(messages)
+
+def stored_answer_key(a: dict) -> tuple:
+    "What a stored answer answers: (query, teacher, prompt fingerprint); answers from before fingerprints match nothing."
+    return (a["query_id"], a["teacher"], a.get("prompt_fp"))
+
 def teacher_name(t) -> str:
     "The name a teacher's answers are filed under: its spec string (or fallback chain), or the object's `spec`."
     return t if isinstance(t, str) else str(getattr(t, "spec", t))
 
 def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures_path: Path, concurrency: int = 4,
                  cache=True, budget_usd: float | None = None, retries: int = 4) -> dict:
-    "Answer each `{'query_id', 'messages'}` item with every teacher, skipping (query, teacher) pairs already in `answers_path`."
-    done = {(a["query_id"], a["teacher"]) for a in (read_jsonl(answers_path) if answers_path.exists() else [])}
+    "Answer each `{'query_id', 'messages'}` item with every teacher, skipping answers already in `answers_path` for the same prompt."
+    done = {stored_answer_key(a) for a in (read_jsonl(answers_path) if answers_path.exists() else [])}
     stats, spent, calls = Counter(skipped=0), 0.0, {}
     for t in teachers:
         name = teacher_name(t)
-        todo = [it for it in items if (it["query_id"], name) not in done]
+        todo = [it for it in items if (it["query_id"], name, prompt_fingerprint(it["messages"])) not in done]
         stats["skipped"] += len(items) - len(todo)
         if not todo: continue
         def on_result(r, todo=todo, name=name):
             it = todo[r.index]
             if r.ok:
-                append_jsonl(answers_path, {"query_id": it["query_id"], "teacher": name, "model": r.model, "raw": r.text,
+                append_jsonl(answers_path, {"query_id": it["query_id"], "teacher": name, "prompt_fp": prompt_fingerprint(it["messages"]),
+                                            "model": r.model, "raw": r.text,
                                             "cached": r.cached, "cost_usd": r.cost_usd})
                 stats["answered"] += 1
             else:
@@ -255,6 +265,25 @@ def dataset_card(qa: list[dict], rejected: list[dict], teachers: list[str], doma
     lines += ["", "## Rejection reasons", ""] + [f"- {r}: {n}" for r, n in Counter(r["reason"].split(":")[0] for r in rejected).most_common()]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/05_distill.ipynb #0b1d84a4
+def unanswered_failures(queries: list[dict], answers: dict, failures_path: Path) -> list[dict]:
+    "The failure rows of this run, with one added for each question that has neither an answer nor a failure."
+    failures = read_jsonl(failures_path) if failures_path.exists() else []
+    failed = {f["query_id"] for f in failures}
+    for q in queries:
+        if q["query_id"] not in answers and q["query_id"] not in failed:
+            row = {"query_id": q["query_id"], "teacher": None, "status": "error",
+                   "error": "no answer was recorded (lost to an interrupted write?): re-run distill to ask again"}
+            append_jsonl(failures_path, row)
+            failures.append(row)
+    return failures
+
+def common_cause(failures: list[dict]) -> str:
+    "The failures' error in one line: the shared error when all agree, else the most common one with its count."
+    causes = Counter(str(f.get("error") or f.get("status") or "unknown error").splitlines()[0][:300] for f in failures)
+    (top, n), = causes.most_common(1)
+    return top if n == len(failures) else f"{top} ({n} of {len(failures)} calls; {len(causes) - 1} other error(s))"
+
 # %% ../nbs/05_distill.ipynb #d3fde7c8
 def _load_dataset_dict(qa: list[dict], domain: str, extra: list[dict] = ()):
     from datasets import Dataset, DatasetDict
@@ -303,9 +332,11 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         rec.info["asked"] = ask_teachers(specs, items, run.distill/"answers.jsonl", run.distill/"failures.jsonl", concurrency,
                                          cache=cache, budget_usd=budget_usd, retries=retries)
         names = [teacher_name(t) for t in specs]
-        answers = defaultdict(dict)
-        for a in read_jsonl(run.distill/"answers.jsonl"):
-            if a["teacher"] in names: answers[a["query_id"]][a["teacher"]] = a["raw"]
+        answers, current = defaultdict(dict), {(it["query_id"], prompt_fingerprint(it["messages"])) for it in items}
+        for a in read_jsonl(run.distill/"answers.jsonl") if (run.distill/"answers.jsonl").exists() else []:
+            if a["teacher"] in names and (a["query_id"], a.get("prompt_fp")) in current: answers[a["query_id"]][a["teacher"]] = a["raw"]
+        failures = unanswered_failures(queries, answers, run.distill/"failures.jsonl")
+        if not answers and failures: raise PurposeError(f"every teacher call failed: {common_cause(failures)} (see {run.distill/'failures.jsonl'})")
         cands_by_q = {}
         for q in queries:
             cands = []
@@ -351,9 +382,8 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         if push_to_hub: dsd.push_to_hub(push_to_hub, private=True)   # token from HF_TOKEN / huggingface-cli login
         rec.info["exports"] = export_formats(kept + extra, run.distill/"exports", domain)
         (run.distill/"card.md").write_text(dataset_card(kept, rejected, names, domain, extra, judge))
-        failures = read_jsonl(run.distill/"failures.jsonl") if (run.distill/"failures.jsonl").exists() else []
         grid = Counter((q["dimension"], q["depth"]) for q in kept)
-        rec.counts.update({"queries": len(queries), "accepted": len(kept), "rejected": len(rejected), "failed": len(failures),
+        rec.counts.update({"queries": len(queries), "accepted": len(kept), "rejected": len(rejected), "failed": len({f["query_id"] for f in failures}),
                            "train": n_train, "heldout": sum(q["split"] == "heldout" for q in kept),
                            "hard": sum(bool(q["hard"]) for q in kept), "cells_filled": len(grid),
                            "raft": sum(e["format"] == "raft" for e in extra), "replay": sum(e["format"] == "replay" for e in extra),

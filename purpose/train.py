@@ -15,7 +15,8 @@ from .core import (EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, append_json
 __all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'QA_FORMATS', 'encode_example', 'encode_text', 'encode_row', 'curriculum_order', 'pack',
            'load_replay', 'mix_replay', 'collate', 'answer_loss', 'varlen_sdpa', 'register_varlen_attention',
            'TrainConfig', 'check_train_config', 'lr_at', 'bnb_settings', 'qlora_missing', 'quantization_config',
-           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'load_checkpoint', 'train', 'plot_loss']
+           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'load_checkpoint', 'train', 'plot_loss',
+           'augment_rows', 'train_stage', 'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -581,3 +582,41 @@ def plot_loss(log_path: Path, path: Path):
     ax.plot([r["step"] for r in ends], [r["heldout_loss"] for r in ends], "o-", label="held-out loss (per epoch)")
     ax.set_xlabel("optimizer step"); ax.set_ylabel("cross-entropy"); ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+
+# %% ../nbs/06_train.ipynb #ea75bae7
+def augment_rows(run: RunDir, domain: str) -> list[dict]:
+    "Training rows of the run's augmentation texts: QA and cloze forms as chat QA, the other kinds as plain text."
+    path = run.root/"augment"/"texts.jsonl"
+    if not path.exists(): return []
+    out = []
+    for r in read_jsonl(path):
+        if r.get("question") and r.get("answer"):
+            out.append({"messages": chat_messages(r["question"], domain, r["answer"]), "format": "augment_qa",
+                        "depth": "basic", "hard": False})
+        else: out.append({"text": r["text"], "format": "augment", "depth": "basic", "hard": False})
+    return out
+
+def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True, augment: bool = True, **config) -> dict:
+    "Train the student on the run's distilled dataset (and `augment/texts.jsonl` when there); write `train/`."
+    from datasets import load_from_disk
+    run = RunDir(run_dir)
+    run.require("distill/dataset")
+    unknown = set(config) - set(TrainConfig.__dataclass_fields__)
+    if unknown: raise PurposeError(f"unknown training setting(s) {sorted(unknown)}: use {sorted(TrainConfig.__dataclass_fields__)}")
+    cfg = TrainConfig(**config)
+    with stage_run(run, "train", {**asdict(cfg), "merge": merge, "augment": augment}) as rec:
+        ds = load_from_disk(str(run.distill/"dataset"))
+        extra = augment_rows(run, Manifest(run).domain()) if augment else []
+        res = train(list(ds["train"]) + extra, list(ds["heldout"]), run.train, cfg, progress=progress)
+        write_json(run.train/"train_config.json", asdict(cfg))
+        if merge and cfg.lora_r > 0: merge_adapter(run.train/"adapter", cfg, run.train/"merged")
+        rec.counts.update({"examples": res["examples"], "augment_examples": len(extra), "steps": res["steps"]})
+        rec.info.update({k: v for k, v in res.items() if k not in ("examples", "steps")})
+    return {**rec.counts, **rec.info}
+
+def merge_adapter(adapter_dir: Path | str, cfg: TrainConfig, out: Path | str) -> Path:
+    "Fold a trained LoRA adapter into the student's weights and save a plain transformers model to `out`."
+    from peft import PeftModel
+    base, tok = load_student(cfg.student, seed=cfg.seed)
+    _save(PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tok, Path(out))
+    return Path(out)
