@@ -215,6 +215,7 @@ class WireServer:
 
     def _lookup(self, req: WireRequest, key: str | None = None, authorization: str | None = None) -> tuple[int, dict, dict]:
         "Answer `GET /v1/models` (the list, in a shape both SDKs read) or `GET /v1/models/ID` (one model, or 404)."
+        if self.faults.latency: time.sleep(self.faults.latency)
         ms = [{"id": m, "object": "model", "type": "model", "created": 0, "owned_by": "purpose-wire", "display_name": m,
                "created_at": "2024-01-01T00:00:00Z"} for m in self.models]
         status, msg = 200, self._key_refused(key, authorization)

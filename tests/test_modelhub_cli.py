@@ -77,3 +77,19 @@ def test_process_domain_text(monkeypatch):
         assert r.exit_code == 0 and "WizardLM/WizardCoder-Python-34B: skipped" in r.stderr
     r = runner.invoke(models_app, ["process-domain-text", "sport", "knowledge_extraction", "x"])
     assert r.exit_code == 2 and "unknown domain 'sport'" in r.stderr
+
+
+def test_process_text_model_asked_for_is_tried_before_a_cached_fallback(monkeypatch):
+    "Issue 10: `--model anthropic:...` answered `[answered by openai:..., cached]` when openai had answered the prompt before."
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0000000000")
+    text = "Stride length and stride frequency set sprint velocity."
+    with WireServer() as ws:
+        monkeypatch.setenv("PURPOSE_GENERAL_MODELS", ws.spec())
+        r = runner.invoke(models_app, ["process-text", "knowledge_extraction", text])
+        assert r.exit_code == 0 and "[answered by openai-compatible:wire-model]" in r.stderr, r.output
+        r = runner.invoke(models_app, ["process-text", "knowledge_extraction", text])
+        assert "[answered by openai-compatible:wire-model, cached]" in r.stderr
+        r = runner.invoke(models_app, ["process-text", "knowledge_extraction", text, "--model", f"anthropic:claude-wire@{ws.url}"])
+        assert r.exit_code == 0 and r.stdout.startswith("Wire reply from claude-wire:"), r.output
+        assert "[answered by anthropic:claude-wire]" in r.stderr
+        assert ws.counts() == {"wire-model": 1, "claude-wire": 1}
