@@ -7,16 +7,18 @@ from __future__ import annotations
 import json, random, re, time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 from .core import (PurposeError, RunDir, append_jsonl, chat_messages, fingerprint, read_jsonl, stable_id,
                           stage_run, write_json, write_jsonl)
-from .modelhub import cited_sources, complete_many, content_words, get_teacher, grounded_messages, split_sentences
+from .modelhub import (cited_sources, complete_many, content_words, get_teacher, grounded_messages, one_cause,
+                              split_sentences)
 
 # %% auto #0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
            'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
            'prompt_fingerprint', 'stored_answer_key', 'teacher_name', 'ask_teachers', 'raft_examples',
            'passage_examples', 'replay_examples', 'export_formats', 'dataset_card', 'unanswered_failures',
-           'common_cause', 'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
+           'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
 def clean_answer(text: str) -> str:
@@ -278,11 +280,6 @@ def unanswered_failures(queries: list[dict], answers: dict, failures_path: Path)
             failures.append(row)
     return failures
 
-def common_cause(failures: list[dict]) -> str:
-    "The failures' error in one line: the shared error when all agree, else the most common one with its count."
-    causes = Counter(str(f.get("error") or f.get("status") or "unknown error").splitlines()[0][:300] for f in failures)
-    (top, n), = causes.most_common(1)
-    return top if n == len(failures) else f"{top} ({n} of {len(failures)} calls; {len(causes) - 1} other error(s))"
 
 # %% ../nbs/05_distill.ipynb #d3fde7c8
 def _load_dataset_dict(qa: list[dict], domain: str, extra: list[dict] = ()):
@@ -336,7 +333,8 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         for a in read_jsonl(run.distill/"answers.jsonl") if (run.distill/"answers.jsonl").exists() else []:
             if a["teacher"] in names and (a["query_id"], a.get("prompt_fp")) in current: answers[a["query_id"]][a["teacher"]] = a["raw"]
         failures = unanswered_failures(queries, answers, run.distill/"failures.jsonl")
-        if not answers and failures: raise PurposeError(f"every teacher call failed: {common_cause(failures)} (see {run.distill/'failures.jsonl'})")
+        if not answers and failures: raise PurposeError(f"every teacher call failed: {one_cause(failures) or 'for several causes'} "
+                                               f"(see {run.distill/'failures.jsonl'})")
         cands_by_q = {}
         for q in queries:
             cands = []

@@ -8,6 +8,7 @@ import json, math, re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 import networkx as nx
 from .core import PurposeError, RunDir, read_jsonl, stage_run, write_json
 from .modelhub import STOPWORDS, split_sentences
@@ -428,6 +429,8 @@ def graph_stage(run_dir: Path | str, max_concepts: int = 120, seed: int = 0, gra
     "Build the knowledge graph of a run folder's extracted chunks (offline, plus an LLM extractor when `graph_model` is set) and write `graph/`."
     run = RunDir(run_dir)
     run.require("extract/chunks.jsonl", "extract/documents.jsonl")
+    if not isinstance(max_concepts, int) or max_concepts < 1:
+        raise PurposeError(f"max_concepts={max_concepts!r}: keep at least 1 concept (default 120)")
     params = {"max_concepts": max_concepts, "seed": seed, "graph_model": graph_model, "budget_usd": budget_usd}
     with stage_run(run, "graph", params) as rec:
         chunks, documents = read_jsonl(run.extract/"chunks.jsonl"), read_jsonl(run.extract/"documents.jsonl")

@@ -4,14 +4,14 @@
 
 # %% ../nbs/08_pipeline.ipynb #5f1cdb59
 from __future__ import annotations
-import time, traceback
+import os, re, time, traceback
 from pathlib import Path
 import purpose
-from .core import _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir
+from .core import _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
 
 # %% auto #0
-__all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'notebooks_dir', 'stage_parameters', 'check_parameters', 'run_domain',
-           'run_domains']
+__all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'notebooks_dir', 'stage_parameters', 'check_parameters',
+           'check_value', 'check_values', 'check_run_teachers', 'check_domain', 'run_domain', 'run_domains']
 
 # %% ../nbs/08_pipeline.ipynb #779bee39
 STAGE_NOTEBOOKS = (("extract", "01_extract.ipynb"), ("graph", "02_graph.ipynb"), ("queries", "03_queries.ipynb"),
@@ -42,6 +42,61 @@ def check_parameters(params: dict, declared: dict[str, dict]) -> None:
     if unknown:
         raise PurposeError(f"unknown parameter(s) {', '.join(unknown)}: the stage notebooks accept {', '.join(known)}")
 
+# %% ../nbs/08_pipeline.ipynb #eb087140
+_RANGE = re.compile(r"\((?:min (?P<min>-?[\d.e]+)|> (?P<gt>-?[\d.e]+)|(?P<lo>-?[\d.e]+) to (?P<hi>-?[\d.e]+)"
+                    r"|one of (?P<choices>[^)]+))\)\s*$")
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+def check_value(stage: str, name: str, value, decl: dict):
+    "`value` checked (and a string parameter's value given back as a string) against the stage's declaration."
+    t = decl.get("inferred_type_name", "None")
+    optional = t.startswith("Optional[")
+    base = t[len("Optional["):-1] if optional else t
+    where = f"stage '{stage}' parameter {name}={value!r}"
+    if base not in _KINDS: return value                                  # undeclared type: papermill's own rules
+    if value is None:
+        if optional: return None
+        if base == "str": return "none"
+        raise PurposeError(f"{where}: expected {base}; {decl.get('help') or 'see the notebook'}")
+    if base == "str" and not isinstance(value, str): value = str(value).lower() if isinstance(value, bool) else str(value)
+    if not isinstance(value, _KINDS[base]) or (base != "bool" and isinstance(value, bool)):
+        raise PurposeError(f"{where}: expected {base}" + (" or None" if optional else "")
+                           + (f" ({decl['help']})" if decl.get("help") else ""))
+    m = _RANGE.search(decl.get("help") or "")
+    if m and base != "bool":
+        g = m.groupdict()
+        bad = ((g["min"] is not None and value < float(g["min"])) or (g["gt"] is not None and value <= float(g["gt"]))
+               or (g["lo"] is not None and not float(g["lo"]) <= value <= float(g["hi"]))
+               or (g["choices"] is not None and str(value) not in [c.strip() for c in g["choices"].split(",")]))
+        if bad: raise PurposeError(f"{where}: out of range: {decl['help']}")
+    return value
+
+def check_values(params: dict, declared: dict[str, dict]) -> dict:
+    "Every parameter checked against every stage that declares it; returns the params with string values restored."
+    out = dict(params)
+    for stage, decls in declared.items():
+        for k, v in params.items():
+            if k in decls: out[k] = check_value(stage, k, v, decls[k])
+    return out
+
+# %% ../nbs/08_pipeline.ipynb #d3cf4fd2
+TEACHER_PARAMS = ("teachers", "judge", "graph_model", "teacher", "augment_teachers")
+_DOMAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+def check_run_teachers(params: dict) -> dict[str, str]:
+    "Check every teacher spec in `params` with the ModelHub (key, server, model); one error line naming it."
+    from purpose.modelhub import check_teachers
+    specs = [s.strip() for k in TEACHER_PARAMS if isinstance(params.get(k), str) for s in params[k].split(",")]
+    specs = [s for s in dict.fromkeys(specs) if s and s != "offline"]
+    return check_teachers(specs) if specs else {}
+
+def check_domain(domain: str) -> str:
+    "A domain is a plain folder name: letters, digits, `_`, `-`, `.` (not first); no path."
+    if not isinstance(domain, str) or not _DOMAIN.match(domain) or domain in (".", ".."):
+        raise PurposeError(f"domain {domain!r} is not a plain name: use letters, digits, '_', '-' or '.' "
+                           "(the papers are in papers/<domain>/; point elsewhere with --papers-dir)")
+    return domain
+
 # %% ../nbs/08_pipeline.ipynb #7f7767b4
 def _error_line(e: Exception) -> str:
     ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
@@ -49,17 +104,23 @@ def _error_line(e: Exception) -> str:
 
 def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path | str | None = None, params: dict | None = None,
                stages: list[str] | None = None, papers_root: Path | str = "papers", runs_root: Path | str = "runs",
-               kernel: str = "python3", log=print) -> dict:
+               kernel: str = "python3", log=print, wait: bool | None = None) -> dict:
     "Run the stage notebooks for `domain` with papermill; returns per-stage status and seconds."
     import papermill as pm
     params = dict(params or {})
-    papers = resolve_papers_dir(domain, papers_dir, papers_root).resolve()
+    papers = resolve_papers_dir(check_domain(domain), papers_dir, papers_root).resolve()
     run = RunDir(Path(run_dir or Path(runs_root)/domain).resolve())
     stages = list(stages or [s for s, _ in STAGE_NOTEBOOKS])
     bad = [s for s in stages if s not in dict(STAGE_NOTEBOOKS)]
     if bad: raise PurposeError(f"unknown stage(s) {bad}: choose from {', '.join(s for s, _ in STAGE_NOTEBOOKS)}")
     declared = stage_parameters()
     check_parameters(params, declared)
+    params = check_values(params, {s: d for s, d in declared.items() if s in stages})
+    check_run_teachers({k: v for k, v in params.items() if any(k in declared[s] for s in stages)})
+    with run_lock(run, wait):
+        return _run_stages(domain, papers, run, params, stages, declared, kernel, log)
+
+def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> dict:
     run.notebooks.mkdir(parents=True, exist_ok=True)
     Manifest(run).update(domain=domain, papers_dir=str(papers), parameters=params)
     nbs, summary = notebooks_dir(), {}

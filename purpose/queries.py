@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools, json, re
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 from .core import PurposeError, RunDir, read_json, read_jsonl, stable_id, stage_run, write_json, write_jsonl
 
 # %% auto #0

@@ -8,6 +8,7 @@ import contextlib, importlib.util, math, os, random, time
 from typing import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 from .core import (EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, append_jsonl, chat_messages, fingerprint,
                    load_student, read_json, read_jsonl, stage_run, write_json)
 
