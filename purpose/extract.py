@@ -5,26 +5,28 @@
 # %% ../nbs/01_extract.ipynb #15c97ab2
 from __future__ import annotations
 import csv, fnmatch, functools, hashlib, io, json, multiprocessing as mp, os, re, shutil, signal, string, subprocess
-import heapq, tempfile, threading, time, unicodedata, zlib
+import codecs, errno, heapq, stat, tempfile, threading, time, unicodedata, zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field, asdict
 from html.parser import HTMLParser
 from multiprocessing.connection import wait as _mp_wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
-from .core import (PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run, input_files,
+from .core import (PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run,
                           load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)
 
 # %% auto #0
-__all__ = ['STATUSES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'SAMPLE_PAGES', 'FileProblem', 'describe_bytes',
-           'sniff_kind', 'Line', 'pdfium_page_lines', 'reading_order', 'normalize_text', 'drop_running_lines',
-           'canonical_section', 'heading_of', 'join_lines', 'paragraphs', 'split_references', 'Section', 'sectionize',
-           'find_doi', 'find_year', 'pdf_metadata', 'sentences', 'extract_statistics', 'key_terms', 'offline_record',
-           'validate_record', 'parse_json_reply', 'resolve_teacher', 'teacher_record', 'flatten_record',
-           'render_record', 'records_of', 'template_for', 'html_lines', 'markdown_lines', 'chunk_tokenizer',
-           'chunk_section', 'chunk_document', 'ExtractOptions', 'open_pdf', 'tesseract_available', 'ocr_pdf_pages',
-           'read_pdf', 'extract_file', 'make_test_pdf', 'mark_duplicates', 'run_parallel', 'load_record_templates',
-           'summary_table', 'extract_documents', 'extract_stage', 'process_folder', 'join_overlapping',
+__all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'SAMPLE_PAGES', 'CHUNK_FIELDS',
+           'FileProblem', 'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes', 'sniff_kind',
+           'detect_encoding', 'decode_text', 'not_a_file', 'list_inputs', 'Line', 'pdfium_page_lines', 'reading_order',
+           'normalize_text', 'drop_running_lines', 'canonical_section', 'heading_of', 'join_lines', 'paragraphs',
+           'split_references', 'Section', 'sectionize', 'find_doi', 'find_year', 'pdf_metadata', 'sentences',
+           'extract_statistics', 'key_terms', 'offline_record', 'validate_record', 'parse_json_reply',
+           'resolve_teacher', 'teacher_record', 'flatten_record', 'render_record', 'jsonl_records', 'records_of',
+           'template_for', 'html_lines', 'markdown_lines', 'chunk_tokenizer', 'chunk_section', 'chunk_document',
+           'ExtractOptions', 'open_pdf', 'tesseract_available', 'ocr_pdf_pages', 'read_pdf', 'extract_file',
+           'make_test_pdf', 'mark_duplicates', 'run_parallel', 'load_record_templates', 'summary_table',
+           'extract_documents', 'extract_stage', 'read_chunks', 'process_folder', 'join_overlapping',
            'normalize_corpus']
 
 # %% ../nbs/01_extract.ipynb #705d5e02
@@ -36,6 +38,9 @@ STATUSES = {
     "not_a_pdf": "named .pdf but is something else",
     "too_large": "over the size or page limit",
     "empty": "no content",
+    "binary": "named as a text file (.txt, .csv, .json, ...) but holds binary data",
+    "undecodable": "text whose encoding is not UTF-8 and could not be detected with confidence, or garbled text",
+    "not_a_file": "a folder, named pipe (FIFO), socket, broken link or link loop, not a regular file",
     "unsupported": "a file type the stage does not read",
     "timeout": "took longer than the per-file time limit",
     "duplicate": "same content as another document",
@@ -49,9 +54,50 @@ class FileProblem(Exception):
         assert status in STATUSES, status
         super().__init__(error); self.status, self.error = status, error
 
+# %% ../nbs/01_extract.ipynb #5252d9e7
+HEAD_BYTES = 8192   # how much of a file is read to decide what it is
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))   # UTF-32 LE starts like UTF-16 LE
+_CONTROL = bytes(sorted(set(range(32)) - {8, 9, 10, 12, 13, 27}))   # bytes text does not hold (backspace, tab, newline,
+                                                                    # form feed, CR and escape allowed)
+
+def bom_encoding(head: bytes) -> str | None:
+    "The encoding named by a byte-order mark at the start of `head`, or None."
+    return next((enc for bom, enc in _BOMS if head.startswith(bom)), None)
+
+def _decodes(head: bytes, enc: str) -> str | None:
+    "`head` decoded as `enc` (an incomplete character at the end is fine), or None when it is not valid `enc`."
+    try: return codecs.getincrementaldecoder(enc)().decode(head, final=False)
+    except UnicodeDecodeError: return None
+
+def _few_controls(text: str, share: float = 0.05) -> bool:
+    return sum(c < " " and c not in "\b\t\n\f\r\x1b" for c in text) <= share * max(1, len(text))
+
+def utf16_guess(head: bytes) -> str | None:
+    "`utf-16-le` or `utf-16-be` when `head` is UTF-16 text without a byte-order mark (every other byte zero), else None."
+    if len(head) < 8: return None
+    even, odd = head[0::2], head[1::2]
+    ze, zo = even.count(0) / len(even), odd.count(0) / len(odd)
+    enc = "utf-16-le" if zo > 0.3 and ze < 0.02 else "utf-16-be" if ze > 0.3 and zo < 0.02 else None
+    text = _decodes(head, enc) if enc else None
+    return enc if text and _few_controls(text) else None
+
+def binary_reason(head: bytes) -> str | None:
+    "Why the first bytes of a file are binary data and not text (NUL bytes, many control bytes), or None for text."
+    if not head or bom_encoding(head) or utf16_guess(head): return None
+    if not head.strip(b"\x00"): return "only zero bytes (an incomplete download or a pre-allocated placeholder)"
+    if nul := head.count(0): return f"binary data ({nul} NUL bytes in the first {len(head)} bytes)"
+    ctrl = len(head) - len(head.translate(None, _CONTROL))
+    if ctrl > 0.05 * len(head): return f"binary data ({ctrl} control bytes in the first {len(head)} bytes)"
+    return None
+
 # %% ../nbs/01_extract.ipynb #2b76f65d
 KINDS = {".pdf": "pdf", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
          ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
+
+def _texty(head: bytes) -> bool:
+    "Whether `head` is the start of a UTF-8 (or BOM-marked, or UTF-16) text file."
+    return bool(bom_encoding(head) or utf16_guess(head)) or (_decodes(head, "utf-8") is not None and not binary_reason(head))
 
 def describe_bytes(head: bytes) -> str:
     "What the first bytes of a file look like, in words a user recognises."
@@ -66,8 +112,9 @@ def describe_bytes(head: bytes) -> str:
         return "an image: convert it to PDF (and OCR it) first"
     if head.startswith(b"%!PS"): return "a PostScript file: convert it with ps2pdf"
     if head.startswith(b"{\\rtf"): return "an RTF document: export it as PDF"
-    try: head.decode("utf-8"); return "a text file: rename it to .txt"
-    except UnicodeDecodeError: return "an unknown binary format"
+    if not head.strip(b"\x00"): return binary_reason(head) + ": download the file again"
+    if _texty(head): return "a text file: rename it to .txt"
+    return "an unknown binary format" + (f" ({binary_reason(head)})" if binary_reason(head) else "")
 
 def sniff_kind(path: Path, head: bytes) -> str:
     "The kind of input (`pdf`, `csv`, `json`, `jsonl`, `txt`, `md`, `html`), or `unknown`; content beats extension."
@@ -76,9 +123,89 @@ def sniff_kind(path: Path, head: bytes) -> str:
     if kind: return kind
     h = head.lstrip()[:100].lower()
     if h.startswith((b"<!doctype html", b"<html")): return "html"
-    try: head.decode("utf-8")
-    except UnicodeDecodeError: return "unknown"
-    return "txt"
+    return "txt" if _texty(head) else "unknown"
+
+# %% ../nbs/01_extract.ipynb #c7a133f1
+_EBCDIC = ["cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"]   # mainframe code pages: never papers
+
+def detect_encoding(raw: bytes, max_chaos: float = 0.2) -> str | None:
+    "The encoding of non-UTF-8 text by charset-normalizer (Windows-1252 when it reads as cleanly), or None if none is confident."
+    from charset_normalizer import from_bytes
+    best = from_bytes(raw, cp_exclusion=_EBCDIC).best()
+    west = from_bytes(raw, cp_isolation=["cp1252"]).best()
+    if west is not None and west.encoding == "cp1252" and west.chaos <= 0.1 and (best is None or west.chaos <= best.chaos + 0.1):
+        return "cp1252"
+    if best is None or best.chaos > max_chaos: return None
+    return codecs.lookup(best.encoding).name
+
+def _line_of(text: str, i: int) -> int: return text.count("\n", 0, i) + 1
+
+_MULTIBYTE = re.compile(r"[^\x00-\x7f\ufffd]")
+
+def _check_decoded(text: str, name: str) -> str:
+    "`text`, unless it holds replacement characters (U+FFFD) from an earlier wrong conversion."
+    if (n := text.count("\ufffd")):
+        raise FileProblem("undecodable", f"{name} holds {n} replacement character(s) '\ufffd' (U+FFFD, first on line "
+                          f"{_line_of(text, text.index(chr(0xfffd)))}): it was garbled by an earlier wrong conversion; "
+                          "re-save the original as UTF-8")
+    return text
+
+def decode_text(raw: bytes, name: str = "the file") -> tuple[str, str]:
+    "`(text, encoding)` of a text file: by its BOM, else strict UTF-8, else detected; raises `FileProblem('undecodable')`."
+    fix = "open it in an editor and save it as UTF-8 (or convert it: `iconv -f <encoding> -t UTF-8`)"
+    if enc := bom_encoding(raw):
+        bom = next(b for b, e in _BOMS if e == enc)
+        try: return _check_decoded(raw[len(bom):].decode(enc.removesuffix("-sig")), name), enc
+        except UnicodeDecodeError as e:
+            raise FileProblem("undecodable", f"{name} starts with a {enc} byte-order mark but is not valid {enc} "
+                              f"(byte {e.start}): {fix}") from None
+    if enc := utf16_guess(raw[:HEAD_BYTES]):   # before UTF-8: UTF-16 English is valid UTF-8 full of NUL bytes
+        try: return _check_decoded(raw.decode(enc), name), enc
+        except UnicodeDecodeError: pass
+    try: return _check_decoded(raw.decode("utf-8"), name), "utf-8"
+    except UnicodeDecodeError as e: err = e
+    loose = raw.decode("utf-8", errors="replace")
+    if len(_MULTIBYTE.findall(loose)) >= loose.count("\ufffd"):   # more valid multi-byte characters than broken bytes
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise FileProblem("undecodable", f"{name} is UTF-8 with {loose.count(chr(0xfffd))} broken byte sequence(s) (first "
+                          f"on line {line}): fix those bytes or re-save the original as UTF-8")
+    if enc := detect_encoding(raw):
+        try: return _check_decoded(raw.decode(enc), name), enc
+        except UnicodeDecodeError: pass
+    raise FileProblem("undecodable", f"{name} is not UTF-8 and its encoding could not be detected with confidence: {fix}")
+
+# %% ../nbs/01_extract.ipynb #e5700bdb
+def not_a_file(path: Path | str) -> str | None:
+    "What `path` is when it is not a regular file (a folder, FIFO, socket, broken link, link loop), or None; never opens it."
+    path = Path(path)
+    try: st = os.lstat(path)
+    except FileNotFoundError: return "gone: it was removed while the stage ran"
+    link = stat.S_ISLNK(st.st_mode)
+    if link:
+        try: st = os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "a symbolic link loop (it points back to itself through links): delete the link or point it at the real file"
+            try: target = os.readlink(path)
+            except OSError: target = "?"
+            return f"a broken symbolic link (its target {target} does not exist): delete the link or restore the file"
+    m = st.st_mode
+    if stat.S_ISREG(m): return None
+    if stat.S_ISDIR(m):
+        return ("a link to a folder: links to folders are not followed; copy or move the folder itself here" if link else
+                "a folder named like a file: rename it (the files inside it are read on their own)")
+    what = ("a named pipe (FIFO)" if stat.S_ISFIFO(m) else "a socket" if stat.S_ISSOCK(m) else
+            "a device file" if stat.S_ISCHR(m) or stat.S_ISBLK(m) else "not a regular file")
+    return f"{'a link to ' + what if link else what}, not a file: it was not opened; remove it from the papers folder"
+
+def list_inputs(folder: Path | str) -> list[Path]:
+    "The entries of a papers folder the stage reports on: its files and what `not_a_file` describes (hidden and `_` ones left out)."
+    folder, out = Path(folder), []
+    for d, dirs, names in os.walk(folder):   # links to folders are listed, never entered: no loops
+        dirs[:] = [x for x in dirs if not x.startswith((".", "_"))]
+        out += [Path(d)/x for x in dirs if (Path(d)/x).is_symlink() or (Path(d)/x).suffix.lower() in KINDS]
+        out += [Path(d)/x for x in names if not x.startswith((".", "_"))]
+    return sorted(out)
 
 # %% ../nbs/01_extract.ipynb #68c76d99
 @dataclass(slots=True)
@@ -580,14 +707,25 @@ def render_record(rec: dict, template: str | None = None) -> str:
     parts = [f"{str(k).replace('_', ' ')}: {v}" for k, v in flat.items() if v not in (None, "")]
     return normalize_text("; ".join(parts)) + "."
 
+def jsonl_records(path: Path, text: str) -> tuple[list, list[int]]:
+    "`(records, bad_line_numbers)` of a JSON-lines `text`; raises `FileProblem` only when no line is valid JSON."
+    recs, bad, first = [], [], None
+    for i, line in enumerate(text.split("\n"), 1):   # not splitlines: JSON strings may hold U+2028 and friends
+        if not line.strip(): continue
+        try: recs.append(json.loads(line))
+        except json.JSONDecodeError as e: bad.append(i); first = first or e
+    if bad and not recs:
+        raise FileProblem("corrupt", f"{path.name} is not valid JSONL: none of its {len(bad)} line(s) is JSON (line {bad[0]}: "
+                          f"{first}): fix the file or remove it")
+    return recs, bad
+
 def records_of(path: Path, kind: str, text: str) -> list[dict]:
-    "The records of a csv/json/jsonl file's `text`; raises `FileProblem` when it does not parse."
+    "The records of a csv/json/jsonl file's `text` (bad JSONL lines skipped); raises `FileProblem` when it does not parse."
+    if kind == "jsonl": return jsonl_records(path, text)[0]
     try:
         if kind == "csv":
             dialect = "excel-tab" if path.suffix.lower() == ".tsv" or text[:2000].count("\t") > text[:2000].count(",") else "excel"
             return [dict(r) for r in csv.DictReader(io.StringIO(text), dialect=dialect)]
-        if kind == "jsonl":
-            return [json.loads(l) for l in text.splitlines() if l.strip()]
         obj = json.loads(text)
     except (json.JSONDecodeError, csv.Error) as e:
         raise FileProblem("corrupt", f"{path.name} is not valid {kind.upper()} ({e}): fix the file or remove it") from None
@@ -866,32 +1004,46 @@ def _doc_row(doc_id, source, kind, status, error=None, **kw) -> dict:
     row.update(kw)
     return row
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""): h.update(block)
+    return h.hexdigest()
+
 def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None = None) -> tuple[dict, list[dict]]:
     "`(document, chunks)` for one input file: never raises for bad input, the status and error say what happened."
     path, root, opts = Path(path), Path(root), opts or ExtractOptions()
     source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-    h = hashlib.sha256()
+    if why := not_a_file(path):     # before any open(): opening a named pipe blocks
+        return _doc_row(stable_id(source, "not_a_file"), source, KINDS.get(path.suffix.lower(), "unknown"), "not_a_file",
+                        f"{source} is {why}"), []
     size = path.stat().st_size
-    with open(path, "rb") as f: head = f.read(4096)
+    with open(path, "rb") as f: head = f.read(HEAD_BYTES)
     kind = sniff_kind(path, head)
-    if size <= opts.max_mb * 2**20:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(2**20), b""): h.update(block)
-    sha = h.hexdigest() if size <= opts.max_mb * 2**20 else f"size:{size}"
-    doc_id = stable_id(source, sha)
-    base = dict(sha256=sha if not sha.startswith("size:") else None, bytes=size)
-    def fail(status, error, **kw): return _doc_row(doc_id, source, kind, status, error, **base, **kw), []
+    # the whole file is read (and hashed) only once the first bytes say it is worth reading
+    sha = hashlib.sha256(head).hexdigest() if size <= len(head) else None
+    doc_id = stable_id(source, sha or f"size:{size}:{hashlib.sha256(head).hexdigest()}")
+    def fail(status, error, **kw):
+        return _doc_row(doc_id, source, kind, status, error, sha256=sha, bytes=size, **kw), []
     try:
         if size == 0: return fail("empty", f"{source} is empty (0 bytes): replace it with the real file or remove it")
         if size > opts.max_mb * 2**20:
+            doc_id = stable_id(source, f"size:{size}")
             return fail("too_large", f"{source} is {size / 2**20:.1f} MB, over max_mb={opts.max_mb}: raise max_mb or split the file")
         ext_kind = KINDS.get(path.suffix.lower())
         warnings = []
         if ext_kind == "pdf" and b"%PDF-" not in head[:1024]:
-            return _doc_row(doc_id, source, "pdf", "not_a_pdf", f"{source} is named .pdf but is {describe_bytes(head)}", **base), []
+            return fail("not_a_pdf", f"{source} is named .pdf but is {describe_bytes(head)}")
         if kind == "pdf" and ext_kind not in (None, "pdf"): warnings.append(f"named {path.suffix} but is a PDF: read as a PDF")
         if kind == "unknown":
             return fail("unsupported", f"{source} is {describe_bytes(head)}; supported inputs: PDF, txt, md, html, csv, json, jsonl")
+        if kind != "pdf" and binary_reason(head):
+            return fail("binary", f"{source} is named {path.suffix or 'as text'} but is not text: it is {describe_bytes(head)}; "
+                        "replace it with the real file or remove it")
+        raw = path.read_bytes() if kind != "pdf" else None
+        sha = hashlib.sha256(raw).hexdigest() if raw is not None else _sha256_file(path)
+        doc_id = stable_id(source, sha)
+        base = dict(sha256=sha, bytes=size)
         meta: dict = {}
         if kind == "pdf":
             r = read_pdf(path, opts)
@@ -904,13 +1056,17 @@ def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None
             if r["encrypted"]: meta["encrypted"] = True
             warnings += r["warnings"]
         else:
-            raw = path.read_bytes()
-            text = raw.decode("utf-8-sig", errors="replace")
-            if not text.strip(): return fail("empty", f"{source} contains only whitespace: add content or remove it")
-            meta = {"extractor": "text", "n_pages": None}
+            text, encoding = decode_text(raw, source)
+            if encoding not in ("utf-8", "utf-8-sig"): warnings.append(f"decoded as {encoding}: save it as UTF-8 to be sure")
+            if not text.strip(): return fail("empty", f"{source} contains only whitespace: add content or remove it", encoding=encoding)
+            meta = {"extractor": "text", "n_pages": None, "encoding": encoding}
             if kind in ("csv", "json", "jsonl"):
-                recs = records_of(path, kind, text)
-                if not recs: return fail("empty", f"{source} has no records: add rows or remove it")
+                recs, bad = jsonl_records(path, text) if kind == "jsonl" else (records_of(path, kind, text), [])
+                if bad:
+                    meta["bad_lines"] = bad[:1000]
+                    warnings.append(f"{len(bad)} line(s) are not valid JSON and were skipped (lines "
+                                    f"{', '.join(map(str, bad[:20]))}{', ...' if len(bad) > 20 else ''}): fix or delete them")
+                if not recs: return fail("empty", f"{source} has no records: add rows or remove it", **meta)
                 tpl = template_for(path.name, opts.record_templates)
                 lines = [Line(render_record(r if isinstance(r, dict) else {"value": r}, tpl)) for r in recs]
                 sec = Section("records", "records", None, None, [(None, None, l.text) for l in lines])
@@ -1105,9 +1261,14 @@ def _extract_item(item, opts):
 def _failed_item(root, item, status, error):
     path = Path(item[0])
     source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-    try: sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    try: sha = _sha256_file(path) if not_a_file(path) is None else ""   # never open a FIFO
     except OSError: sha = ""
     return _doc_row(stable_id(source, sha), source, KINDS.get(path.suffix.lower(), "unknown"), status, f"{source}: {error}"), []
+
+def _entry_size(path: Path) -> int:
+    "The size of a regular file, 0 for anything else (a FIFO, a link loop) and for files that vanished."
+    try: return path.stat().st_size if not_a_file(path) is None else 0
+    except OSError: return 0
 
 def load_record_templates(papers_dir: Path | str, record_templates: dict | None = None) -> dict:
     "Record templates of a papers folder (`_records.json`: file-name glob -> format string), updated by `record_templates`."
@@ -1137,7 +1298,7 @@ def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: f
     "`(documents, chunks, counts)` for every input file of `papers_dir` (the work of the stage, without writing files)."
     papers_dir = Path(papers_dir)
     if not papers_dir.is_dir(): raise PurposeError(f"papers folder {papers_dir} does not exist: create it and add PDF/CSV/JSON/text files")
-    files = sorted(files) if files is not None else input_files(papers_dir)
+    files = sorted(files) if files is not None else list_inputs(papers_dir)
     if not files: raise PurposeError(f"papers folder {papers_dir} is empty: add PDF/CSV/JSON/text files to it")
     if isinstance(passwords, str): passwords = [passwords]
     env_pw = [p for p in re.split(r"[,\n]", os.environ.get("PURPOSE_PDF_PASSWORDS", "")) if p]
@@ -1148,7 +1309,7 @@ def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: f
     chunk_tokenizer(tokenizer)   # load once here: forked workers inherit it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     items = [(str(f), str(papers_dir)) for f in files]
-    order = sorted(range(len(items)), key=lambda i: -files[i].stat().st_size)    # big files first: better balance
+    order = sorted(range(len(items)), key=lambda i: -_entry_size(files[i]))    # big files first: better balance
     res = run_parallel(functools.partial(_extract_item, opts=opts), [items[i] for i in order], workers=workers, timeout_s=timeout_s,
                        on_fail=functools.partial(_failed_item, papers_dir), desc="extract", progress=progress)
     out = [None] * len(items)
@@ -1201,13 +1362,45 @@ def extract_stage(papers_dir: Path | str, run_dir: Path | str, *, max_pages: int
             "files": [{k: d.get(k) for k in ("doc_id", "source", "kind", "status", "extractor", "n_pages", "error")} for d in docs],
             "table": table}
 
+# %% ../nbs/01_extract.ipynb #9d185c7b
+CHUNK_FIELDS = ("chunk_id", "doc_id", "text")
+
+def read_chunks(path: Path | str) -> list[dict]:
+    "The rows of a `chunks.jsonl`, each checked for `chunk_id`, `doc_id` and `text`; a bad row raises a `PurposeError` naming file, line and field."
+    path = Path(path)
+    if not path.exists(): raise PurposeError(f"{path} does not exist: run the extract stage first")
+    try: lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e: raise PurposeError(f"{path} is not UTF-8 ({e}): re-run the extract stage") from None
+    last = max((i for i, l in enumerate(lines, 1) if l.strip()), default=0)
+    rows, seen = [], {}
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last: break                          # a torn last line (a kill mid-write) is dropped
+            raise PurposeError(f"{path}:{i}: not valid JSON ({e}); fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise PurposeError(f"{path}:{i}: a chunk must be a JSON object, not {type(row).__name__}; fix or delete that line")
+        for f in CHUNK_FIELDS:
+            if f not in row:
+                raise PurposeError(f"{path}:{i}: the chunk has no '{f}' field (every chunk needs {', '.join(CHUNK_FIELDS)}): "
+                                   "add it, delete that line, or re-run the extract stage")
+            if not isinstance(row[f], str):
+                raise PurposeError(f"{path}:{i}: field '{f}' must be a string, not {type(row[f]).__name__}: fix that line")
+        if row["chunk_id"] in seen:
+            raise PurposeError(f"{path}:{i}: chunk_id {row['chunk_id']!r} is already used on line {seen[row['chunk_id']]}: "
+                               "give it another id or delete one of the lines")
+        seen[row["chunk_id"]] = i
+        rows.append(row)
+    return rows
+
 # %% ../nbs/01_extract.ipynb #2ce0d644
 def process_folder(data_dir: Path | str, output_dir: Path | str, **kw) -> dict:
     "Extract every file of `data_dir` into `output_dir` (documents, chunks, corpus.jsonl, corpus.txt); prints the summary table."
     out = Path(output_dir)
     s = extract_stage(data_dir, out, **kw)
     docs = read_jsonl(out/"extract"/"documents.jsonl")
-    chunks = read_jsonl(out/"extract"/"chunks.jsonl")
+    chunks = read_chunks(out/"extract"/"chunks.jsonl")
     by_doc: dict[str, list] = {}
     for c in chunks: by_doc.setdefault(c["doc_id"], []).append(c)
     corpus = []
@@ -1215,8 +1408,9 @@ def process_folder(data_dir: Path | str, output_dir: Path | str, **kw) -> dict:
         if d["status"] != "ok": continue
         secs, text = [], []
         for c in by_doc.get(d["doc_id"], []):   # chunks overlap: each section is its first chunk + the new part of the next ones
-            if not secs or secs[-1] != c["section"]:
-                secs.append(c["section"]); text.append(f"\n## {c['section']}\n" if c["section"] not in ("records",) else "")
+            sec = c.get("section") or ""
+            if not secs or secs[-1] != sec:
+                secs.append(sec); text.append(f"\n## {sec}\n" if sec not in ("records", "") else "")
                 text.append(c["text"])
             else: text[-1] = join_overlapping(text[-1], c["text"])
         corpus.append({"doc_id": d["doc_id"], "source": d["source"], "title": d.get("title"), "text": normalize_corpus("\n".join(text))})

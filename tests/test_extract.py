@@ -263,3 +263,126 @@ def test_sports_papers(tmp_path):
     chunks = read_jsonl(tmp_path/"out"/"chunks.jsonl")
     assert all(c["n_tokens"] <= 256 for c in chunks)
     assert all(c["page_start"] is not None for c in chunks if c["source"].endswith(".pdf"))
+
+
+# ---------------------------------------------------------------- text encodings, odd files, hand-written chunks
+
+def _chunk_text(path, **kw):
+    doc, chunks = extract_file(path, path.parent, ExtractOptions(**{"tokenizer": TINY_STUDENT, **kw}))
+    return doc, " ".join(c["text"] for c in chunks)
+
+
+def test_latin1_csv_and_txt_come_out_right(tmp_path):
+    (tmp_path/"people.csv").write_bytes("name,city\nJosé,München\nNúñez,Málaga\n".encode("latin-1"))
+    doc, text = _chunk_text(tmp_path/"people.csv")
+    assert doc["status"] == "ok" and doc["encoding"] == "cp1252", doc
+    assert "name: José; city: München." in text and "Núñez" in text and "\ufffd" not in text
+    assert any("decoded as cp1252" in w for w in doc["warnings"])
+    (tmp_path/"notes.txt").write_bytes("Sprint notes from München: José ran 10.2 s over 100 m in the heat.\n".encode("latin-1"))
+    doc, text = _chunk_text(tmp_path/"notes.txt")
+    assert doc["status"] == "ok" and "José ran 10.2 s" in text and "München" in text
+
+
+@pytest.mark.parametrize("enc,recorded", [("utf-16", "utf-16-le"), ("utf-16-be", "utf-16-be"), ("utf-32", "utf-32-le"),
+                                          ("utf-8-sig", "utf-8-sig")])
+def test_utf16_and_other_boms(tmp_path, enc, recorded):
+    body = "Heavy sled towing improved acceleration in trained sprinters from München.\n"
+    f = tmp_path/"notes.txt"
+    f.write_bytes((("\ufeff" if enc == "utf-16-be" else "") + body).encode(enc))
+    doc, text = _chunk_text(f)
+    assert (doc["status"], doc["encoding"]) == ("ok", recorded) and "sprinters from München" in text
+
+
+def test_utf16_without_bom(tmp_path):
+    f = tmp_path/"notes.txt"; f.write_bytes("Sled towing and sprint acceleration in trained athletes.\n".encode("utf-16-le"))
+    doc, text = _chunk_text(f)
+    assert (doc["status"], doc["encoding"]) == ("ok", "utf-16-le") and "sprint acceleration" in text
+
+
+def test_mojibake_is_never_ok(tmp_path):
+    f = tmp_path/"people.csv"; f.write_text("name,city\nJos\ufffd,M\ufffdnchen\n", encoding="utf-8")
+    d = status(f)
+    assert d["status"] == "undecodable" and "people.csv holds 2 replacement" in d["error"] and "line 2" in d["error"]
+    g = tmp_path/"mixed.txt"; g.write_bytes("Über den Sprint in München.\nJosé ".encode() + b"lief schnell, caf\xe9.\n")
+    d = status(g)
+    assert d["status"] == "undecodable" and "broken byte sequence" in d["error"] and "line 2" in d["error"]
+
+
+def test_undetectable_encoding_is_undecodable(tmp_path):
+    import random
+    rng = random.Random(1)
+    f = tmp_path/"noise.txt"; f.write_bytes(bytes(rng.randrange(128, 256) for _ in range(4000)))
+    d = status(f)
+    assert d["status"] == "undecodable" and "save it as UTF-8" in d["error"] and d["error"].startswith("noise.txt")
+
+
+def test_jsonl_with_bad_lines_keeps_the_good_ones(tmp_path):
+    f = tmp_path/"splits.jsonl"
+    f.write_text('{"athlete": "Ana", "split_10m": 1.9}\n{"athlete": "Bo", "split_10m": \n'
+                 '{"athlete": "Cy", "split_10m": 2.0}\nnot json\n')
+    doc, text = _chunk_text(f)
+    assert doc["status"] == "ok" and doc["bad_lines"] == [2, 4] and doc["n_records"] == 2
+    assert "athlete: Ana" in text and "athlete: Cy" in text
+    assert any("lines 2, 4" in w for w in doc["warnings"])
+    f.write_text("nope\n{oops\n")
+    d = status(f)
+    assert d["status"] == "corrupt" and "line 1" in d["error"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_odd_entries_get_rows_and_never_block(tmp_path, monkeypatch):
+    import socket
+    p = tmp_path/"p"; p.mkdir()
+    (p/"good.txt").write_text("Heavy sled towing improved acceleration in trained sprinters.\n")
+    os.mkfifo(p/"pipe.txt")                           # opening it would wait forever for a writer
+    (p/"loop.pdf").symlink_to(p/"loop.pdf")
+    (p/"gone.csv").symlink_to(p/"missing.csv")
+    (p/"a.pdf").mkdir(); (p/"a.pdf"/"inner.md").write_text("# Inner\n\nSled towing notes that are long enough to keep.\n")
+    (p/"linked").symlink_to(p/"a.pdf")
+    monkeypatch.chdir(p)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("server.sock")                      # relative: a long tmp_path would overflow the socket-path limit
+        t0 = time.monotonic()
+        s = extract_stage(p, tmp_path/"run", tokenizer=TINY_STUDENT, workers=2, timeout_s=30, progress=False, verbose=False)
+        assert time.monotonic() - t0 < 25
+    st = {f["source"]: (f["status"], f["error"]) for f in s["files"]}
+    assert st["good.txt"][0] == st["a.pdf/inner.md"][0] == "ok"
+    for name, words in [("pipe.txt", "named pipe (FIFO)"), ("loop.pdf", "link loop"), ("gone.csv", "broken symbolic link"),
+                        ("a.pdf", "folder named like a file"), ("linked", "link to a folder"), ("server.sock", "a socket")]:
+        assert st[name][0] == "not_a_file" and words in st[name][1] and st[name][1].startswith(name), (name, st[name])
+    docs = read_jsonl(tmp_path/"run"/"extract"/"documents.jsonl")
+    assert len(docs) == 8 and Manifest(tmp_path/"run").stage("extract")["counts"]["not_a_file"] == 6
+
+
+def _bytes_read():
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"): return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/self/io to count bytes read")
+@pytest.mark.parametrize("name,want", [("zeros.pdf", "not_a_pdf"), ("zeros.txt", "binary"), ("zeros.csv", "binary"),
+                                       ("zeros.dat", "unsupported")])
+def test_big_zero_file_is_binary_from_its_first_bytes(tmp_path, name, want):
+    f = tmp_path/name
+    with open(f, "wb") as fh: fh.truncate(200 * 2**20)       # sparse: 200 MB that cost nothing
+    before = _bytes_read()
+    d = status(f, max_mb=500)
+    assert _bytes_read() - before < 2**20                      # decided from the head, not by reading 200 MB
+    assert d["status"] == want and "zero bytes" in d["error"] and "text file" not in d["error"], d
+    assert status(f)["status"] == "too_large"                  # max_mb is checked before anything is read
+
+
+def test_control_bytes_are_binary(tmp_path):
+    f = tmp_path/"ctrl.txt"; f.write_bytes(bytes(range(1, 32)) * 64 + b"a few words")
+    d = status(f)
+    assert d["status"] == "binary" and "control bytes" in d["error"]
+
+
+def test_hand_written_chunks_name_file_line_and_field(tmp_path):
+    f = tmp_path/"chunks.jsonl"
+    f.write_text('{"chunk_id": "c1", "doc_id": "d1", "text": "Sprint."}\n{"chunk_id": "c2", "doc_id": "d1"}\n')
+    with pytest.raises(E.PurposeError, match=r"chunks.jsonl:2: the chunk has no 'text' field"):
+        E.read_chunks(f)
+    f.write_text('{"doc_id": "d1", "text": "Sprint."}\n')
+    with pytest.raises(E.PurposeError, match=r"chunks.jsonl:1: the chunk has no 'chunk_id' field"):
+        E.read_chunks(f)
