@@ -4,16 +4,17 @@
 
 # %% ../nbs/09_cli.ipynb #9ec017fe
 from __future__ import annotations
-import ast, json, math, sys
+import ast, json, math, re, sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 import typer
 from .core import EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, read_jsonl, resolve_papers_dir
 
 # %% auto #0
-__all__ = ['app', 'PapersDir', 'ModelName', 'NumQA', 'Epochs', 'Judge', 'Budget', 'UseLlama', 'LlamaPath', 'BitPrecision',
-           'parse_param', 'run', 'process', 'student_settings', 'distill_pipeline', 'distill', 'enhanced_distill',
-           'load_training_rows', 'train', 'generate', 'evaluate', 'serve', 'main']
+__all__ = ['app', 'LOG_LEVELS', 'PapersDir', 'ModelName', 'NumQA', 'Epochs', 'Judge', 'Budget', 'UseLlama', 'LlamaPath',
+           'BitPrecision', 'parse_param', 'check_option', 'check_domain_name', 'run', 'process', 'student_settings',
+           'distill_pipeline', 'distill', 'enhanced_distill', 'load_training_rows', 'train', 'generate', 'evaluate',
+           'serve', 'main']
 
 # %% ../nbs/09_cli.ipynb #6e811499
 app = typer.Typer(help="Purpose: turn a folder of domain papers into a small domain-expert model, and prove whether it worked.",
@@ -32,6 +33,28 @@ def parse_param(text: str, raw: bool = False) -> tuple[str, object]:
     try: return name, ast.literal_eval(value)
     except (ValueError, SyntaxError): return name, value
 
+# %% ../nbs/09_cli.ipynb #9f94900a
+def check_option(option: str, value, low=None, high=None, above=None) -> None:
+    "One error line when a numeric `option` is not finite or outside `[low, high]` (or not above `above`)."
+    if value is None: return
+    bad = isinstance(value, float) and not math.isfinite(value)
+    bad = bad or (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above)
+    if not bad: return
+    if low is not None and high is not None: want = f"a value from {low} to {high}"
+    elif above is not None: want = f"a value above {above}"
+    elif low is not None: want = f"a value of at least {low}"
+    else: want = f"a value of at most {high}"
+    raise PurposeError(f"{option} {value}: use {want}")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DOMAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+def check_domain_name(name: str, option: str = "--domain") -> str:
+    "`name` if it is a plain domain name (letters, digits, `_`, `-`, `.`; no leading `.` or `-`, no `/`, no `..`), else one error line."
+    if isinstance(name, str) and _DOMAIN_NAME.fullmatch(name) and ".." not in name: return name
+    raise PurposeError(f"{option} {name!r}: a domain is a plain name (letters, digits, _, - and ., not a path); "
+                       "name the papers folder with --papers-dir")
+
 # %% ../nbs/09_cli.ipynb #1a0d6fd5
 @app.command()
 def run(domain: str = typer.Option(..., "--domain", "-d", help="domain folder under papers/, or 'all'"),
@@ -44,6 +67,7 @@ def run(domain: str = typer.Option(..., "--domain", "-d", help="domain folder un
         runs_root: Path = typer.Option(Path("runs"), help="where run folders are written")):
     "Run every stage notebook for a domain with papermill (`--domain all`: every domain, continuing past failures)."
     from purpose.pipeline import run_domain, run_domains
+    if domain != "all": check_domain_name(domain)
     params = dict([parse_param(p) for p in param] + [parse_param(p, raw=True) for p in raw_param])
     if domain == "all":
         if papers_dir or run_dir: raise PurposeError("--papers-dir/--run-dir name one domain's folders: drop them with --domain all")
@@ -63,9 +87,13 @@ def process(data_dir: Path = typer.Option(..., help="folder of PDFs, CSV, JSON, 
             log_level: str = typer.Option("INFO", help="logging level")):
     "Extract a folder into documents, chunks and a training corpus; every file gets a status, bad files never stop the run."
     import logging
+    if log_level.upper() not in LOG_LEVELS: raise PurposeError(f"--log-level {log_level}: use one of {', '.join(LOG_LEVELS)}")
+    check_option("--workers", workers, 1)
+    if not Path(data_dir).is_dir(): raise PurposeError(f"--data-dir {data_dir} is not a folder: point it at a folder of papers")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise PurposeError(f"--output-dir {output_dir} is a file: name a folder (it is created when missing)")
     from purpose.extract import process_folder
     logging.basicConfig(level=log_level.upper())
-    if not Path(data_dir).is_dir(): raise PurposeError(f"--data-dir {data_dir} is not a folder: point it at a folder of papers")
     process_folder(data_dir, output_dir, passwords=tuple(password), workers=workers)
 
 # %% ../nbs/09_cli.ipynb #4760f216
@@ -130,6 +158,11 @@ UseLlama = Annotated[bool, typer.Option(help="train a local model folder (--llam
 LlamaPath = Annotated[Optional[Path], typer.Option(help="local model folder for --use-llama")]
 BitPrecision = Annotated[Optional[int], typer.Option(help="4 or 8: QLoRA on a quantised student (CUDA GPU + bitsandbytes); 16: bf16; 32: fp32")]
 
+def _check_distill_options(num_qa_pairs: int, epochs: int, budget_usd: float | None):
+    check_option("--num-qa-pairs", num_qa_pairs, 1)
+    check_option("--epochs", epochs, 1)
+    check_option("--budget-usd", budget_usd, 0)
+
 @app.command()
 def distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STUDENT, num_qa_pairs: NumQA = 100, epochs: Epochs = 2,
             run_dir: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/<papers folder name>)")] = None,
@@ -137,7 +170,8 @@ def distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STUDENT, num
             judge: Judge = None, budget_usd: Budget = None, use_llama: UseLlama = False, llama_path: LlamaPath = None,
             bit_precision: BitPrecision = None):
     "Standard distillation: chunks → QA from the first teacher → answers enhanced by the second → fine-tuned student."
-    domain = Path(papers_dir).name
+    _check_distill_options(num_qa_pairs, epochs, budget_usd)
+    domain = Path(papers_dir).resolve().name
     student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision, log=typer.echo)
     distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
                      mode="standard", judge=judge, budget_usd=budget_usd, train_kw=train_kw)
@@ -150,7 +184,8 @@ def enhanced_distill(papers_dir: PapersDir, model_name: ModelName = EMBEDDED_STU
                      judge: Judge = None, budget_usd: Budget = None, use_llama: UseLlama = False, llama_path: LlamaPath = None,
                      bit_precision: BitPrecision = None):
     "Knowledge map → stratified queries → grounded, judged consensus answers → fine-tuned student → evaluation."
-    domain = domain or Path(papers_dir).name
+    _check_distill_options(num_qa_pairs, epochs, budget_usd)
+    domain = check_domain_name(domain) if domain is not None else Path(papers_dir).resolve().name
     student, train_kw = student_settings(model_name, use_llama, llama_path, bit_precision, log=typer.echo)
     distill_pipeline(papers_dir, run_dir or Path("runs")/domain, domain, student, num_qa_pairs, epochs, teachers, log=typer.echo,
                      mode="enhanced", judge=judge, budget_usd=budget_usd, train_kw=train_kw)
@@ -179,6 +214,10 @@ def train(data_dir: Path = typer.Option(..., help="run folder, distill dataset o
           max_len: int = typer.Option(512), merge: bool = typer.Option(False, help="also save a merged model"),
           bit_precision: BitPrecision = None):
     "Fine-tune the student on a distilled QA dataset; writes MODEL_DIR/<name>-domain/."
+    check_option("--epochs", epochs, 1)
+    check_option("--lr", lr, above=0)
+    check_option("--lora-r", lora_r, 0)
+    check_option("--max-len", max_len, 16)
     from dataclasses import asdict
     from purpose.core import write_json
     from purpose.train import TrainConfig, train as _train
@@ -199,6 +238,8 @@ def generate(model_dir: Path = typer.Option(..., help="trained model folder, run
              temperature: float = typer.Option(0.7), max_new_tokens: int = typer.Option(128),
              stream: bool = typer.Option(True, help="print tokens as they come")):
     "Answer a question with a trained domain model."
+    check_option("--temperature", temperature, 0)
+    check_option("--max-new-tokens", max_new_tokens, 1)
     from purpose.evaluate import DomainInference
     inf = DomainInference(model_dir)
     if stream:
@@ -220,6 +261,8 @@ def evaluate(run_dir: Path = typer.Option(..., help="run folder; with --dataset 
              max_new_tokens: int = typer.Option(48), judge: Optional[str] = typer.Option(None, help="LLM judge spec for 1–5 scores"),
              domain: Optional[str] = typer.Option(None, help="domain name (default: the run's)")):
     "Base vs tuned, closed-book and with retrieval: a run's held-out split, a JSONL set, or the whole pipeline on PubMedQA/SQuAD."
+    for opt, v in (("--n-contexts", n_contexts), ("--n-eval", n_eval), ("--epochs", epochs), ("--max-items", max_items),
+                   ("--max-new-tokens", max_new_tokens)): check_option(opt, v, 1)
     from purpose.evaluate import evaluate_stage, external_eval
     kw = dict(systems=systems, max_items=max_items, max_new_tokens=max_new_tokens, judge=judge)
     if dataset:
@@ -236,6 +279,7 @@ def serve(model_dir: Path = typer.Option(..., help="trained model folder, run fo
           host: str = typer.Option("127.0.0.1", help="address to bind; 127.0.0.1 = this machine only"),
           port: int = typer.Option(8000), model_id: str = typer.Option(None, help="the model name clients ask for (default purpose-<domain>)")):
     "Serve a trained model with an OpenAI-compatible API (/v1/models, /v1/chat/completions); key from PURPOSE_SERVE_API_KEY."
+    check_option("--port", port, 1, 65535)
     from purpose.serve import serve as _serve
     _serve(model_dir, host=host, port=port, model_id=model_id)
 

@@ -62,3 +62,41 @@ def test_bit_precision_falls_back_to_full_precision_with_a_note(tmp_path):
     assert "note: --bit-precision 4 (QLoRA) needs a CUDA GPU" in r.stdout and "in full precision" in r.stdout
     assert json.loads((tmp_path/"models"/"tiny-random-domain"/"train_config.json").read_text())["quantize"] is None
     _one_error_line(purpose_cli("train", "--data-dir", data, "--bit-precision", "3"), "use 4 or 8")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["generate", "--model-dir", "m", "--prompt", "q", "--max-new-tokens", "-5"], "--max-new-tokens -5: use a value of at least 1"),
+    (["generate", "--model-dir", "m", "--prompt", "q", "--temperature", "-1"], "--temperature -1.0: use a value of at least 0"),
+    (["serve", "--model-dir", "m", "--port", "99999"], "--port 99999: use a value from 1 to 65535"),
+    (["serve", "--model-dir", "m", "--port", "-1"], "--port -1: use a value from 1 to 65535"),
+    (["train", "--data-dir", "d", "--lr", "-1"], "--lr -1.0: use a value above 0"),
+    (["train", "--data-dir", "d", "--lr", "0"], "--lr 0.0: use a value above 0"),
+    (["train", "--data-dir", "d", "--epochs", "-1"], "--epochs -1: use a value of at least 1"),
+    (["train", "--data-dir", "d", "--lora-r", "-2"], "--lora-r -2: use a value of at least 0"),
+    (["train", "--data-dir", "d", "--max-len", "8"], "--max-len 8: use a value of at least 16"),
+    (["distill", "--papers-dir", "p", "--epochs", "0"], "--epochs 0: use a value of at least 1"),
+    (["evaluate", "--run-dir", "r", "--max-items", "0"], "--max-items 0: use a value of at least 1"),
+    (["process", "--data-dir", ".", "--output-dir", "out", "--log-level", "LOUD"], "--log-level LOUD: use one of DEBUG, INFO"),
+    (["process", "--data-dir", ".", "--output-dir", "out", "--workers", "0"], "--workers 0: use a value of at least 1"),
+])
+def test_bad_numbers_and_levels_are_one_line_before_anything_runs(tmp_path, args, says):
+    "Issue 10: these gave tracebacks (or garbage, or `train_log.jsonl does not exist`)."
+    _one_error_line(purpose_cli(*args, cwd=tmp_path), says)
+    assert list(tmp_path.iterdir()) == []                       # nothing was created
+
+
+def test_process_output_dir_that_is_a_file(small_papers, tmp_path):
+    (tmp_path/"a_file").write_text("x")
+    _one_error_line(purpose_cli("process", "--data-dir", small_papers/"sprint", "--output-dir", tmp_path/"a_file"), "is a file")
+    assert (tmp_path/"a_file").read_text() == "x"
+
+
+def test_domain_is_a_plain_name_never_a_path(small_papers):
+    "Issue 10: `--domain ../../trav_escape --papers-dir papers/sprint` wrote the run folder outside runs/."
+    work = small_papers.parent
+    for bad in ("../../trav_escape", "a/b", "..", ".hidden"):
+        _one_error_line(purpose_cli("run", "--domain", bad, "--papers-dir", small_papers/"sprint", "-s", "extract", cwd=work),
+                        "a domain is a plain name")
+    _one_error_line(purpose_cli("enhanced-distill", "--papers-dir", small_papers/"sprint", "--domain", "../x", cwd=work),
+                    "a domain is a plain name")
+    assert sorted(p.name for p in work.iterdir()) == ["papers"] and not (work.parent.parent/"trav_escape").exists()
