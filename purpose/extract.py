@@ -78,7 +78,8 @@ def utf16_guess(head: bytes) -> str | None:
     if len(head) < 8: return None
     even, odd = head[0::2], head[1::2]
     ze, zo = even.count(0) / len(even), odd.count(0) / len(odd)
-    enc = "utf-16-le" if zo > 0.3 and ze < 0.02 else "utf-16-be" if ze > 0.3 and zo < 0.02 else None
+    # mostly Latin text: almost every high (LE) or low (BE) byte is zero
+    enc = "utf-16-le" if zo > 0.7 and ze < 0.02 else "utf-16-be" if ze > 0.7 and zo < 0.02 else None
     text = _decodes(head, enc) if enc else None
     return enc if text and _few_controls(text) else None
 
@@ -114,7 +115,7 @@ def describe_bytes(head: bytes) -> str:
     if head.startswith(b"{\\rtf"): return "an RTF document: export it as PDF"
     if not head.strip(b"\x00"): return binary_reason(head) + ": download the file again"
     if _texty(head): return "a text file: rename it to .txt"
-    return "an unknown binary format" + (f" ({binary_reason(head)})" if binary_reason(head) else "")
+    return binary_reason(head) or "an unknown binary format"
 
 def sniff_kind(path: Path, head: bytes) -> str:
     "The kind of input (`pdf`, `csv`, `json`, `jsonl`, `txt`, `md`, `html`), or `unknown`; content beats extension."
@@ -150,6 +151,11 @@ def _check_decoded(text: str, name: str) -> str:
                           "re-save the original as UTF-8")
     return text
 
+def _sample(raw: bytes, n: int = 2**19) -> bytes:
+    "The first and last `n` bytes of a big file, cut at line ends."
+    tail = raw[-n:]
+    return raw[:n].rsplit(b"\n", 1)[0] + b"\n" + tail[tail.find(b"\n") + 1:]
+
 def decode_text(raw: bytes, name: str = "the file") -> tuple[str, str]:
     "`(text, encoding)` of a text file: by its BOM, else strict UTF-8, else detected; raises `FileProblem('undecodable')`."
     fix = "open it in an editor and save it as UTF-8 (or convert it: `iconv -f <encoding> -t UTF-8`)"
@@ -169,9 +175,10 @@ def decode_text(raw: bytes, name: str = "the file") -> tuple[str, str]:
         line = raw.count(b"\n", 0, err.start) + 1
         raise FileProblem("undecodable", f"{name} is UTF-8 with {loose.count(chr(0xfffd))} broken byte sequence(s) (first "
                           f"on line {line}): fix those bytes or re-save the original as UTF-8")
-    if enc := detect_encoding(raw):
-        try: return _check_decoded(raw.decode(enc), name), enc
-        except UnicodeDecodeError: pass
+    for sample in ([_sample(raw), raw] if len(raw) > 2**20 else [raw]):   # big: detect on a sample, decode it all
+        if enc := detect_encoding(sample):
+            try: return _check_decoded(raw.decode(enc), name), enc
+            except UnicodeDecodeError: pass
     raise FileProblem("undecodable", f"{name} is not UTF-8 and its encoding could not be detected with confidence: {fix}")
 
 # %% ../nbs/01_extract.ipynb #e5700bdb
@@ -1038,8 +1045,9 @@ def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None
         if kind == "unknown":
             return fail("unsupported", f"{source} is {describe_bytes(head)}; supported inputs: PDF, txt, md, html, csv, json, jsonl")
         if kind != "pdf" and binary_reason(head):
-            return fail("binary", f"{source} is named {path.suffix or 'as text'} but is not text: it is {describe_bytes(head)}; "
-                        "replace it with the real file or remove it")
+            what = describe_bytes(head)
+            return fail("binary", f"{source} is named {path.suffix or 'as text'} but is not text: it is {what}"
+                        + ("" if ":" in what else ": replace it with the real file or remove it"))
         raw = path.read_bytes() if kind != "pdf" else None
         sha = hashlib.sha256(raw).hexdigest() if raw is not None else _sha256_file(path)
         doc_id = stable_id(source, sha)

@@ -281,6 +281,9 @@ def test_latin1_csv_and_txt_come_out_right(tmp_path):
     (tmp_path/"notes.txt").write_bytes("Sprint notes from München: José ran 10.2 s over 100 m in the heat.\n".encode("latin-1"))
     doc, text = _chunk_text(tmp_path/"notes.txt")
     assert doc["status"] == "ok" and "José ran 10.2 s" in text and "München" in text
+    rows = "".join(f"Athlet{i},Müller aus München,{10 + i % 50 / 100:.2f}\n" for i in range(60000))   # about 2 MB
+    (tmp_path/"big.csv").write_bytes(("name,club,time\n" + rows + "Zoë,Málaga,10.99\n").encode("latin-1"))
+    assert E.decode_text((tmp_path/"big.csv").read_bytes(), "big.csv")[0].endswith("Zoë,Málaga,10.99\n")
 
 
 @pytest.mark.parametrize("enc,recorded", [("utf-16", "utf-16-le"), ("utf-16-be", "utf-16-be"), ("utf-32", "utf-32-le"),
