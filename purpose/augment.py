@@ -8,7 +8,8 @@ import hashlib, itertools, json, math, random, re, time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
-from .core import PurposeError, RunDir, append_jsonl, read_json, read_jsonl, stable_id, stage_run, write_json, write_jsonl
+from .core import (PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
+                          write_json, write_jsonl)
 from .graph import Concept, _find_mentions, content_chunks
 from .modelhub import Ledger, complete_many, estimate, parse_json_reply, parse_spec, split_sentences
 
@@ -21,8 +22,8 @@ __all__ = ['ENTITY_FRAMINGS', 'PAIR_FRAMINGS', 'CONTRADICTION_FRAMING', 'PERMUTE
            'permuted_restatement', 'claim_question', 'cloze_spans', 'cloze', 'render_qa', 'rounds', 'Corpus',
            'entity_candidates', 'pair_candidates', 'permuted_candidates', 'qa_candidates', 'cloze_candidates',
            'token_counter', 'round_robin', 'doc_context', 'entity_listing_messages', 'relation_messages',
-           'rewrite_messages', 'paraphrase_messages', 'parse_citations', 'doc_entities', 'plan_llm', 'repair_jsonl',
-           'ask_llm', 'augment_stage']
+           'rewrite_messages', 'paraphrase_messages', 'parse_citations', 'doc_entities', 'plan_llm', 'ask_llm',
+           'augment_stage']
 
 # %% ../nbs/05a_augment.ipynb #5b07971d
 _START = re.compile(r"^[A-Z0-9(\[\"'\u201c]")
@@ -445,15 +446,6 @@ def plan_llm(cp: Corpus, chain: list[str], kinds: list[str], n_per_kind: int, li
     return out
 
 # %% ../nbs/05a_augment.ipynb #2524144a
-def repair_jsonl(path: Path | str) -> bool:
-    "Cut a torn last line (one without its newline, left by a kill mid-append) so that appends start a fresh line."
-    p = Path(path)
-    if not p.exists() or p.stat().st_size == 0: return False
-    data = p.read_bytes()
-    if data.endswith(b"\n"): return False
-    with open(p, "r+b") as f: f.truncate(data.rfind(b"\n") + 1)
-    return True
-
 def ask_llm(chain: list[str], prompts: list[dict], answers_path: Path, failures_path: Path, ledger: Ledger,
             json_schema: dict | None = None, budget_usd: float | None = None, **kw) -> dict:
     "Ask the prompts not yet answered in `answers_path`, appending each reply as it arrives; failures go to `failures_path`."
@@ -571,13 +563,13 @@ def augment_stage(run_dir: Path | str,
     params = {"size": size, "teachers": "|".join(names) or "offline", "kinds": kinds_, "seed": seed, "max_texts": max_texts,
               "paraphrases": paraphrases, "max_entities": max_entities, "text_tokens": text_tokens, "context_tokens": context_tokens,
               "max_tokens": max_tokens}
-    out = run.root/"augment"
+    out, inputs = run.root/"augment", [run.root/f for f in INPUT_FILES]
     fp = _inputs_fingerprint(run, params)
     old = read_json(out/"summary.json")
     if not dry_run and old and (out/"texts.jsonl").exists():
         if old.get("fingerprint") == fp and old.get("complete"):
             print(f"augment: inputs and parameters unchanged (fingerprint {fp[:12]}): reusing {out/'texts.jsonl'}")
-            with stage_run(run, "augment", {**params, "budget_usd": budget_usd}) as rec:
+            with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
                 rec.counts.update(old["counts"]); rec.info["reused"] = True
             return {**old, "reused": True}
         why = "the last run did not finish" if old.get("fingerprint") == fp else "inputs or parameters changed"
@@ -627,7 +619,7 @@ def augment_stage(run_dir: Path | str,
             print(f"augment estimate (offline, size {size}): no model calls; about {target} tokens in {n_per_kind * len(kinds_)} texts")
         write_json(out/"estimate.json", {"params": params, "corpus_tokens": corpus_tokens, "typical_tokens": typical, **est})
         return {"dry_run": True, "estimate": est, "corpus_tokens": corpus_tokens, "target_tokens": target}
-    with stage_run(run, "augment", {**params, "budget_usd": budget_usd}) as rec:
+    with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
         failures_path.unlink(missing_ok=True)
         streams = {k: OFFLINE_GENERATORS[k](cp, seed, text_tokens) if k in ("entity", "pair") else OFFLINE_GENERATORS[k](cp, seed)
                    for k in kinds_ if k in KINDS}
