@@ -29,7 +29,7 @@ __all__ = ['OPENAI_COMPATIBLE_DEFAULTS', 'PROVIDERS', 'KEY_VARS', 'KEY_REQUIRED'
            'registry', 'list_models', 'get_model_info', 'resolve_spec', 'general_models', 'unavailable_reason',
            'candidates_for', 'DomainGuess', 'classify_domain', 'task_messages', 'offline_embed', 'rerank',
            'process_task', 'process_domain_task', 'ModelHub', 'models_list', 'models_info', 'models_setup_config',
-           'models_process_text', 'models_process_domain_text', 'try_teachers']
+           'models_check', 'models_process_text', 'models_process_domain_text', 'try_teachers']
 
 # %% ../nbs/04_modelhub.ipynb #f952c3cd
 OPENAI_COMPATIBLE_DEFAULTS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1",
@@ -1207,6 +1207,14 @@ def models_setup_config(from_env: bool = typer.Option(False, "--from-env", help=
     if general: cfg.setdefault("default_models", {})["general"] = [s.strip() for s in general.split(",") if s.strip()]
     p = save_config(cfg)
     typer.echo(f"wrote {p} (mode 600); keys set: {', '.join(sorted(keys)) or 'none'}")
+
+@models_app.command("check")
+def models_check(teachers: list[str] = typer.Argument(..., help="teacher specs, e.g. openai:gpt-4o-mini 'ollama:llama3|offline'"),
+                 timeout: float = typer.Option(8.0, help="seconds to wait for each server")):
+    "Check that each teacher can be used here (spec, key, server, model) without running anything."
+    try: report = check_teachers(list(teachers), timeout=timeout)
+    except PurposeError as e: typer.echo(f"Error: {e}", err=True); raise typer.Exit(2)
+    for spec, how in report.items(): typer.echo(f"{spec}: ok ({how})")
 
 def _echo_result(r: Result):
     if r.ok: typer.echo(r.text)

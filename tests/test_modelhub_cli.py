@@ -93,3 +93,14 @@ def test_process_text_model_asked_for_is_tried_before_a_cached_fallback(monkeypa
         assert r.exit_code == 0 and r.stdout.startswith("Wire reply from claude-wire:"), r.output
         assert "[answered by anthropic:claude-wire]" in r.stderr
         assert ws.counts() == {"wire-model": 1, "claude-wire": 1}
+
+
+def test_check_command(monkeypatch):
+    with WireServer() as ws:
+        r = runner.invoke(models_app, ["check", "offline", ws.spec(), "openai:gpt-4o-mini|offline"])
+        assert r.exit_code == 0, r.output
+        assert f"{ws.spec()}: ok (model listed (2 on the server))" in r.stdout and "offline: ok (nothing to check)" in r.stdout
+        r = runner.invoke(models_app, ["check", ws.spec("nope")])
+        assert r.exit_code == 2 and "model 'nope' not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(models_app, ["check", "openai:gpt-4o-mini"])
+    assert r.exit_code == 2 and "set the environment variable OPENAI_API_KEY" in r.stderr
