@@ -38,7 +38,8 @@ def check_option(option: str, value, low=None, high=None, above=None) -> None:
     "One error line when a numeric `option` is not finite or outside `[low, high]` (or not above `above`)."
     if value is None: return
     bad = isinstance(value, float) and not math.isfinite(value)
-    bad = bad or (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above)
+    bad = bad or (low is not None and value < low) or (high is not None and value > high)
+    bad = bad or (above is not None and value <= above)
     if not bad: return
     if low is not None and high is not None: want = f"a value from {low} to {high}"
     elif above is not None: want = f"a value above {above}"
@@ -50,7 +51,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DOMAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 def check_domain_name(name: str, option: str = "--domain") -> str:
-    "`name` if it is a plain domain name (letters, digits, `_`, `-`, `.`; no leading `.` or `-`, no `/`, no `..`), else one error line."
+    "`name` if it is a plain domain name (letters, digits, `_`, `-`, `.`; not a path), else one error line."
     if isinstance(name, str) and _DOMAIN_NAME.fullmatch(name) and ".." not in name: return name
     raise PurposeError(f"{option} {name!r}: a domain is a plain name (letters, digits, _, - and ., not a path); "
                        "name the papers folder with --papers-dir")
@@ -87,7 +88,8 @@ def process(data_dir: Path = typer.Option(..., help="folder of PDFs, CSV, JSON, 
             log_level: str = typer.Option("INFO", help="logging level")):
     "Extract a folder into documents, chunks and a training corpus; every file gets a status, bad files never stop the run."
     import logging
-    if log_level.upper() not in LOG_LEVELS: raise PurposeError(f"--log-level {log_level}: use one of {', '.join(LOG_LEVELS)}")
+    if log_level.upper() not in LOG_LEVELS:
+        raise PurposeError(f"--log-level {log_level}: use one of {', '.join(LOG_LEVELS)}")
     check_option("--workers", workers, 1)
     if not Path(data_dir).is_dir(): raise PurposeError(f"--data-dir {data_dir} is not a folder: point it at a folder of papers")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():

@@ -496,7 +496,7 @@ def _explain(e: BaseException, s: TeacherSpec, url: str, timeout: float) -> str:
     return short_error(e)
 
 def check_teacher(spec: str | TeacherSpec | Any, timeout: float = 8.0) -> str:
-    "Check one teacher without running anything (key, server, model); returns what was checked, raises `ModelUnavailable`."
+    "Check one teacher without running anything (key, server, model): what was checked, or `ModelUnavailable`."
     if hasattr(spec, "complete"): return "a teacher object: not checked"
     s = spec if isinstance(spec, TeacherSpec) else parse_spec(spec)
     if s.provider == "offline": return "nothing to check"
@@ -519,7 +519,7 @@ def check_teacher(spec: str | TeacherSpec | Any, timeout: float = 8.0) -> str:
     except Exception as e: raise ModelUnavailable(f"teacher '{s}': {_explain(e, s, url, timeout)}") from None
 
 def check_teachers(specs: str | list, timeout: float = 8.0) -> dict[str, str]:
-    "Check every teacher before a stage runs (`a|b` chains pass when one member does); one error line for the first that cannot."
+    "Check every teacher before a stage runs (`a|b` chains pass when one member does); one error line if one cannot."
     items = [t.strip() for t in specs.split(",")] if isinstance(specs, str) else list(specs)
     items = [t for t in items if not (isinstance(t, str) and not t)]
     if not items: raise PurposeError("no teacher to check: name at least one, e.g. 'offline' or 'openai:gpt-4o-mini'")
@@ -535,7 +535,8 @@ def check_teachers(specs: str | list, timeout: float = 8.0) -> dict[str, str]:
     report = {}
     for t, chain in zip(items, chains):
         if all(isinstance(outcome[m], Exception) for m in chain): raise outcome[chain[0]]
-        report[public_spec(t)] = said[chain[0]] if len(chain) == 1 else " | ".join(f"{public_spec(m)}: {said[m]}" for m in chain)
+        both = " | ".join(f"{public_spec(m)}: {said[m]}" for m in chain)
+        report[public_spec(t)] = said[chain[0]] if len(chain) == 1 else both
     return report
 
 # %% ../nbs/04_modelhub.ipynb #a84866c2
@@ -559,8 +560,9 @@ class ResponseCache:
         except FileNotFoundError: return None
         except (json.JSONDecodeError, UnicodeDecodeError): entry = None
         if isinstance(entry, dict) and isinstance(entry.get("text"), str): return entry
-        logging.getLogger("purpose").warning("%s is not a cached reply (no 'text' field): ignored, the model is asked again "
-                                             "and the file replaced; delete it (or the folder %s) if this repeats", p, self.root)
+        logging.getLogger("purpose").warning("%s is not a cached reply (no 'text' field): ignored, the model is asked "
+                                             "again and the file replaced; delete it (or the folder %s) if this repeats",
+                                             p, self.root)
         return None
     def put(self, key: str, entry: dict) -> None: write_json(self._path(key), entry)
     def __len__(self): return sum(1 for _ in self.root.glob("*/*.json"))

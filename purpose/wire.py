@@ -150,7 +150,7 @@ class WireServer:
         self.faults = faults or Faults(**fault_kw)
         self.models, self.require_key = tuple(models), require_key
         self.keys = tuple(keys)                             # when set, any other key gets a 401
-        self.echo_auth = echo_auth                          # a careless server: the 401 body quotes the Authorization header
+        self.echo_auth = echo_auth                          # a careless server: its 401 quotes the Authorization header
         self.log: list[WireRequest] = []
         self.lookups: list[WireRequest] = []                # GET /v1/models[/ID] requests (not in `log`)
         self._lock, self._seen, self._queued = threading.Lock(), Counter(), []
@@ -243,7 +243,8 @@ class WireServer:
         req.status, req.fault = status, fault
         with self._lock: self.log.append(req)
         if status != 200:
-            msg = {401: refused or "no API key sent", 404: f"model '{req.model}' not found"}.get(status, f"{fault} (purpose wire server)")
+            msg = {401: refused or "no API key sent", 404: f"model '{req.model}' not found"}.get(
+                status, f"{fault} (purpose wire server)")
             headers["x-should-retry"] = "false"   # our own retry policy is the one under test
             return status, error_body(req.protocol, status, msg), headers
         text = self.reply(req)
