@@ -4,21 +4,23 @@
 
 # %% ../nbs/07_evaluate.ipynb #7e21ba25
 from __future__ import annotations
-import contextlib, math, random, re, statistics, string, time
+import contextlib, math, random, re, statistics, string, time, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from .core import (Manifest, PurposeError, RunDir, chat_messages, load_student, load_tokenizer, read_json, read_jsonl,
                           stable_id, stage_run, write_json, write_jsonl)
-from .distill import grounding_score, llm_judge, token_f1
-from .modelhub import content_words, get_teacher, offline_embed, split_sentences
-from .train import answer_loss, collate, encode_example, pack
+from .distill import grounding_score, llm_judge
+from .modelhub import STOPWORDS, content_words, get_teacher, offline_embed, split_sentences
+from .train import _body_and_head, collate, pack
 
 # %% auto #0
-__all__ = ['YESNO', 'YESNO_INSTRUCTION', 'LOADERS', 'SYSTEMS', 'COMPARISONS', 'norm_words', 'word_ngrams', 'contamination_check',
-           'BM25', 'hf_encoder', 'DenseRetriever', 'make_retriever', 'rag_question', 'system_messages', 'perplexity',
-           'generate', 'percentile', 'normalize_answer', 'exact_match', 'best_f1', 'yesno_label', 'choice_labels',
-           'bootstrap_ci', 'paired_bootstrap', 'general_text', 'text_perplexity', 'load_pubmedqa', 'load_squad',
-           'load_eval_jsonl', 'chunk_text', 'write_corpus', 'score_item', 'evaluate_systems', 'compare_systems',
+__all__ = ['YESNO', 'YESNO_INSTRUCTION', 'LOADERS', 'SYSTEMS', 'COMPARISONS', 'COMPARED', 'norm_words', 'word_ngrams',
+           'contamination_check', 'BM25', 'hf_encoder', 'DenseRetriever', 'make_retriever', 'rag_question',
+           'system_messages', 'generate', 'percentile', 'encode_reply', 'reply_logprobs', 'reference_losses',
+           'perplexity', 'normalize_answer', 'squad_f1', 'exact_match', 'best_f1', 'yesno_label', 'choice_labels',
+           'wilson_ci', 'bca_ci', 'paired_bootstrap', 'number_spans', 'mc_items', 'mc_scores', 'general_text',
+           'text_perplexity', 'load_pubmedqa', 'load_squad', 'load_eval_jsonl', 'chunk_text', 'write_corpus',
+           'score_item', 'evaluate_systems', 'compare_systems', 'gap_closure', 'headline', 'headline_lines',
            'verdict_lines', 'report_markdown', 'plot_report', 'load_tuned', 'eval_items', 'evaluate_stage',
            'external_eval', 'DomainInference']
 
@@ -143,18 +145,6 @@ def system_messages(item: dict, domain: str, rag: bool, answer: str | None = Non
     return chat_messages(q, domain, answer)
 
 # %% ../nbs/07_evaluate.ipynb #031b8560
-def perplexity(model, tok, items: list[dict], domain: str, rag: bool, max_len: int = 1024) -> float:
-    "exp(mean token loss) of the reference answers given each item's prompt."
-    import torch
-    exs = [encode_example(tok, system_messages(it, domain, rag, it["answer"]), max_len) for it in items]
-    rows = pack(exs, list(range(len(exs))), max_len)
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(rows), 4):
-            s, k = answer_loss(model, collate(exs, rows[i:i + 4], tok.pad_token_id), reduction="sum")
-            total += s.item(); n += k
-    return math.exp(total / max(n, 1))
-
 def generate(model, tok, messages_list: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 8,
              temperature: float = 0.0) -> list[dict]:
     "Answer each chat in `messages_list`; returns text, new tokens and seconds per batch item."
@@ -182,19 +172,78 @@ def percentile(xs: list[float], q: float) -> float:
     f, c = math.floor(k), math.ceil(k)
     return xs[f] + (xs[c] - xs[f]) * (k - f)
 
+# %% ../nbs/07_evaluate.ipynb #37aedc5c
+def encode_reply(tok, messages: list[dict], reply: str, max_len: int = 2048) -> dict:
+    "Token ids and labels (reply tokens only) of `reply` as the assistant's next turn after `messages`."
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(reply, add_special_tokens=False)["input_ids"][:max_len - 1]
+    return {"input_ids": (p_ids + a_ids)[-max_len:], "labels": ([-100] * len(p_ids) + a_ids)[-max_len:]}
+
+def reply_logprobs(model, tok, examples: list[dict],
+                   rows_per_batch: int = 4,  # packed rows per forward pass
+                   row_len: int = 1024,      # tokens per packed row (a longer example gets a row of its own)
+                  ) -> list[tuple[float, int]]:
+    "`(summed log-probability, token count)` of each encoded example's labelled tokens."
+    import torch, torch.nn.functional as F
+    if not examples: return []
+    body, head = _body_and_head(model)
+    dev = next(model.parameters()).device
+    rows = pack(examples, list(range(len(examples))), row_len)
+    sums, counts = torch.zeros(len(examples), dtype=torch.float64), torch.zeros(len(examples), dtype=torch.long)
+    with torch.no_grad():
+        for i in range(0, len(rows), rows_per_batch):
+            part = rows[i:i + rows_per_batch]
+            b = collate(examples, part, tok.pad_token_id)
+            owner = torch.zeros_like(b["labels"])          # which example each position belongs to
+            for r, row in enumerate(part):
+                o = 0
+                for j in row:
+                    n = len(examples[j]["input_ids"])
+                    owner[r, o:o + n] = j
+                    o += n
+            h = body(input_ids=b["input_ids"].to(dev), position_ids=b["position_ids"].to(dev),
+                     attention_mask=b["attention_mask"].to(dev), use_cache=False).last_hidden_state
+            sel = b["labels"][:, 1:] != -100                # a label is never the first token of its example
+            hs, ys, who = h[:, :-1][sel.to(dev)], b["labels"][:, 1:][sel], owner[:, 1:][sel]
+            for k in range(0, len(ys), 1024):
+                lp = -F.cross_entropy(head(hs[k:k + 1024]).float(), ys[k:k + 1024].to(dev), reduction="none")
+                sums.index_add_(0, who[k:k + 1024], lp.double().cpu())
+                counts.index_add_(0, who[k:k + 1024], torch.ones_like(who[k:k + 1024]))
+    return [(float(s), int(c)) for s, c in zip(sums, counts)]
+
+# %% ../nbs/07_evaluate.ipynb #0e487617
+def reference_losses(model, tok, items: list[dict], domain: str, rag: bool, max_len: int = 2048) -> list[float]:
+    "Each reference answer's mean token loss (nats) given its item's prompt: the item's log-perplexity."
+    exs = [encode_reply(tok, system_messages(it, domain, rag), it["answer"], max_len) for it in items]
+    return [-s / max(n, 1) for s, n in reply_logprobs(model, tok, exs)]
+
+def perplexity(model, tok, items: list[dict], domain: str, rag: bool, max_len: int = 2048) -> float:
+    "exp of the mean over items of each reference's mean token loss."
+    return math.exp(statistics.mean(reference_losses(model, tok, items, domain, rag, max_len)))
+
 # %% ../nbs/07_evaluate.ipynb #7d7274a6
 def normalize_answer(s: str) -> str:
     "SQuAD normalisation: lower case, no punctuation, no articles, single spaces."
     s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
+def squad_f1(pred: str, ref: str) -> float:
+    "The official SQuAD token F1 of `pred` against `ref`: every normalised token counts."
+    p, r = normalize_answer(pred).split(), normalize_answer(ref).split()
+    if not p or not r: return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0: return 0.0
+    prec, rec = common / len(p), common / len(r)
+    return 2 * prec * rec / (prec + rec)
+
 def exact_match(pred: str, refs: list[str]) -> float:
     "1.0 when `pred` equals one of `refs` after normalisation."
     return float(any(normalize_answer(pred) == normalize_answer(r) for r in refs))
 
 def best_f1(pred: str, refs: list[str]) -> float:
-    "The highest token F1 of `pred` against any of `refs`."
-    return max((token_f1(pred, r) for r in refs), default=0.0)
+    "The highest SQuAD token F1 of `pred` against any of `refs`."
+    return max((squad_f1(pred, r) for r in refs), default=0.0)
 
 # %% ../nbs/07_evaluate.ipynb #b1c5ffab
 YESNO = ("yes", "no", "maybe")
@@ -221,19 +270,149 @@ def choice_labels(model, tok, messages_list: list[list[dict]], options=YESNO, ba
     return out
 
 # %% ../nbs/07_evaluate.ipynb #28755cd1
-def bootstrap_ci(values: list[float], n: int = 1000, alpha: float = 0.05, seed: int = 0) -> list[float]:
-    "The (1-alpha) bootstrap interval of the mean of `values`."
+def wilson_ci(k: float, n: int, alpha: float = 0.05) -> list[float]:
+    "The (1-alpha) Wilson score interval of the proportion `k` out of `n`."
+    from scipy.stats import binomtest
+    if n == 0: return [float("nan"), float("nan")]
+    ci = binomtest(int(round(k)), n).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return [round(float(ci.low), 4), round(float(ci.high), 4)]
+
+def bca_ci(values,                # one list of per-item values, or a tuple of paired lists (same items)
+           n: int = 1000,         # bootstrap resamples
+           alpha: float = 0.05,
+           seed: int = 0,
+           statistic=None,        # vectorised f(*columns, axis) -> value; default: the mean of one column
+          ) -> list[float]:
+    "The (1-alpha) BCa bootstrap interval of `statistic` over items; the percentile interval where BCa is degenerate."
     import numpy as np
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0: return [float("nan"), float("nan")]
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n, len(v)))].mean(1)
-    return [round(float(np.quantile(means, alpha / 2)), 4), round(float(np.quantile(means, 1 - alpha / 2)), 4)]
+    from scipy.stats import bootstrap
+    data = tuple(np.asarray(v, dtype=float) for v in (values if isinstance(values, tuple) else (values,)))
+    stat = statistic or (lambda x, axis=-1: np.mean(x, axis=axis))
+    nan = [float("nan"), float("nan")]
+    if len(data[0]) < 2: return nan
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        point = float(stat(*data, axis=-1))
+        if all(np.all(d == d[0]) for d in data): return [round(point, 4)] * 2 if math.isfinite(point) else nan
+        res = bootstrap(data, stat, n_resamples=n, confidence_level=1 - alpha, method="BCa", paired=True,
+                        vectorized=True, rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    dist = np.asarray(res.bootstrap_distribution)
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(dist).all()):
+        fin = dist[np.isfinite(dist)]
+        if not fin.size: return nan
+        lo, hi = np.quantile(fin, [alpha / 2, 1 - alpha / 2])
+    return [round(float(lo), 4), round(float(hi), 4)]
 
 def paired_bootstrap(a: list[float], b: list[float], n: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
-    "Mean of `a - b` over the same items with its bootstrap interval, and whether the interval excludes zero."
+    "Mean of `a - b` over the same items with its BCa interval, and whether the interval excludes zero."
     d = [x - y for x, y in zip(a, b)]
-    ci = bootstrap_ci(d, n, alpha, seed)
+    ci = bca_ci(d, n, alpha, seed)
     return {"diff": round(statistics.mean(d), 4) if d else float("nan"), "ci": ci, "significant": bool(ci[0] > 0 or ci[1] < 0)}
+
+# %% ../nbs/07_evaluate.ipynb #4d19f793
+_NUMBER = re.compile(r"(?<![\w.,\-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?:\s?(%|°[CF]?|[^\W\d_][\w/°µ]*))?")
+
+def number_spans(text: str) -> list[tuple[int, int, float, str]]:
+    "`(start, end, value, unit)` of each number in `text`; `unit` is the lower-cased word or sign after it, or ''."
+    out = []
+    for m in _NUMBER.finditer(text):
+        unit = (m.group(2) or "").lower()
+        out.append((m.start(1), m.end(1), float(m.group(1).replace(",", "")), "" if unit in STOPWORDS else unit))
+    return out
+
+# %% ../nbs/07_evaluate.ipynb #d67cbefa
+def _like(ref: str, cand: str) -> str:
+    "`cand` in the surface form of `ref`: the same end punctuation and first-letter case."
+    cand = cand.strip().rstrip(".;,:!?") + (ref.strip()[-1] if ref.strip()[-1:] in ".!?" else "")
+    first = cand.split()[0] if cand.split() else ""
+    if ref[:1].islower() and cand[:1].isupper() and not first.isupper(): cand = cand[0].lower() + cand[1:]
+    return cand
+
+def _numeric_distractors(ref: str, pool: list[dict], m: int, rng: random.Random) -> list[str]:
+    "`m` copies of `ref` with its number replaced by other values of the same unit from `pool`, or []."
+    spans = number_spans(ref)
+    bare = len(spans) == 1 and normalize_answer(ref) == normalize_answer(ref[spans[0][0]:spans[0][1]])
+    for s, e, v, unit in spans:
+        if not unit and not bare: continue                      # a bare number in a sentence has no kind to match
+        vals = {}
+        for p in pool:
+            for s2, e2, v2, u2 in p["numbers"]:
+                if u2 == unit and v2 != v: vals.setdefault(v2, p["text"][s2:e2])
+        if len(vals) >= m: return [ref[:s] + x + ref[e:] for x in rng.sample(sorted(vals.values()), m)]
+    return []
+
+def _span_distractors(ref: str, refs: set[str], question: str, pool: list[dict], m: int, rng: random.Random,
+                      own_text: str = "") -> list[str]:
+    "`m` texts from `pool` of similar length to `ref` (numbers only if it has some), most related to `question` first."
+    n, has_num, q = len(ref.split()), bool(number_spans(ref)), set(content_words(question))
+    seen, cands = set(refs), []
+    for p in pool:
+        if p["norm"] in seen or not p["norm"]: continue
+        seen.add(p["norm"])
+        if not n / 2 - 1 <= p["n_words"] <= 2 * n + 1 or bool(p["numbers"]) != has_num: continue
+        if any(f" {r} " in f" {p['norm']} " or f" {p['norm']} " in f" {r} " or squad_f1(p["text"], r) >= 0.5 for r in refs): continue
+        cands.append((-len(q & p["words"]), abs(p["n_words"] - n), rng.random(), p))
+    out = []
+    for *_, p in sorted(cands, key=lambda c: c[:3]):
+        if f" {p['norm']} " in own_text: continue            # it occurs in the reference's own document: it may be right
+        out.append(_like(ref, p["text"]))
+        if len(out) == m: return out
+    return []
+
+def mc_items(items: list[dict],   # held-out items (`qa_id`, `question`, `answer`, optional `answers`, `doc_id`, `citations`)
+             chunks: list[dict],  # the corpus (`chunk_id`, `doc_id`, `text`)
+             k: int = 4,          # options per item: the reference and k-1 distractors
+             seed: int = 0,
+            ) -> list[dict]:
+    "Multiple-choice items: the reference among `k`-1 distractors of the same kind from other documents."
+    doc_of = {c["chunk_id"]: c["doc_id"] for c in chunks}
+    own = lambda it: ({it.get("doc_id")} | {doc_of.get(c) for c in it.get("citations", [])}) - {None}
+    texts = [(c["doc_id"], s) for c in chunks for s in split_sentences(c["text"])]
+    texts += [(d, it["answer"]) for it in items if it.get("kind") != "yesno" for d in (own(it) or {None})]
+    doc_text = defaultdict(list)
+    for c in chunks: doc_text[c["doc_id"]].append(normalize_answer(c["text"]))
+    pool = [{"doc": d, "text": t, "norm": normalize_answer(t), "n_words": len(t.split()), "numbers": number_spans(t),
+             "words": set(content_words(t))} for d, t in texts]
+    out = []
+    for it in items:
+        keep = {f: it[f] for f in ("qa_id", "question", "instruction", "retrieved", "doc_id") if f in it}
+        if it.get("kind") == "yesno":
+            if it.get("label") in YESNO:
+                out.append({**keep, "options": [o.capitalize() for o in YESNO], "answer_index": YESNO.index(it["label"]),
+                            "distractors": "labels"})
+            continue
+        rng, ref, mine = random.Random(f"{seed}-{it['qa_id']}"), it["answer"], own(it)
+        others = [p for p in pool if p["doc"] not in mine]
+        refs = {normalize_answer(r) for r in it.get("answers") or [ref]}
+        kind, opts = "numeric", _numeric_distractors(ref, others, k - 1, rng)
+        if not opts and not (number_spans(ref) and len(ref.split()) <= 3):   # a number answer takes only numbers
+            own_text = " " + " ".join(t for d in mine for t in doc_text.get(d, [])) + " "
+            kind, opts = "span", _span_distractors(ref, refs, it["question"], others, k - 1, rng, own_text)
+        if not opts: continue
+        options = [ref, *opts]
+        rng.shuffle(options)
+        out.append({**keep, "options": options, "answer_index": options.index(ref), "distractors": kind})
+    return out
+
+# %% ../nbs/07_evaluate.ipynb #6e8422cc
+def mc_scores(model, tok, mc: list[dict], domain: str, rag: bool = False, max_len: int = 2048) -> list[dict]:
+    "Per MC item: each option's log-likelihood as the reply (`sum`, `mean` per token), the choice and whether it is right."
+    exs, owner = [], []
+    for j, q in enumerate(mc):
+        msgs = system_messages(q, domain, rag)
+        for o in q["options"]:
+            exs.append(encode_reply(tok, msgs, o, max_len))
+            owner.append(j)
+    out = [{"sum": [], "mean": []} for _ in mc]
+    for j, (s, n) in zip(owner, reply_logprobs(model, tok, exs)):
+        out[j]["sum"].append(round(s, 4))
+        out[j]["mean"].append(round(s / max(n, 1), 4))
+    for q, o in zip(mc, out):
+        o["choice"] = max(range(len(o["mean"])), key=o["mean"].__getitem__)
+        o["choice_sum"] = max(range(len(o["sum"])), key=o["sum"].__getitem__)
+        o["correct"], o["correct_sum"] = float(o["choice"] == q["answer_index"]), float(o["choice_sum"] == q["answer_index"])
+    return out
 
 # %% ../nbs/07_evaluate.ipynb #bc03ffb4
 def general_text() -> str:
@@ -358,19 +537,30 @@ def _merged(model):
     try: yield model
     finally: model.unmerge_adapter()
 
+def _mc_metrics(mc: list[dict], scores: list[dict]) -> dict:
+    "MC accuracy (mean log-likelihood per token, the primary) with its Wilson interval, by sum, and chance."
+    if not mc: return {}
+    k = sum(s["correct"] for s in scores)
+    return {"mc_accuracy": round(k / len(mc), 4), "mc_accuracy_ci": wilson_ci(k, len(mc)),
+            "mc_accuracy_sum": round(statistics.mean(s["correct_sum"] for s in scores), 4), "mc_n": len(mc),
+            "mc_chance": round(statistics.mean(1 / len(q["options"]) for q in mc), 4)}
+
 def evaluate_systems(model, tok, items: list[dict], domain: str, systems=SYSTEMS, f1_threshold: float = 0.5,
                      max_new_tokens: int = 64, batch_size: int = 8, latency_samples: int = 5, judge=None,
-                     bootstrap: int = 1000, forgetting: bool = True, seed: int = 0) -> tuple[dict, list[dict]]:
+                     bootstrap: int = 1000, forgetting: bool = True, seed: int = 0,
+                     mc: list[dict] | None = None,  # multiple-choice items from `mc_items` (scored per system)
+                    ) -> tuple[dict, list[dict]]:
     "Metrics per system and every generated answer; `model` is a peft model (its adapter is switched off for base systems)."
     from tqdm.auto import tqdm
-    results, answers, general = {}, [], {}
+    results, answers, general, mc = {}, [], {}, mc or []
     for system in tqdm(systems, desc="evaluate", unit="system", disable=len(items) < 20):
         tuned, rag = system.startswith("tuned"), system.endswith("+rag")
         if tuned and not hasattr(model, "disable_adapter"): raise PurposeError(f"system '{system}' needs a trained adapter")
         if not hasattr(model, "disable_adapter"): ctx = contextlib.nullcontext()
         else: ctx = _merged(model) if tuned else model.disable_adapter()   # tuned runs as it would be served: adapter folded in
         with ctx:
-            ppl = perplexity(model, tok, items, domain, rag)
+            losses = reference_losses(model, tok, items, domain, rag)
+            mcs = mc_scores(model, tok, mc, domain, rag)
             msgs = [system_messages(it, domain, rag) for it in items]
             gens = generate(model, tok, msgs, max_new_tokens, batch_size)
             yn = [i for i, it in enumerate(items) if it.get("kind") == "yesno"]
@@ -386,11 +576,13 @@ def evaluate_systems(model, tok, items: list[dict], domain: str, systems=SYSTEMS
                 try: judged.append(llm_judge(judge, it["question"], g["text"], it["sources"])[0])
                 except Exception: judged.append(None)
         col = lambda k: [s[k] for s in scores]
-        m = {"perplexity": round(ppl, 4), "accuracy": round(statistics.mean(col("correct")), 4),
-             "accuracy_ci": bootstrap_ci(col("correct"), bootstrap, seed=seed),
+        m = {"perplexity": round(math.exp(statistics.mean(losses)), 4),
+             "perplexity_ci": [round(math.exp(x), 4) for x in bca_ci(losses, bootstrap, seed=seed)],
+             **_mc_metrics(mc, mcs),
+             "accuracy": round(statistics.mean(col("correct")), 4), "accuracy_ci": wilson_ci(sum(col("correct")), len(items)),
              "exact_match": round(statistics.mean(col("exact_match")), 4),
-             "token_f1": round(statistics.mean(col("token_f1")), 4), "token_f1_ci": bootstrap_ci(col("token_f1"), bootstrap, seed=seed),
-             "consistency": round(statistics.mean(cons), 4), "consistency_ci": bootstrap_ci(cons, bootstrap, seed=seed),
+             "token_f1": round(statistics.mean(col("token_f1")), 4), "token_f1_ci": bca_ci(col("token_f1"), bootstrap, seed=seed),
+             "consistency": round(statistics.mean(cons), 4), "consistency_ci": bca_ci(cons, bootstrap, seed=seed),
              "latency_p50_s": round(percentile([l["seconds"] for l in lat], 50), 4),
              "latency_p95_s": round(percentile([l["seconds"] for l in lat], 95), 4),
              "tokens_per_s": round(sum(l["new_tokens"] for l in lat) / max(1e-9, sum(l["seconds"] for l in lat)), 2),
@@ -401,50 +593,143 @@ def evaluate_systems(model, tok, items: list[dict], domain: str, systems=SYSTEMS
             m.update(judge_score=round(statistics.mean(ok), 3) if ok else None, judge_failures=len(judged) - len(ok))
         if forgetting: m["general_perplexity"] = round(general["tuned" if tuned else "base"], 4)
         results[system] = m
+        by_mc = {q["qa_id"]: {"mc_correct": s["correct"], "mc_correct_sum": s["correct_sum"], "mc_choice": q["options"][s["choice"]]}
+                 for q, s in zip(mc, mcs)}
         answers += [{"system": system, "qa_id": it["qa_id"], "question": it["question"], "reference": it["answer"], "answer": g["text"],
                      **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}, "consistency": round(c, 4),
-                     **({"judge_score": j} if judge is not None else {})}
-                    for it, g, s, c, j in zip(items, gens, scores, cons, judged or [None] * len(items))]
+                     "ref_loss": round(loss, 6), **by_mc.get(it["qa_id"], {}), **({"judge_score": j} if judge is not None else {})}
+                    for it, g, s, c, j, loss in zip(items, gens, scores, cons, judged or [None] * len(items), losses)]
     return results, answers
 
 # %% ../nbs/07_evaluate.ipynb #da7603f8
 COMPARISONS = (("tuned", "base"), ("base+rag", "base"), ("tuned+rag", "base+rag"), ("tuned+rag", "tuned"), ("base+rag", "tuned"))
+COMPARED = ("correct", "token_f1", "ref_loss", "mc_correct")
 
 def compare_systems(answers: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
-    "Paired bootstrap of accuracy and token F1 differences between systems, over the same items."
+    "Paired BCa intervals of metric differences between systems, over the items both scored."
     by = defaultdict(dict)
     for a in answers: by[a["system"]][a["qa_id"]] = a
     out = {}
     for x, y in COMPARISONS:
         if x not in by or y not in by: continue
-        ids = [i for i in by[x] if i in by[y]]
-        out[f"{x} - {y}"] = {m: paired_bootstrap([by[x][i][m] for i in ids], [by[y][i][m] for i in ids], bootstrap, seed=seed)
-                             for m in ("correct", "token_f1")}
+        out[f"{x} - {y}"] = cmp = {}
+        for m in COMPARED:
+            ids = [i for i in by[x] if i in by[y] and m in by[x][i] and m in by[y][i]]
+            if ids: cmp[m] = paired_bootstrap([by[x][i][m] for i in ids], [by[y][i][m] for i in ids], bootstrap, seed=seed)
+    return out
+
+# %% ../nbs/07_evaluate.ipynb #61228341
+def _closure(b, t, r, axis=-1):
+    "(mean t − mean b) / (mean r − mean b) along `axis`; NaN where retrieval changes nothing."
+    import numpy as np
+    mb, den = b.mean(axis), r.mean(axis) - b.mean(axis)
+    return np.where(den != 0, (t.mean(axis) - mb) / np.where(den != 0, den, 1), np.nan)
+
+def gap_closure(base: list[float], tuned: list[float], rag: list[float],  # per-item values of the three systems, same items
+                n: int = 1000, alpha: float = 0.05, seed: int = 0,
+                lower_is_better: bool = False,  # True for losses (log-perplexity)
+               ) -> dict:
+    "The fraction of the base→retrieval gap that tuning closes, with a paired BCa interval (None when there is no gap)."
+    import numpy as np
+    b, t, r = (np.asarray(x, dtype=float) for x in (base, tuned, rag))
+    gap = float(r.mean() - b.mean()) if len(b) else float("nan")
+    out = {"n": len(b), "gap": round(gap, 4), "gap_ci": bca_ci(list(r - b), n, alpha, seed),
+           "opened": bool(gap < 0 if lower_is_better else gap > 0), "closure": None, "ci": None}
+    if out["opened"]:
+        out["closure"] = round(float(_closure(b, t, r)), 4)
+        out["ci"] = bca_ci((b, t, r), n, alpha, seed, statistic=_closure)
+    return out
+
+# %% ../nbs/07_evaluate.ipynb #346749de
+def _columns(by: dict, key: str, systems: tuple) -> list[list[float]] | None:
+    "Per-item values of `key` for each of `systems`, over the items all of them scored; None when a system is absent."
+    if not all(s in by for s in systems): return None
+    ids = [i for i in by[systems[0]] if all(by[s].get(i, {}).get(key) is not None for s in systems)]
+    return [[by[s][i][key] for i in ids] for s in systems] if ids else None
+
+def headline(answers: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
+    "The gap that tuning closes closed-book (`log_perplexity`, `mc_accuracy`) and `tuned+rag - base+rag`, from per-item answers."
+    by = defaultdict(dict)
+    for a in answers: by[a["system"]][a["qa_id"]] = a
+    out = {}
+    for key, name, lower in (("mc_correct", "mc_accuracy", False), ("ref_loss", "log_perplexity", True)):
+        cols = _columns(by, key, ("base", "tuned", "base+rag"))
+        if cols:
+            means = {s: round(statistics.mean(c), 4) for s, c in zip(("base", "tuned", "base+rag"), cols)}
+            out[name] = {**means, **gap_closure(*cols, n=bootstrap, seed=seed, lower_is_better=lower)}
+        cols = _columns(by, key, ("tuned+rag", "base+rag"))
+        if cols: out.setdefault("tuned+rag - base+rag", {})[name] = {"n": len(cols[0]), **paired_bootstrap(*cols, bootstrap, seed=seed)}
+    return out
+
+# %% ../nbs/07_evaluate.ipynb #a8e6234e
+def _pc(x: float) -> str:
+    "A fraction as a whole percentage with a real minus sign ('−12 %')."
+    return "undefined" if x is None or not math.isfinite(x) else f"{x * 100:.0f} %".replace("-", "−")
+
+def _p1(x: float, sign: bool = False) -> str:
+    "A fraction as a percentage with one decimal ('25.0 %', with `sign` '+5.0 %')."
+    return f"{x * 100:+.1f} %" if sign else f"{x * 100:.1f} %"
+
+def headline_lines(h: dict, chance: float | None = None) -> list[str]:
+    "The headline in plain words: the share of the retrieval gap tuning closes closed-book, and tuning with retrieval."
+    out = []
+    for key, what, fmt in (("mc_accuracy", "MC accuracy", _p1),
+                           ("log_perplexity", "reference perplexity", lambda v: f"{math.exp(v):.2f}")):
+        g = h.get(key)
+        if not g: continue
+        vals = (f"base {fmt(g['base'])}, tuned {fmt(g['tuned'])}, base+rag {fmt(g['base+rag'])}, {g['n']} items"
+                + (f", chance {_pc(chance)}" if key == "mc_accuracy" and chance else ""))
+        if not g["opened"]:
+            out.append(f"Retrieval opened no gap in {what} ({vals}): the fraction of it that tuning closes is undefined.")
+            continue
+        s = (f"Tuning closed {_pc(g['closure'])} [{_pc(g['ci'][0])}, {_pc(g['ci'][1])}] of the base→retrieval gap in "
+             f"{what} closed-book ({vals})")
+        if g["closure"] < 0: s += ": negative, tuning moved the model away from retrieval"
+        lo, hi = g["gap_ci"]
+        if not (lo > 0 or hi < 0): s += "; retrieval's own gap is not distinguishable from zero here, so this fraction is unstable"
+        out.append(s + ".")
+    t, parts = h.get("tuned+rag - base+rag", {}), []
+    if "mc_accuracy" in t:
+        d = t["mc_accuracy"]
+        parts.append(f"MC accuracy by {_p1(d['diff'], True)} [{_p1(d['ci'][0], True)}, {_p1(d['ci'][1], True)}]")
+    if "log_perplexity" in t:
+        d = t["log_perplexity"]
+        parts.append(f"reference perplexity by ×{math.exp(d['diff']):.2f} [×{math.exp(d['ci'][0]):.2f}, ×{math.exp(d['ci'][1]):.2f}]")
+    if parts: out.append("With retrieval, tuning changes " + " and ".join(parts) + " (tuned+rag against base+rag).")
+    if out: out.append("Intervals: 95 %, paired BCa bootstrap over items; a negative fraction means tuning moved away from retrieval.")
     return out
 
 # %% ../nbs/07_evaluate.ipynb #a21c2954
-def _pct_ci(m, k): 
+def _pct_ci(m, k):
+    "A metric as a percentage with its interval, '–' when the system has none."
+    if m.get(k) is None: return "–"
     ci = m.get(f"{k}_ci")
-    return f"{m[k]:.1%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
+    return f"{m[k]:.1%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci and all(map(math.isfinite, ci)) else "")
+
+def _sig(d: dict) -> str:
+    return "significant" if d["significant"] else "not distinguishable from zero"
 
 def verdict_lines(report: dict) -> list[str]:
     "Plain sentences on what the numbers say, with their uncertainty."
     s, c, out = report["systems"], report.get("comparisons", {}), []
     if "base" in s and "tuned" in s:
         d = s["base"]["perplexity"] - s["tuned"]["perplexity"]
-        out.append(f"- Tuning {'lowered' if d > 0 else 'did not lower'} the perplexity of held-out reference answers "
-                   f"({s['base']['perplexity']:.2f} → {s['tuned']['perplexity']:.2f}).")
+        line = (f"- Tuning {'lowered' if d > 0 else 'did not lower'} the perplexity of held-out reference answers "
+                f"({s['base']['perplexity']:.2f} → {s['tuned']['perplexity']:.2f}")
+        r = c.get("tuned - base", {}).get("ref_loss")
+        if r: line += f"; ×{math.exp(r['diff']):.2f}, 95 % CI ×{math.exp(r['ci'][0]):.2f} to ×{math.exp(r['ci'][1]):.2f}, {_sig(r)}"
+        out.append(line + ").")
+    mc = c.get("tuned - base", {}).get("mc_correct")
+    if mc:
+        chance = s["base"].get("mc_chance")
+        out.append(f"- Tuning changes closed-book MC accuracy by {mc['diff']:+.1%} (95 % CI {mc['ci'][0]:+.1%} to {mc['ci'][1]:+.1%}; "
+                   f"{_sig(mc)}; chance {_pc(chance)}).")
     if "tuned - base" in c:
         t = c["tuned - base"]["correct"]
-        out.append(f"- Tuning changes closed-book accuracy by {t['diff']:+.1%} (95 % CI {t['ci'][0]:+.1%} to {t['ci'][1]:+.1%}; "
-                   + ("significant" if t["significant"] else "not distinguishable from zero") + ").")
-    if "base+rag - base" in c and "tuned - base" in c:
-        gap, closed = c["base+rag - base"]["correct"]["diff"], c["tuned - base"]["correct"]["diff"]
+        out.append(f"- Tuning changes closed-book accuracy by {t['diff']:+.1%} (95 % CI {t['ci'][0]:+.1%} to {t['ci'][1]:+.1%}; {_sig(t)}).")
+    if "base+rag - base" in c:
         g = c["base+rag - base"]["correct"]
-        out.append(f"- Retrieval changes base accuracy by {gap:+.1%} (95 % CI {g['ci'][0]:+.1%} to {g['ci'][1]:+.1%}). "
-                   + (f"Tuning closed {closed / gap:.0%} of that gap." if gap > 0 and closed > 0 and c["tuned - base"]["correct"]["significant"]
-                      else "Tuning closed none of that gap that this set can distinguish from chance." if gap > 0
-                      else "Retrieval did not open a gap here."))
+        out.append(f"- Retrieval changes base accuracy by {g['diff']:+.1%} (95 % CI {g['ci'][0]:+.1%} to {g['ci'][1]:+.1%}; {_sig(g)}).")
     if "tuned+rag - base+rag" in c:
         t = c["tuned+rag - base+rag"]["correct"]
         out.append(f"- With retrieval, tuning changes accuracy by {t['diff']:+.1%} (95 % CI {t['ci'][0]:+.1%} to {t['ci'][1]:+.1%}).")
@@ -452,9 +737,10 @@ def verdict_lines(report: dict) -> list[str]:
         if key in c and "token_f1" in c[key]:
             f = c[key]["token_f1"]
             out.append(f"- {what} changes mean token F1 (partial credit) by {f['diff']:+.3f} (95 % CI {f['ci'][0]:+.3f} to {f['ci'][1]:+.3f}; "
-                       + ("significant" if f["significant"] else "not distinguishable from zero") + ").")
+                       f"{_sig(f)}).")
     if s and all(m.get("accuracy") == 0 for m in s.values()):
-        out.append("- No system reaches the accuracy threshold on any item: judge these models by token F1, consistency and perplexity.")
+        out.append("- No system reaches the accuracy threshold on any item: judge these models by MC accuracy, perplexity, token F1 "
+                   "and consistency.")
     if "base" in s and "tuned" in s and "general_perplexity" in s["base"]:
         b, t = s["base"]["general_perplexity"], s["tuned"]["general_perplexity"]
         out.append(f"- Forgetting check: perplexity on general text {b:.2f} (base) → {t:.2f} (tuned), {t / b - 1:+.1%}.")
@@ -473,12 +759,24 @@ def _training_lines(t: dict) -> list[str]:
                    "that is how knowledge of the held-out documents can reach the tuned model closed-book.")
     return out
 
+
+def _mc_line(mc: dict) -> str:
+    "How the MC items were made and scored, in words."
+    kinds = ", ".join(f"{v} {k}" for k, v in mc.get("distractors", {}).items())
+    return (f"MC accuracy = multiple choice by option log-likelihood, closed-book unless +rag: each item's reference among "
+            f"{mc['options'] - 1} distractors of the same kind from other documents ({kinds}), the option with the highest "
+            f"mean log-likelihood per token wins (by summed log-likelihood: mc_accuracy_sum in report.json); chance "
+            f"{_pc(mc['chance'])}; {mc['n']} of {mc['eligible']} items (the rest had too few distractors of their kind).")
+
 def report_markdown(report: dict) -> str:
-    "The report as markdown: one row per system, in the seed's form, with intervals, the contamination count and a verdict."
-    rows = ["| system | domain accuracy [95 % CI] | token F1 | factual consistency | perplexity | inference latency p50 / p95 (s) | tokens/s |",
-            "|---|---|---|---|---|---|---|"]
+    "The report as markdown: the headline first, one row per system with intervals, the contamination count and a verdict."
+    has_mc = any("mc_accuracy" in m for m in report["systems"].values())
+    rows = ["| system | domain accuracy [95 % CI] |" + (" MC accuracy [95 % CI] |" if has_mc else "")
+            + " token F1 | factual consistency | perplexity | inference latency p50 / p95 (s) | tokens/s |",
+            "|---|---|" + ("---|" if has_mc else "") + "---|---|---|---|---|"]
     for name, m in report["systems"].items():
-        rows.append(f"| {name} | {_pct_ci(m, 'accuracy')} | {m['token_f1']:.3f} | {m['consistency']:.1%} | {m['perplexity']:.2f} | "
+        rows.append(f"| {name} | {_pct_ci(m, 'accuracy')} |" + (f" {_pct_ci(m, 'mc_accuracy')} |" if has_mc else "")
+                    + f" {m['token_f1']:.3f} | {m['consistency']:.1%} | {m['perplexity']:.2f} | "
                     f"{m['latency_p50_s']:.3f} / {m.get('latency_p95_s', m['latency_p50_s']):.3f} | {m['tokens_per_s']:.1f} |")
     extra = []
     if any("judge_score" in m for m in report["systems"].values()):
@@ -489,32 +787,42 @@ def report_markdown(report: dict) -> str:
                   + (f"; majority-class baseline {report['majority_baseline']:.1%}." if report.get("majority_baseline") is not None else ".")]
     con = report.get("contamination", {})
     how = report.get("accuracy_definition", f"token F1 ≥ {report.get('f1_threshold', 0.5)} against the reference answer")
-    head = [f"# Evaluation: {report['domain']}", "", f"{report['n_heldout']} held-out questions ({report.get('eval_set') or 'distill/qa.jsonl heldout split'}), "
-            f"never trained on; accuracy = {how}.",
+    mc = report.get("mc") or {}
+    hl = headline_lines(report.get("headline") or {}, mc.get("chance"))
+    head = [f"# Evaluation: {report['domain']}", "", *hl, *([""] if hl else []),
+            f"{report['n_heldout']} held-out questions ({report.get('eval_set') or 'distill/qa.jsonl heldout split'}), "
+            f"never trained on; accuracy = {how}.", *([_mc_line(mc)] if mc.get("n") else []),
             f"Contamination check against {con.get('train_items', 0)} training QA: {con.get('checked', 0)} checked, "
             f"{len(con.get('flagged', []))} flagged ({con.get('ngram', 13)}-gram overlap or near-duplicate question) and "
             f"{'removed' if con.get('removed') else 'kept'}; see eval/contamination.json.", *_training_lines(report.get("training") or {}), ""]
     return "\n".join([*head, *rows, *extra, "", "## What the numbers say", "", *verdict_lines(report), ""])
 
 def plot_report(report: dict, path: Path):
-    "Bars per metric (with bootstrap intervals where there are some), one colour per system."
+    "Bars per metric (with 95 % intervals where there are some; chance dashed on MC accuracy), one colour per system."
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    metrics = [("accuracy", "accuracy ↑"), ("token_f1", "token F1 ↑"), ("consistency", "consistency ↑"), ("perplexity", "perplexity ↓"),
-               ("latency_p50_s", "latency p50 (s) ↓")]
+    metrics = [("mc_accuracy", "MC accuracy ↑ (Wilson CI)"), ("accuracy", "accuracy ↑ (Wilson CI)"), ("token_f1", "token F1 ↑"),
+               ("consistency", "consistency ↑"), ("perplexity", "perplexity ↓"), ("latency_p50_s", "latency p50 (s) ↓")]
     if all("general_perplexity" in m for m in report["systems"].values()): metrics.append(("general_perplexity", "general-text perplexity ↓"))
+    metrics = [(k, t) for k, t in metrics if all(k in m for m in report["systems"].values())]
     names = list(report["systems"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4))
-    for ax, (m, title) in zip(axes, metrics):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4), squeeze=False)
+    for ax, (m, title) in zip(axes[0], metrics):
         vals = [report["systems"][n][m] for n in names]
         cis = [report["systems"][n].get(f"{m}_ci") for n in names]
         err = None
-        if all(cis): err = [[v - c[0] for v, c in zip(vals, cis)], [c[1] - v for v, c in zip(vals, cis)]]
+        if all(cis):
+            gap = lambda d: d if math.isfinite(d) else 0.0
+            err = [[gap(v - c[0]) for v, c in zip(vals, cis)], [gap(c[1] - v) for v, c in zip(vals, cis)]]
         ax.bar(names, vals, yerr=err, capsize=3, color=[f"C{i}" for i in range(len(names))])
-        ax.set_title(title, fontsize=10); ax.tick_params(axis="x", rotation=35)
-    fig.suptitle(f"{report['domain']}: {report['n_heldout']} held-out questions (bars: 95 % bootstrap CI)", fontsize=10)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+        if m == "mc_accuracy": ax.axhline(report["systems"][names[0]]["mc_chance"], ls="--", c="grey", lw=1, label="chance")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=35)
+    fig.suptitle(f"{report['domain']}: {report['n_heldout']} held-out questions (bars: 95 % intervals)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 # %% ../nbs/07_evaluate.ipynb #9ca37cbd
 def load_tuned(adapter_dir: Path | str, student: str, merge: bool = False):
@@ -538,20 +846,38 @@ def eval_items(run: RunDir, eval_set: Path | str | None) -> list[dict]:
     if not items: raise PurposeError(f"{run.distill/'qa.jsonl'} has no held-out questions: raise heldout_fraction in the queries stage")
     return items
 
-def evaluate_stage(run_dir: Path | str, domain: str = "domain", systems: str | list = "base,tuned,base+rag,tuned+rag",
-                   max_items: int | None = None, rag_k: int = 3, f1_threshold: float = 0.5, max_new_tokens: int = 64,
-                   batch_size: int = 8, latency_samples: int = 5, eval_set: Path | str | None = None, judge: str | None = None,
-                   retriever: str = "bm25", ngram: int = 13, dup_threshold: float = 0.8, decontaminate: bool = True,
-                   bootstrap: int = 1000, forgetting: bool = True, seed: int = 0) -> dict:
+def evaluate_stage(run_dir: Path | str,
+                   domain: str = "domain",
+                   systems: str | list = "base,tuned,base+rag,tuned+rag",  # any of base, tuned, base+rag, tuned+rag
+                   max_items: int | None = None,       # score at most this many held-out items
+                   rag_k: int = 3,                     # retrieved chunks per question for the +rag systems
+                   f1_threshold: float = 0.5,          # SQuAD token F1 at which a free or extractive reply counts as correct
+                   max_new_tokens: int = 64,
+                   batch_size: int = 8,
+                   latency_samples: int = 5,           # replies timed one at a time for latency
+                   eval_set: Path | str | None = None, # a JSONL of external items instead of the distilled held-out split
+                   judge: str | None = None,           # a teacher spec that grades replies 1-5
+                   retriever: str = "bm25",            # bm25, auto, embed:offline or embed:PATH
+                   ngram: int = 13,                    # n-gram length of the contamination check
+                   dup_threshold: float = 0.8,         # question Jaccard similarity that flags a near-duplicate
+                   decontaminate: bool = True,         # drop flagged items from the scored set
+                   bootstrap: int = 1000,              # bootstrap resamples for the BCa intervals
+                   forgetting: bool = True,            # perplexity on general text, base vs tuned
+                   mc: bool = True,                    # closed-book multiple choice by option log-likelihood
+                   mc_options: int = 4,                # options per MC item: the reference and mc_options-1 distractors
+                   seed: int = 0,
+                  ) -> dict:
     "Evaluate base vs tuned (closed-book and with retrieval) on the held-out questions; write `eval/`."
     run = RunDir(run_dir)
     systems = [s.strip() for s in systems.split(",")] if isinstance(systems, str) else list(systems)
     bad = [s for s in systems if s not in SYSTEMS]
     if bad: raise PurposeError(f"unknown system(s) {bad}: choose from {', '.join(SYSTEMS)}")
+    if mc and mc_options < 2: raise PurposeError(f"mc_options={mc_options}: needs at least 2 (the reference and one distractor)")
     run.require("distill/qa.jsonl", "extract/chunks.jsonl", *(["train/adapter"] if any(s.startswith("tuned") for s in systems) else []))
     params = dict(domain=domain, systems=systems, max_items=max_items, rag_k=rag_k, f1_threshold=f1_threshold, max_new_tokens=max_new_tokens,
                   batch_size=batch_size, latency_samples=latency_samples, eval_set=str(eval_set) if eval_set else None, judge=judge,
-                  retriever=retriever, ngram=ngram, dup_threshold=dup_threshold, decontaminate=decontaminate, bootstrap=bootstrap, seed=seed)
+                  retriever=retriever, ngram=ngram, dup_threshold=dup_threshold, decontaminate=decontaminate, bootstrap=bootstrap,
+                  mc=mc, mc_options=mc_options, seed=seed)
     with stage_run(run, "evaluate", params) as rec:
         items = eval_items(run, eval_set)
         train_qa = [q for q in read_jsonl(run.distill/"qa.jsonl") if q["split"] == "train"]
@@ -576,8 +902,9 @@ def evaluate_stage(run_dir: Path | str, domain: str = "domain", systems: str | l
         if (run.train/"adapter").exists(): model, tok = load_tuned(run.train/"adapter", student)
         else: model, tok = load_student(student)
         judge_obj = get_teacher(judge) if judge else None
+        mc_set = mc_items(scored, chunks, mc_options, seed) if mc else []
         results, answers = evaluate_systems(model, tok, scored, domain, systems, f1_threshold, max_new_tokens, batch_size, latency_samples,
-                                            judge_obj, bootstrap, forgetting, seed)
+                                            judge_obj, bootstrap, forgetting, seed, mc=mc_set)
         kinds = Counter(it.get("kind", "free") for it in scored)
         labels = Counter(it["label"] for it in scored if it.get("kind") == "yesno")
         how = "; ".join(({"yesno": "yes/no/maybe items: the most likely of the three answers equals the label",
@@ -587,7 +914,12 @@ def evaluate_stage(run_dir: Path | str, domain: str = "domain", systems: str | l
         training = {"heldout_by": "external set" if eval_set else cov.get("heldout_by", "question"),
                     "heldout_documents": len(cov.get("heldout_documents", [])),
                     "passages": (Manifest(run).stage("distill").get("counts") or {}).get("passages", 0)}
-        report = {"domain": domain, "student": student, "eval_set": str(eval_set) if eval_set else None, "n_heldout": len(scored), "training": training,
+        mc_info = {"n": len(mc_set), "eligible": len(scored), "options": mc_options,
+                   "chance": round(statistics.mean(1 / len(q["options"]) for q in mc_set), 4) if mc_set else None,
+                   "distractors": dict(Counter(q["distractors"] for q in mc_set)),
+                   "score": "mean log-likelihood per option token (acc_norm style); by sum: mc_accuracy_sum"} if mc else None
+        report = {"domain": domain, "headline": headline(answers, bootstrap, seed), "mc": mc_info,
+                  "student": student, "eval_set": str(eval_set) if eval_set else None, "n_heldout": len(scored), "training": training,
                   "kinds": dict(kinds), "f1_threshold": f1_threshold, "accuracy_definition": how, "retriever": retriever,
                   "majority_baseline": round(labels.most_common(1)[0][1] / sum(labels.values()), 4) if labels else None,
                   "contamination": {k: v for k, v in contamination.items() if k != "flagged"} | {"flagged": [f["qa_id"] for f in flagged]},

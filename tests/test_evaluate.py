@@ -1,10 +1,11 @@
 "Evaluation protocol: contamination, external loaders on the real QA sets, metrics with intervals, the whole pipeline on PubMedQA."
-import json
+import json, math, warnings
 from pathlib import Path
 import pytest
 from purpose.core import TINY_STUDENT, Manifest, chat_messages, read_json, read_jsonl, write_json, write_jsonl
-from purpose.evaluate import (YESNO, bootstrap_ci, contamination_check, evaluate_stage, external_eval, load_eval_jsonl, load_pubmedqa,
-                              load_squad, paired_bootstrap, write_corpus)
+from purpose.evaluate import (YESNO, bca_ci, best_f1, contamination_check, evaluate_stage, external_eval, gap_closure, load_eval_jsonl,
+                              load_pubmedqa, load_squad, mc_items, normalize_answer, number_spans, paired_bootstrap, squad_f1, wilson_ci,
+                              write_corpus)
 
 SHARED = Path(__file__).resolve().parents[1].parent/"shared"
 PUBMEDQA = SHARED/"data"/"qa"/"pubmedqa"/"ori_pqal.json"
@@ -24,12 +25,26 @@ def test_contamination_flags_shared_source_sentences_and_near_duplicates():
     assert any("13-gram" in r and "t1" in r for r in flags["h1"]) and any("near-duplicate" in r for r in flags["h2"])
     assert contamination_check(held, train, n=30) and "h1" not in {f["qa_id"] for f in contamination_check(held, train, n=30)}
 
-def test_bootstrap_intervals_shrink_with_more_items():
-    small, large = bootstrap_ci([1, 0] * 10), bootstrap_ci([1, 0] * 200)
+def test_squad_f1_counts_every_token():
+    "The official SQuAD F1: negations and function words count (a content-word F1 scored this pair 1.000)."
+    assert round(squad_f1("The effect was not significant.", "The effect was significant."), 3) == 0.857
+    assert round(best_f1("The effect was not significant.", ["The effect was significant.", "no"]), 3) == 0.857
+    assert squad_f1("The DC-SIGNR receptor", "dc-signr receptor.") == 1.0 and squad_f1("yes", "no") == 0.0
+
+def test_intervals_wilson_for_proportions_bca_for_means():
+    lo, hi = wilson_ci(0, 24)                                    # 0/24 correct: a bootstrap of the items says [0, 0]
+    assert lo == 0 and abs(hi - 0.138) < 1e-3
+    small, large = bca_ci([1, 0] * 10), bca_ci([1, 0] * 200)
     assert small[0] < large[0] <= 0.5 <= large[1] < small[1]
-    assert bootstrap_ci([1, 0, 1], seed=3) == bootstrap_ci([1, 0, 1], seed=3)
+    assert bca_ci([1, 0, 1, 1], seed=3) == bca_ci([1, 0, 1, 1], seed=3)
     p = paired_bootstrap([1, 1, 0, 1] * 10, [1, 0, 0, 1] * 10)
     assert p["diff"] == 0.25 and p["significant"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                           # degenerate BCa: zero width, no NaN, no warning
+        assert bca_ci([0.7] * 30) == [0.7, 0.7] and paired_bootstrap([1] * 9, [1] * 9)["ci"] == [0.0, 0.0]
+    g = gap_closure([0] * 30 + [1] * 10, [1] * 20 + [0] * 20, [1] * 30 + [0] * 10)
+    assert g["closure"] == 0.5 and g["ci"][0] < 0.5 < g["ci"][1]
+    assert gap_closure([1, 0, 1], [1, 1, 1], [1, 0, 1])["closure"] is None      # retrieval opens no gap: undefined
 
 @needs_pubmedqa
 def test_pubmedqa_loader_keeps_the_answer_out_of_the_corpus(tmp_path):
@@ -50,12 +65,34 @@ def test_pubmedqa_loader_keeps_the_answer_out_of_the_corpus(tmp_path):
 def test_squad_loader_on_covid_qa(tmp_path):
     recs = load_squad(COVIDQA)
     items = [i for r in recs for i in r["items"]]
-    assert len(recs) == 98 and len(items) > 1000 and all(i["kind"] == "extractive" for i in items)
+    data = json.loads(COVIDQA.read_text())                       # one record per paragraph, whatever the file's version
+    assert len(recs) == sum(len(a["paragraphs"]) for a in data["data"]) >= 70
+    assert len(items) > 800 and all(i["kind"] == "extractive" for i in items)
     r = recs[0]
     assert all(ref in r["contexts"][0] for i in r["items"] for ref in i["answers"])
     write_corpus(recs[:2], tmp_path, "covidqa", chunk_tokens=200)
     chunks = read_jsonl(tmp_path/"extract"/"chunks.jsonl")
     assert len(chunks) > 10 and max(c["n_tokens"] for c in chunks) < 400
+
+@needs_covidqa
+def test_mc_items_on_covid_qa_draw_distractors_of_the_same_kind_from_other_documents():
+    recs = load_squad(COVIDQA)[:12]
+    chunks = [{"chunk_id": f"{r['doc_id']}-0", "doc_id": r["doc_id"], "text": r["contexts"][0]} for r in recs]
+    items = [{**it, "doc_id": r["doc_id"]} for r in recs for it in r["items"][:6]]
+    mc = mc_items(items, chunks, k=4, seed=0)
+    by_id, ctx = {i["qa_id"]: i for i in items}, {r["doc_id"]: normalize_answer(r["contexts"][0]) for r in recs}
+    assert len(mc) > 0.8 * len(items) and {q["distractors"] for q in mc} == {"numeric", "span"}
+    for q in mc:
+        ref, it = q["options"][q["answer_index"]], by_id[q["qa_id"]]
+        assert len(q["options"]) == 4 and ref == it["answer"]
+        others = [o for i, o in enumerate(q["options"]) if i != q["answer_index"]]
+        assert all(normalize_answer(o) not in {normalize_answer(a) for a in it["answers"]} for o in others)
+        if q["distractors"] == "numeric":                       # the same unit as the reference, another value
+            unit = {u for *_, u in number_spans(ref)}
+            assert all({u for *_, u in number_spans(o)} & unit for o in others), q
+        else:                                                    # spans: not lifted from the reference's own passage
+            assert not any(len(o.split()) >= 4 and normalize_answer(o) in ctx[it["doc_id"]] for o in others), q
+            assert not (number_spans(ref) and len(ref.split()) <= 3), q     # a number answer never sits among spans
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -88,10 +125,15 @@ def test_generic_jsonl_eval_set_and_report(tiny_run, tmp_path):
         assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1] and m["latency_p95_s"] >= m["latency_p50_s"] > 0
         assert m["general_perplexity"] > 1 and m["tokens_per_s"] > 0
     assert set(rep["comparisons"]) >= {"tuned - base", "base+rag - base", "tuned+rag - base+rag"}
+    assert rep["mc"]["n"] == 1 and rep["mc"]["distractors"] == {"labels": 1}   # "0.09 s" has no other value in seconds: left out
+    assert all(m["mc_n"] == 1 and m["mc_chance"] == 0.3333 and m["accuracy_ci"][1] > 0 for m in rep["systems"].values())
+    assert set(rep["headline"]) == {"mc_accuracy", "log_perplexity", "tuned+rag - base+rag"}
+    assert set(rep["comparisons"]["tuned - base"]) == {"correct", "token_f1", "ref_loss", "mc_correct"}
     answers = read_jsonl(tiny_run/"eval"/"answers.jsonl")
     assert len(answers) == 4 * 2 and {a["choice"] for a in answers if "choice" in a} <= set(YESNO)
     md = (tiny_run/"eval"/"report.md").read_text()
     assert "| base+rag |" in md and "1 flagged" in md and "Forgetting check" in md
+    assert md.splitlines()[2].startswith(("Tuning closed", "Retrieval opened no gap")) and "MC accuracy [95 % CI]" in md
     assert read_json(tiny_run/"eval"/"contamination.json")["flagged"][0]["qa_id"] == "jsonl-3"
 
 def test_base_only_needs_no_adapter(tiny_run, tmp_path):
