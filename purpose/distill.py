@@ -11,6 +11,7 @@ from typing import Optional
 from .core import (PurposeError, RunDir, append_jsonl, chat_messages, fingerprint, read_jsonl, stable_id,
                           stage_run, write_json, write_jsonl)
 from .modelhub import (cited_sources, complete_many, content_words, get_teacher, grounded_messages, one_cause,
+                              public_spec,
                               split_sentences)
 
 # %% auto #0
@@ -145,8 +146,8 @@ def stored_answer_key(a: dict) -> tuple:
     return (a["query_id"], a["teacher"], a.get("prompt_fp"))
 
 def teacher_name(t) -> str:
-    "The name a teacher's answers are filed under: its spec string (or fallback chain), or the object's `spec`."
-    return t if isinstance(t, str) else str(getattr(t, "spec", t))
+    "The name a teacher's answers are filed under: its spec (or fallback chain) without URL credentials."
+    return public_spec(t if isinstance(t, str) else getattr(t, "spec", t))
 
 def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures_path: Path, concurrency: int = 4,
                  cache=True, budget_usd: float | None = None, retries: int = 4) -> dict:
@@ -333,7 +334,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
         for a in read_jsonl(run.distill/"answers.jsonl") if (run.distill/"answers.jsonl").exists() else []:
             if a["teacher"] in names and (a["query_id"], a.get("prompt_fp")) in current: answers[a["query_id"]][a["teacher"]] = a["raw"]
         failures = unanswered_failures(queries, answers, run.distill/"failures.jsonl")
-        if not answers and failures: raise PurposeError(f"every teacher call failed: {one_cause(failures) or 'for several causes'} "
+        if not answers and failures: raise PurposeError(f"{one_cause(failures) or 'every teacher call failed, for several causes'} "
                                                f"(see {run.distill/'failures.jsonl'})")
         cands_by_q = {}
         for q in queries:

@@ -100,7 +100,7 @@ def test_every_call_failing_for_one_cause_says_that_cause(tmp_path):
     from purpose.distill import distill_stage
     run = make_run(tmp_path, n=3)
     with WireServer(models=("t",), faults=Faults(fail_models={"t": 401})) as ws:
-        with pytest.raises(PurposeError, match="every teacher call failed: .*401"):
+        with pytest.raises(PurposeError, match="failed for one cause: .*401"):
             distill_stage(run, domain="sprint", teachers=ws.spec("t"), retries=0)
 
 
