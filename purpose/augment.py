@@ -60,8 +60,8 @@ def corpus_sentences(chunks: list[dict], min_words: int = 4) -> list[dict]:
 def concepts_of(nodes: list[dict]) -> dict[str, Concept]:
     "The graph's concepts with labels and aliases, most central first."
     ns = sorted(nodes, key=lambda n: (-float(n.get("centrality") or 0), n["id"]))
-    return {n["id"]: Concept(n["id"], n.get("label") or n["id"], aliases=set(filter(None, str(n.get("aliases") or "").split("|"))))
-            for n in ns}
+    aliases = lambda n: set(filter(None, str(n.get("aliases") or "").split("|")))
+    return {n["id"]: Concept(n["id"], n.get("label") or n["id"], aliases=aliases(n)) for n in ns}
 
 def tag_mentions(sentences: list[dict], concepts: dict[str, Concept]) -> list[dict]:
     "The sentences with `concepts`: the sorted keys of the concepts each one mentions."
@@ -90,18 +90,20 @@ def _cap(s: str) -> str: return s[:1].upper() + s[1:]
 def _est_tokens(text: str) -> int: return math.ceil(len(text.split()) * 1.3)
 
 def compile_sentences(header: str, sentences: list[dict], attr: dict[str, str] | None = None, max_tokens: int = 384) -> dict:
-    "A text of `header` then `sentences` in the given order, one a line (prefixed by their source when `attr`), up to `max_tokens`."
+    "`header`, then `sentences` in order, one a line (prefixed by their source when `attr`), up to `max_tokens`."
     used, n = [], _est_tokens(header)
     for s in sentences:
         w = (s.get("n_tokens") or _est_tokens(s["text"])) + (_est_tokens(attr[s["doc_id"]]) + 1 if attr else 0)
         if used and n + w > max_tokens: continue          # a shorter one further on may still fit
-        used.append(s); n += w
+        used.append(s)
+        n += w
     lines = [f"{attr[s['doc_id']]}: {s['text']}" if attr else s["text"] for s in used]
     docs = sorted({s["doc_id"] for s in used})
     return {"text": "\n".join([header.format(n=len(docs))] + lines), "chunk_ids": sorted({s["chunk_id"] for s in used}),
             "doc_ids": docs}
 
-def entity_compilation(label: str, sentences: list[dict], framing: int = 0, attr: dict | None = None, max_tokens: int = 384) -> dict:
+def entity_compilation(label: str, sentences: list[dict], framing: int = 0, attr: dict | None = None,
+                       max_tokens: int = 384) -> dict:
     "All `sentences` about concept `label` (in the order given) under entity framing number `framing`."
     header = ENTITY_FRAMINGS[framing % len(ENTITY_FRAMINGS)].replace("{x}", label).replace("{X}", _cap(label))
     return compile_sentences(header, sentences, attr, max_tokens)
@@ -114,12 +116,14 @@ def pair_compilation(a: str, b: str, sentences: list[dict], framing: int = 0, at
     return compile_sentences(header, sentences, attr, max_tokens)
 
 # %% ../nbs/05a_augment.ipynb #993bb5ef
-PERMUTED_FRAMINGS = ('From "{title}" ({section}), in another order:', "{attr}, {section}: the passage with its sentences reordered.",
-                     'Statements of "{title}" ({section}):')
+PERMUTED_FRAMINGS = ('From "{title}" ({section}), in another order:',
+                     "{attr}, {section}: the passage with its sentences reordered.", 'Statements of "{title}" ({section}):')
 
-def permuted_restatement(sentences: list[str], order: list[int], title: str, section: str, attr: str = "", framing: int = 0) -> str:
+def permuted_restatement(sentences: list[str], order: list[int], title: str, section: str, attr: str = "",
+                         framing: int = 0) -> str:
     "A passage's `sentences` in `order` (a permutation of their indices) under a framing that names its paper and section."
-    header = PERMUTED_FRAMINGS[framing % len(PERMUTED_FRAMINGS)].format(title=title, section=section or "text", attr=attr or title)
+    f = PERMUTED_FRAMINGS[framing % len(PERMUTED_FRAMINGS)]
+    header = f.format(title=title, section=section or "text", attr=attr or title)
     return "\n".join([header] + [sentences[i] for i in order])
 
 def _permutation(n: int, rng: random.Random) -> list[int]:
@@ -143,7 +147,7 @@ def claim_question(claim: dict, labels: dict[str, str], attr: str, title: str, t
     return q.format(attr=attr, title=title, s=s, t=t), claim["sentence"]
 
 def cloze_spans(sentence: str, concepts: dict[str, Concept], first: tuple[str, ...] = ()) -> list[tuple[int, int]]:
-    "Spans of `sentence` worth blanking: mentions of the concepts in `first` (in that order), then each number, then other concepts."
+    "Spans of `sentence` worth blanking: mentions of the concepts in `first`, then each number, then other concepts."
     mentions = _find_mentions(sentence, concepts)
     spans = [(a, b) for k in first for a, b, m in mentions if m == k][:len(first)]
     spans += [m.span() for m in _NUM.finditer(sentence)]
@@ -174,12 +178,14 @@ def rounds(items: list, make: Callable, max_rounds: int = 64) -> Iterator[dict]:
         for it in items:
             for row in make(it, r):
                 if (k := _norm(row["text"])) in seen: continue
-                seen.add(k); new += 1
+                seen.add(k)
+                new += 1
                 yield row
         if not new: return
 
 def _shuffled(xs: list, rng: random.Random) -> list:
-    xs = list(xs); rng.shuffle(xs)
+    xs = list(xs)
+    rng.shuffle(xs)
     return xs
 
 # %% ../nbs/05a_augment.ipynb #1dc66161
@@ -209,7 +215,7 @@ class Corpus:
 
 # %% ../nbs/05a_augment.ipynb #ed471ba3
 def _pairs(cp: Corpus) -> list[tuple[tuple[str, str], bool]]:
-    "Unordered concept pairs, `(pair, is_contradiction)`: contradictions, stated relations (most first), co-occurrence by weight."
+    "Concept pairs `(pair, is_contradiction)`: contradictions, stated relations (most first), co-occurrence by weight."
     score, contra = defaultdict(lambda: [0, 0.0]), set()
     for c in cp.contradictions: contra.add(tuple(sorted((c["source"], c["target"]))))
     for e in cp.edges:
@@ -225,7 +231,8 @@ def entity_candidates(cp: Corpus, seed: int = 0, max_tokens: int = 384) -> Itera
     def make(k, r):
         ss = cp.about[k]
         if len(ss) < 2: return []
-        row = entity_compilation(cp.labels[k], _shuffled(ss, _rng(seed, "entity", k, r)), r, cp.attr if r % 3 == 1 else None, max_tokens)
+        order = _shuffled(ss, _rng(seed, "entity", k, r))
+        row = entity_compilation(cp.labels[k], order, r, cp.attr if r % 3 == 1 else None, max_tokens)
         return [{**row, "kind": "entity", "entities": [k]}]
     return rounds(list(cp.concepts), make)
 
@@ -257,8 +264,8 @@ def permuted_candidates(cp: Corpus, seed: int = 0) -> Iterator[dict]:
     return rounds(list(cp.chunks), make)
 
 def _qa_row(kind, question, answer, sents: list[dict], entities) -> dict:
-    return {"kind": kind, "text": render_qa(question, answer), "question": question, "answer": answer,
-            "chunk_ids": sorted({s["chunk_id"] for s in sents}), "doc_ids": sorted({s["doc_id"] for s in sents}), "entities": entities}
+    return {"kind": kind, "text": render_qa(question, answer), "question": question, "answer": answer, "entities": entities,
+            "chunk_ids": sorted({s["chunk_id"] for s in sents}), "doc_ids": sorted({s["doc_id"] for s in sents})}
 
 def qa_candidates(cp: Corpus, seed: int = 0) -> Iterator[dict]:
     "Questions on each claim (its sentence answers), then on each (document, concept) (up to 3 of its sentences answer)."
@@ -317,22 +324,27 @@ def round_robin(streams: dict[str, Iterable[dict]], target_tokens: int, count: C
         for kind in list(its):
             row = next(its[kind], None)
             while row is not None and _norm(row["text"]) in seen: row = next(its[kind], None)
-            if row is None: del its[kind]; continue
+            if row is None:
+                del its[kind]
+                continue
             seen.add(_norm(row["text"]))
             row = {"n_tokens": count(row["text"]), **row}
-            out.append(row); total += row["n_tokens"]
+            out.append(row)
+            total += row["n_tokens"]
             if total >= target_tokens or (max_texts is not None and len(out) >= max_texts): break
     return out
 
 # %% ../nbs/05a_augment.ipynb #507f184b
 ENTITY_SCHEMA = {"type": "object", "required": ["entities"],
                  "properties": {"entities": {"type": "array", "items": {"type": "string"}}}}
-ENTITY_SYSTEM = ("You read a research document and list its salient entities: the concepts, variables, measures, methods, "
-                 "interventions, populations and outcomes it discusses, each named as the document names it. Reply with JSON only.")
-RELATION_SYSTEM = ("You help a student learn a research corpus. Using only the document below, write one self-contained paragraph "
-                   "on how the given entities relate in it: what the document reports about them together (directions of effects, "
-                   "numbers, conditions) and which paper found it. Cite every statement with its [chunk_id]. Add nothing the "
-                   "document does not say; if it does not connect them, say what it reports about each.")
+ENTITY_SYSTEM = ("You read a research document and list its salient entities: the concepts, variables, measures, "
+                 "methods, interventions, populations and outcomes it discusses, each named as the document names it. "
+                 "Reply with JSON only.")
+RELATION_SYSTEM = ("You help a student learn a research corpus. Using only the document below, write one self-contained "
+                   "paragraph on how the given entities relate in it: what the document reports about them together "
+                   "(directions of effects, numbers, conditions) and which paper found it. Cite every statement with its "
+                   "[chunk_id]. Add nothing the document does not say; if it does not connect them, say what it reports "
+                   "about each.")
 REWRITE_SYSTEM = ("You help a student learn a research corpus. Using only the document below, rewrite everything it says about "
                   "the given entity as a self-contained passage that names the paper: definitions, numbers, findings, methods. "
                   "Cite every statement with its [chunk_id]. Add nothing the document does not say.")
@@ -341,14 +353,15 @@ PARAPHRASE_STYLES = ("as a paragraph of a textbook", "as concise lecture notes i
 PARAPHRASE_SYSTEM = "Paraphrase the passage {style}. Keep every fact, number and name; add nothing; name the source paper."
 
 def doc_context(doc: dict, chunks: list[dict], max_tokens: int = 3000, first: Iterable[str] = ()) -> tuple[str, list[str]]:
-    "`(text, chunk_ids)`: a document for a prompt, chunks tagged `[chunk_id: …]`, those mentioning most of `first` chosen first."
+    "`(text, chunk_ids)`: a document for a prompt, chunks tagged `[chunk_id: …]`; those naming most of `first` go first."
     low = [t.lower() for t in first]
     ranked = sorted(enumerate(chunks), key=lambda ic: (-sum(t in ic[1]["text"].lower() for t in low), ic[0]))
     picked, n = [], 0
     for i, c in ranked:
         size = c.get("n_tokens") or len(c["text"]) // 4
         if picked and n + size > max_tokens: continue
-        picked.append((i, c)); n += size
+        picked.append((i, c))
+        n += size
     picked = [c for _, c in sorted(picked, key=lambda ic: ic[0])]
     body = "\n\n".join(f"[chunk_id: {c['chunk_id']}]\n{' '.join(c['text'].split())}" for c in picked)
     return f'Document: "{_title(doc)}" ({attribution(doc)})\n\n{body}', [c["chunk_id"] for c in picked]
@@ -358,7 +371,8 @@ def entity_listing_messages(doc: dict, chunks: list[dict], max_tokens: int = 300
     return [{"role": "system", "content": ENTITY_SYSTEM},
             {"role": "user", "content": doc_context(doc, chunks, max_tokens)[0] + "\n\nList the document's entities."}]
 
-def relation_messages(doc: dict, chunks: list[dict], entities: list[str], max_tokens: int = 3000) -> tuple[list[dict], list[str]]:
+def relation_messages(doc: dict, chunks: list[dict], entities: list[str],
+                      max_tokens: int = 3000) -> tuple[list[dict], list[str]]:
     "`(messages, context chunk ids)` asking how `entities` (a pair or a triple) relate in the document."
     ctx, ids = doc_context(doc, chunks, max_tokens, entities)
     return [{"role": "system", "content": RELATION_SYSTEM},
@@ -367,7 +381,8 @@ def relation_messages(doc: dict, chunks: list[dict], entities: list[str], max_to
 def rewrite_messages(doc: dict, chunks: list[dict], entity: str, max_tokens: int = 3000) -> tuple[list[dict], list[str]]:
     "`(messages, context chunk ids)` asking for an entity-centred rewrite of the document."
     ctx, ids = doc_context(doc, chunks, max_tokens, [entity])
-    return [{"role": "system", "content": REWRITE_SYSTEM}, {"role": "user", "content": f"{ctx}\n\nEntity: {entity}\nPassage:"}], ids
+    return [{"role": "system", "content": REWRITE_SYSTEM},
+            {"role": "user", "content": f"{ctx}\n\nEntity: {entity}\nPassage:"}], ids
 
 def paraphrase_messages(doc: dict, chunk: dict, style: int = 0) -> list[dict]:
     "Ask for a paraphrase of one chunk in style number `style`."
@@ -411,7 +426,7 @@ def doc_entities(cp: Corpus, doc_id: str, reply: str | None, max_entities: int =
 
 def plan_llm(cp: Corpus, chain: list[str], kinds: list[str], n_per_kind: int, listings: dict[str, str | None], seed: int = 0,
              paraphrases: int = 3, max_entities: int = 12, context_tokens: int = 3000) -> list[dict]:
-    "The LLM text prompts (`prompt_id`, `kind`, `messages`, `doc_ids`, `chunk_ids`, `entities`) of each kind, in the order they are used."
+    "The LLM text prompts (`prompt_id`, `kind`, `messages`, `doc_ids`, `chunk_ids`, `entities`), in the order used."
     docs = sorted({c["doc_id"] for c in cp.chunks.values()})
     dchunks = {d: [c for c in cp.chunks.values() if c["doc_id"] == d] for d in docs}
     ents = {d: doc_entities(cp, d, listings.get(d), max_entities) for d in docs}
@@ -494,7 +509,8 @@ def _kinds(kinds: str | list, llm: bool) -> list[str]:
         elif k == "offline": out |= set(KINDS)
         elif k == "llm": out |= set(LLM_KINDS)
         elif k in KINDS or k in LLM_KINDS: out.add(k)
-        else: raise PurposeError(f"kinds={kinds!r}: unknown kind {k!r}; use 'all', 'offline', 'llm' or some of {', '.join(KINDS + LLM_KINDS)}")
+        else: raise PurposeError(f"kinds={kinds!r}: unknown kind {k!r}; use 'all', 'offline', 'llm' or some of "
+                                 f"{', '.join(KINDS + LLM_KINDS)}")
     if not llm and out & set(LLM_KINDS):
         raise PurposeError(f"kinds={kinds!r} include {', '.join(sorted(out & set(LLM_KINDS)))}, which need an LLM teacher: "
                            "pass teachers='openai:gpt-4o-mini' (any ModelHub spec) or use kinds='offline'")
@@ -509,6 +525,22 @@ def _row(r: dict, teacher: str) -> dict:
             "entities": r["entities"], "n_tokens": r["n_tokens"], "teacher": r.get("teacher", teacher)}
 
 # %% ../nbs/05a_augment.ipynb #6d8cc9dd
+def _estimate_llm(chain, names, listing, plan, answers, listed, max_tokens, cache) -> dict:
+    "Calls, tokens and worst-case cost of the listings and text prompts not yet answered (`modelhub.estimate`)."
+    todo = lambda ps: [p["messages"] for p in ps if p["prompt_id"] not in answers]
+    e1 = estimate(chain, todo(listing), max_tokens=max_tokens, json_schema=ENTITY_SCHEMA, cache=cache)
+    e2 = estimate(chain, todo(plan), max_tokens=max_tokens, cache=cache)
+    kinds = list(dict.fromkeys(p["kind"] for p in plan))
+    pending = any(v is None for v in listed.values())
+    return {"teacher": "|".join(names), "calls": e1["calls"] + e2["calls"], "entity_listing_calls": e1["calls"],
+            "text_calls": {k: sum(p["kind"] == k and p["prompt_id"] not in answers for p in plan) for k in kinds},
+            "already_answered": sum(p["prompt_id"] in answers for p in listing + plan),
+            "cached": e1["cached"] + e2["cached"], "input_tokens": e1["input_tokens"] + e2["input_tokens"],
+            "max_output_tokens": e1["max_output_tokens"] + e2["max_output_tokens"],
+            "max_cost_usd": round(e1["max_cost_usd"] + e2["max_cost_usd"], 6), "price_per_mtok": e1["price_per_mtok"],
+            "note": "pair/triple prompts planned with the graph's concepts until the teacher's entity lists exist"
+                    if pending else "planned from the teacher's entity lists"}
+
 def _llm_streams(cp: Corpus, plan: list[dict], answers: dict[str, dict]) -> dict[str, list[dict]]:
     "The LLM kinds' texts, in plan order, from the replies that arrived."
     out = defaultdict(list)
@@ -517,8 +549,9 @@ def _llm_streams(cp: Corpus, plan: list[dict], answers: dict[str, dict]) -> dict
         if a is None or not a["text"].strip(): continue
         text, cited = parse_citations(a["text"], p["chunk_ids"])
         if not text: continue
-        out[p["kind"]].append({"kind": p["kind"], "text": text, "chunk_ids": cited if p["kind"] != "paraphrase" else p["chunk_ids"],
-                               "doc_ids": p["doc_ids"], "entities": p["entities"], "teacher": a["model"]})
+        ids = p["chunk_ids"] if p["kind"] == "paraphrase" else cited
+        out[p["kind"]].append({"kind": p["kind"], "text": text, "chunk_ids": ids, "doc_ids": p["doc_ids"],
+                               "entities": p["entities"], "teacher": a["model"]})
     return out
 
 def _typical_tokens(cp: Corpus, kinds: list[str], seed: int, text_tokens: int, count, sample: int = 20) -> dict[str, float]:
@@ -535,8 +568,8 @@ def _typical_tokens(cp: Corpus, kinds: list[str], seed: int, text_tokens: int, c
 
 # %% ../nbs/05a_augment.ipynb #1e2e79f2
 def augment_stage(run_dir: Path | str,
-                  size: float = 2.0,              # synthetic tokens as a multiple of the corpus tokens (sum of chunks' n_tokens)
-                  teachers: str = "offline",      # 'offline' (no key), or a ModelHub spec / fallback chain 'a|b' for the LLM kinds
+                  size: float = 2.0,              # synthetic tokens / corpus tokens (the sum of the chunks' n_tokens)
+                  teachers: str = "offline",      # 'offline' (no key), or a ModelHub spec / fallback chain 'a|b'
                   kinds: str = "all",             # 'all', 'offline', 'llm' or a comma-separated list of kinds
                   seed: int = 0,                  # seeds every shuffle and choice: same seed, same texts
                   budget_usd: float | None = None,  # stop LLM calls above this spend (what finished is kept; re-run to resume)
@@ -553,16 +586,18 @@ def augment_stage(run_dir: Path | str,
     "Write `augment/texts.jsonl` (synthetic training texts with their chunks, kind and tokens) and `augment/summary.json`."
     t0, run = time.perf_counter(), RunDir(run_dir)
     run.require("extract/chunks.jsonl", "graph/nodes.json")
-    if not (isinstance(size, (int, float)) and size > 0): raise PurposeError(f"size={size!r}: use a positive multiple of the corpus tokens, e.g. 2.0")
+    if not (isinstance(size, (int, float)) and size > 0):
+        raise PurposeError(f"size={size!r}: use a positive multiple of the corpus tokens, e.g. 2.0")
     if not isinstance(teachers, str) or not teachers.strip() or "," in teachers:
-        raise PurposeError(f"teachers={teachers!r}: use 'offline' or one ModelHub spec (a fallback chain as 'a|b'), e.g. 'openai:gpt-4o-mini'")
+        raise PurposeError(f"teachers={teachers!r}: use 'offline' or one ModelHub spec (a fallback chain as 'a|b'), "
+                           "e.g. 'openai:gpt-4o-mini'")
     chain = [] if teachers.strip() == "offline" else [s.strip() for s in teachers.split("|")]
     names = [parse_spec(s).name for s in chain]                      # without server addresses
     kinds_ = _kinds(kinds, bool(chain))
     llm_kinds = [k for k in kinds_ if k in LLM_KINDS]
     params = {"size": size, "teachers": "|".join(names) or "offline", "kinds": kinds_, "seed": seed, "max_texts": max_texts,
-              "paraphrases": paraphrases, "max_entities": max_entities, "text_tokens": text_tokens, "context_tokens": context_tokens,
-              "max_tokens": max_tokens}
+              "paraphrases": paraphrases, "max_entities": max_entities, "text_tokens": text_tokens,
+              "context_tokens": context_tokens, "max_tokens": max_tokens}
     out, inputs = run.root/"augment", [run.root/f for f in INPUT_FILES]
     fp = _inputs_fingerprint(run, params)
     old = read_json(out/"summary.json")
@@ -570,7 +605,8 @@ def augment_stage(run_dir: Path | str,
         if old.get("fingerprint") == fp and old.get("complete"):
             print(f"augment: inputs and parameters unchanged (fingerprint {fp[:12]}): reusing {out/'texts.jsonl'}")
             with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
-                rec.counts.update(old["counts"]); rec.info["reused"] = True
+                rec.counts.update(old["counts"])
+                rec.info["reused"] = True
             return {**old, "reused": True}
         why = "the last run did not finish" if old.get("fingerprint") == fp else "inputs or parameters changed"
         print(f"augment: {why} since the last run: regenerating {out/'texts.jsonl'}")
@@ -598,34 +634,28 @@ def augment_stage(run_dir: Path | str,
         answers = _answers(answers_path)
         listed = {p["doc_id"]: answers.get(p["prompt_id"], {}).get("text") for p in listing}
         plan = plan_llm(cp, names, llm_kinds, n_per_kind, listed, seed, paraphrases, max_entities, context_tokens)
-        e1 = estimate(chain, [p["messages"] for p in listing if p["prompt_id"] not in answers], max_tokens=max_tokens,
-                      json_schema=ENTITY_SCHEMA, cache=cache)
-        e2 = estimate(chain, [p["messages"] for p in plan if p["prompt_id"] not in answers], max_tokens=max_tokens, cache=cache)
-        est = {"teacher": "|".join(names), "target_tokens": target, "texts_per_kind": n_per_kind,
-               "calls": e1["calls"] + e2["calls"], "entity_listing_calls": e1["calls"],
-               "text_calls": {k: sum(p["kind"] == k and p["prompt_id"] not in answers for p in plan) for k in llm_kinds},
-               "already_answered": sum(p["prompt_id"] in answers for p in listing + plan), "cached": e1["cached"] + e2["cached"],
-               "input_tokens": e1["input_tokens"] + e2["input_tokens"], "max_output_tokens": e1["max_output_tokens"] + e2["max_output_tokens"],
-               "max_cost_usd": round(e1["max_cost_usd"] + e2["max_cost_usd"], 6), "price_per_mtok": e1["price_per_mtok"],
-               "note": "pair/triple prompts are planned with the graph's concepts until the teacher's entity lists exist"
-                       if any(v is None for v in listed.values()) else "planned from the teacher's entity lists"}
-        print(f"augment estimate ({est['teacher']}, size {size}): {est['calls']} calls ({est['entity_listing_calls']} entity listings, "
-              f"{est['text_calls']}), {est['input_tokens']} input + up to {est['max_output_tokens']} output tokens, "
-              f"up to ${est['max_cost_usd']:.4f}; {est['already_answered']} already answered, {est['cached']} cached")
+        est = {**_estimate_llm(chain, names, listing, plan, answers, listed, max_tokens, cache),
+               "target_tokens": target, "texts_per_kind": n_per_kind}
+        print(f"augment estimate ({est['teacher']}, size {size}): {est['calls']} calls ({est['entity_listing_calls']} "
+              f"entity listings, {est['text_calls']}), {est['input_tokens']} input + up to {est['max_output_tokens']} "
+              f"output tokens, up to ${est['max_cost_usd']:.4f}; {est['already_answered']} already answered, "
+              f"{est['cached']} cached")
     if dry_run:
         if not llm_kinds:
             est = {"teacher": "offline", "target_tokens": target, "texts_per_kind": n_per_kind, "calls": 0, "input_tokens": 0,
                    "max_output_tokens": 0, "max_cost_usd": 0.0}
-            print(f"augment estimate (offline, size {size}): no model calls; about {target} tokens in {n_per_kind * len(kinds_)} texts")
+            print(f"augment estimate (offline, size {size}): no model calls; about {target} tokens "
+                  f"in {n_per_kind * len(kinds_)} texts")
         write_json(out/"estimate.json", {"params": params, "corpus_tokens": corpus_tokens, "typical_tokens": typical, **est})
         return {"dry_run": True, "estimate": est, "corpus_tokens": corpus_tokens, "target_tokens": target}
     with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
         failures_path.unlink(missing_ok=True)
-        streams = {k: OFFLINE_GENERATORS[k](cp, seed, text_tokens) if k in ("entity", "pair") else OFFLINE_GENERATORS[k](cp, seed)
-                   for k in kinds_ if k in KINDS}
+        gen = lambda k: OFFLINE_GENERATORS[k](cp, seed, *((text_tokens,) if k in ("entity", "pair") else ()))
+        streams = {k: gen(k) for k in kinds_ if k in KINDS}
         if llm_kinds:
             if listing:
-                asked["entities"] = ask_llm(chain, listing, answers_path, failures_path, ledger, ENTITY_SCHEMA, budget_usd, **call_kw)
+                asked["entities"] = ask_llm(chain, listing, answers_path, failures_path, ledger, ENTITY_SCHEMA, budget_usd,
+                                            **call_kw)
                 answers = _answers(answers_path)
                 listed = {p["doc_id"]: answers.get(p["prompt_id"], {}).get("text") for p in listing}
                 plan = plan_llm(cp, names, llm_kinds, n_per_kind, listed, seed, paraphrases, max_entities, context_tokens)
@@ -635,8 +665,8 @@ def augment_stage(run_dir: Path | str,
         streams = {k: streams[k] for k in kinds_}
         rows = [_row(r, "offline") for r in round_robin(streams, target, count, max_texts)]
         write_jsonl(out/"texts.jsonl", rows)
-        per_kind = {k: {"texts": sum(r["kind"] == k for r in rows), "tokens": sum(r["n_tokens"] for r in rows if r["kind"] == k)}
-                    for k in kinds_}
+        per_kind = {k: {"texts": sum(r["kind"] == k for r in rows),
+                        "tokens": sum(r["n_tokens"] for r in rows if r["kind"] == k)} for k in kinds_}
         total = sum(r["n_tokens"] for r in rows)
         stopped = sum(a.get("budget_stopped", 0) for a in asked.values())
         failed = sum(a.get("failed", 0) for a in asked.values())
@@ -651,8 +681,9 @@ def augment_stage(run_dir: Path | str,
                                           "distill/ questions or answers: held-out questions stay held out"},
                    "seconds": round(time.perf_counter() - t0, 3)}
         if llm_kinds:
-            summary.update(estimate=est, ledger=ledger.summary(), llm={"asked": asked, "failed": failed, "budget_stopped": stopped,
-                                                                       "answers_file": str(answers_path.relative_to(run.root))})
+            summary.update(estimate=est, ledger=ledger.summary(),
+                           llm={"asked": asked, "failed": failed, "budget_stopped": stopped,
+                                "answers_file": str(answers_path.relative_to(run.root))})
         write_json(out/"summary.json", summary)
         rec.counts.update(counts)
         rec.info.update(achieved_multiple=summary["achieved_multiple"], complete=summary["complete"], tokenizer=tokenizer)
