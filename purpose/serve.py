@@ -475,9 +475,7 @@ async def chat(self: ChatAPI, request):
     if ctype != "application/json":
         raise APIError(415, f"Content-Type must be application/json, not '{ctype or 'none'}'.", code="unsupported_media_type")
     req = parse_chat_request(await _read_json(request, self.max_body, self.body_timeout), self.model_id, self.max_tokens_limit)
-    if sum(len(m["content"]) for m in req["messages"]) > 64 * self.engine.max_context:   # surely too long: skip counting
-        self.engine.check_context(self.engine.max_context, req["max_tokens"])
-    ids = await run_in_threadpool(self.encode, req["messages"])
+    ids = await run_in_threadpool(self.encode, req["messages"])   # the tokenizer lets go of the GIL: the loop answers on
     max_tokens = self.engine.check_context(len(ids), req["max_tokens"], self.default_max_tokens)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
     job = Job(ids, max_tokens, req["temperature"], req["top_p"], req["stop"],

@@ -1,9 +1,9 @@
-"The OpenAI-compatible server, exercised with the official `openai` SDK over 127.0.0.1 on a tiny trained adapter."
-import json, threading, urllib.error, urllib.request
+"The OpenAI-compatible server, exercised with the official `openai` SDK and raw sockets over 127.0.0.1 on tiny models."
+import json, socket, threading, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest
 openai = pytest.importorskip("openai")
-from purpose.core import TINY_STUDENT, chat_messages, write_json
+from purpose.core import TINY_STUDENT, chat_messages, load_student, write_json
 from purpose.evaluate import DomainInference
 from purpose.serve import make_server
 from purpose.train import TrainConfig, train
@@ -25,10 +25,45 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inference(run_dir): return DomainInference(run_dir, domain="sprint")
 
+@pytest.fixture(scope="module")
+def random_inference(tmp_path_factory):
+    "An untrained tiny model: its greedy replies run to max_tokens, so a generation lasts as long as asked."
+    d = tmp_path_factory.mktemp("random")/"tiny"
+    m, t = load_student(TINY_STUDENT)
+    m.save_pretrained(d); t.save_pretrained(d)
+    return DomainInference(d, domain="sprint")
+
 def _start(inference, **kw):
     srv = make_server(inference, port=0, **kw)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+def _stop(srv):
+    srv.shutdown()
+    srv.server_close()
+
+def _wait(pred, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+def _post_bytes(body: bytes, host: str = "127.0.0.1", ctype: str = "application/json", extra: str = "") -> bytes:
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nConnection: close\r\n{extra}"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    "What the server answers to `data` sent as is, read until it closes or `timeout` s pass."
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536): out += chunk
+        except (socket.timeout, ConnectionResetError): pass
+        return out
+
+def _long(stream: bool = False, max_tokens: int = 1800) -> bytes:
+    return json.dumps({"model": MODEL, "messages": ASK, "max_tokens": max_tokens, "temperature": 0, "stream": stream}).encode()
 
 @pytest.fixture(scope="module")
 def server(inference):
@@ -137,3 +172,143 @@ def test_purpose_serve_command(run_dir):
         assert client.chat.completions.create(model="m", messages=ASK, max_tokens=3).choices[0].message.role == "assistant"
     finally:
         proc.terminate(); proc.wait(30)
+
+def test_huge_prompts_are_refused_fast_while_others_answer(server, client):
+    "A 3 MB body gets 413 and a prompt beyond the context 400 `context_length_exceeded`, without holding up anyone."
+    got = {}
+    def ask_huge():
+        t0 = time.monotonic()
+        try: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 600000}], max_tokens=1)
+        except openai.APIStatusError as e: got["huge"] = (e.status_code, time.monotonic() - t0)
+    th = threading.Thread(target=ask_huge)
+    th.start()
+    t0 = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as e:      # ~3000 tokens; the tiny model holds 2048
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=1)
+    assert e.value.code == "context_length_exceeded" and "maximum context length is 2048" in e.value.body["message"]
+    assert time.monotonic() - t0 < 15
+    with urllib.request.urlopen(server + "/health", timeout=10) as r: assert json.loads(r.read())["status"] == "ok"
+    assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].message.role == "assistant"
+    th.join(60)
+    assert got["huge"][0] == 413 and got["huge"][1] < 30, got
+    with pytest.raises(openai.BadRequestError) as e:      # ~1500 prompt tokens fit, but not with 1000 more to write
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 1500}], max_tokens=1000)
+    assert e.value.code == "context_length_exceeded"
+
+def test_a_client_that_goes_away_cancels_its_generation(random_inference):
+    srv, _ = _start(random_inference, max_tokens_limit=2000)
+    eng, port = srv.engine, srv.server_address[1]
+    try:
+        for stream in (False, True):
+            before = eng.snapshot()
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(_post_bytes(_long(stream)))
+            _wait(lambda: eng.snapshot()["running"] == 1, what="the generation to start")
+            if stream: assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            s.close()
+            _wait(lambda: eng.snapshot()["cancelled"] == before["cancelled"] + 1, what="the cancellation")
+            after = eng.snapshot()
+            assert after["running"] == 0 and after["completed"] == before["completed"]
+    finally: _stop(srv)
+
+def test_a_full_queue_answers_429_with_retry_after(random_inference):
+    srv, url = _start(random_inference, max_batch=1, max_queue=1, max_tokens_limit=2000)
+    eng = srv.engine
+    busy = [socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) for _ in range(2)]
+    try:
+        busy[0].sendall(_post_bytes(_long()))
+        _wait(lambda: eng.snapshot()["running"] == 1, what="the first request to run")
+        busy[1].sendall(_post_bytes(_long()))
+        _wait(lambda: eng.snapshot()["queued"] == 1, what="the second request to wait")
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+        with pytest.raises(openai.RateLimitError) as e: client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
+        assert e.value.code == "rate_limit_exceeded" and int(e.value.response.headers["retry-after"]) >= 1
+        for s in busy: s.close()
+        _wait(lambda: eng.snapshot()["cancelled"] == 2, what="both abandoned requests to be cancelled")
+        assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].finish_reason == "length"
+    finally:
+        for s in busy: s.close()
+        _stop(srv)
+
+def test_only_json_from_this_machine(server, inference):
+    "Form posts, foreign Host headers (DNS rebinding) and web-page Origins are refused before the model runs."
+    port = int(server.rsplit(":", 1)[1])
+    body = json.dumps({"model": MODEL, "messages": ASK, "max_tokens": 2}).encode()
+    def status(data: bytes) -> tuple[int, str | None]:
+        head, _, rest = _raw(port, data).partition(b"\r\n\r\n")
+        return int(head.split()[1]), (json.loads(rest).get("error") or {}).get("code") if rest.startswith(b"{") else None
+    assert status(_post_bytes(body))[0] == 200
+    assert status(_post_bytes(body, ctype="text/plain")) == (415, "unsupported_media_type")
+    assert status(_post_bytes(b"model=purpose-sprint", ctype="application/x-www-form-urlencoded"))[0] == 415
+    assert status(_post_bytes(body, host="evil.example:8000")) == (403, "host_not_allowed")
+    assert status(b"GET /v1/models HTTP/1.1\r\nHost: rebind.evil.example\r\nConnection: close\r\n\r\n") == (403, "host_not_allowed")
+    assert status(_post_bytes(body, host="localhost:1234"))[0] == 200
+    assert status(_post_bytes(body, host="[::1]:1234"))[0] == 200
+    assert status(_post_bytes(body, extra="Origin: http://evil.example\r\n")) == (403, "origin_not_allowed")
+    srv, _ = _start(inference, allowed_hosts=["box.lan"], allowed_origins=["http://localhost:3000"])
+    try:
+        p = srv.server_address[1]
+        for extra, host in (("Origin: http://localhost:3000\r\n", "127.0.0.1"), ("", "box.lan")):
+            assert _raw(p, _post_bytes(body, host=host, extra=extra)).startswith(b"HTTP/1.1 200")
+    finally: _stop(srv)
+
+def test_malformed_requests_get_a_one_line_400(server):
+    "A negative or invalid Content-Length and deeply nested JSON are answered, never a dropped connection."
+    port = int(server.rsplit(":", 1)[1])
+    for cl in ("-1", "abc", "1, 2", "99999999999999999999999"):
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {cl}\r\n\r\n{{}}"
+        resp = _raw(port, head.encode())
+        assert resp.startswith(b"HTTP/1.1 400") or resp.startswith(b"HTTP/1.1 413"), (cl, resp[:80])
+    for body in (b"[" * 200000 + b"]" * 200000,
+                 json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).replace('"x"', "[" * 100000 + "]" * 100000).encode()):
+        head, _, rest = _raw(port, _post_bytes(body)).partition(b"\r\n\r\n")
+        err = json.loads(rest)["error"]
+        assert head.startswith(b"HTTP/1.1 400") and err["code"] == "invalid_json" and "\n" not in err["message"]
+    with urllib.request.urlopen(server + "/health", timeout=10) as r: assert r.status == 200
+
+def test_slow_clients_are_timed_out(random_inference):
+    "Half-sent bodies get 408, trickled headers a closed connection, a generation past request_timeout 504."
+    srv, url = _start(random_inference, body_timeout=1, header_timeout=1, request_timeout=1.5, max_tokens_limit=2000)
+    port = srv.server_address[1]
+    try:
+        slow = []
+        for _ in range(50):                                  # 50 half-sent bodies held at once
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            s.sendall(_post_bytes(b"x" * 100)[:-90])
+            slow.append(s)
+        t0 = time.monotonic()
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+        assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].message.role == "assistant"
+        for s in slow:
+            assert s.recv(65536).startswith(b"HTTP/1.1 408")
+            s.close()
+        assert time.monotonic() - t0 < 15
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")   # and never the rest
+            t0 = time.monotonic()
+            assert s.recv(65536) == b"" and time.monotonic() - t0 < 10
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1800, temperature=0)
+        assert e.value.status_code == 504 and e.value.code == "timeout"
+        _wait(lambda: srv.engine.snapshot()["running"] == 0, what="the late generation to stop")
+        assert srv.engine.snapshot()["timed_out"] == 1
+    finally: _stop(srv)
+
+def test_concurrent_requests_are_batched_and_match_one_at_a_time(inference):
+    srv, url = _start(inference)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+    qs = [[{"role": "user", "content": f"What is the stride length of athlete {i}?"}] for i in range(8)]
+    ask = lambda m: client.chat.completions.create(model=MODEL, messages=m, temperature=0, max_tokens=24).choices[0].message.content
+    try:
+        alone = [ask(m) for m in qs]
+        assert srv.engine.snapshot()["max_batch_seen"] == 1
+        together, go = [None] * len(qs), threading.Barrier(len(qs))
+        def run(i):
+            go.wait()
+            together[i] = ask(qs[i])
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(len(qs))]
+        for t in ts: t.start()
+        for t in ts: t.join(120)
+        assert together == alone
+        assert srv.engine.snapshot()["max_batch_seen"] > 1
+    finally: _stop(srv)
