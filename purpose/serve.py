@@ -170,7 +170,8 @@ class BatchEngine:
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 2048
         self.prefill_tokens, self.gen = prefill_tokens, torch.Generator().manual_seed(seed)
         eos = getattr(model.generation_config, "eos_token_id", None)
-        self.eos = {e for e in ([eos] if isinstance(eos, int) or eos is None else eos) + [tok.eos_token_id] if e is not None}
+        eos = [eos] if isinstance(eos, int) or eos is None else list(eos)
+        self.eos = {e for e in eos + [tok.eos_token_id] if e is not None}
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos, default=0)
         self.waiting, self.rows, self.cond, self.closed = collections.deque(), [], threading.Condition(), False
         self.cache = self.mask = self.last = None
@@ -199,9 +200,10 @@ def submit(self: BatchEngine, job: Job) -> Job:
     with self.cond:
         if self.closed: raise APIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
         if len(self.waiting) >= self.max_queue:
-            wait = max(1, math.ceil((len(self.waiting) + len(self.rows)) / self.max_batch * (self.stats["job_seconds"] or 1)))
+            waves = (len(self.waiting) + len(self.rows)) / self.max_batch   # batches ahead, each about a job's time
+            wait = min(60, max(1, math.ceil(waves * (self.stats["job_seconds"] or 1))))
             raise APIError(429, f"The server is busy ({len(self.waiting)} requests queued); retry after {wait} s.",
-                           type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(min(wait, 60))})
+                           type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
         self.waiting.append(job)
         self.stats["submitted"] += 1
         self.cond.notify()
@@ -210,7 +212,8 @@ def submit(self: BatchEngine, job: Job) -> Job:
 @patch
 def snapshot(self: BatchEngine) -> dict:
     "The engine's counters, with how many jobs wait and run now."
-    with self.cond: return {**self.stats, "queued": len(self.waiting), "running": len(self.rows), "alive": self.thread.is_alive()}
+    with self.cond:
+        return {**self.stats, "queued": len(self.waiting), "running": len(self.rows), "alive": self.thread.is_alive()}
 
 @patch
 def close(self: BatchEngine, timeout: float = 10):
@@ -337,8 +340,8 @@ def _end(self: BatchEngine, j: Job, finish: str):
     if finish in ("stop", "length"):
         _emit(j, "", final=True)
         self.stats["completed"] += 1
-        secs = time.monotonic() - j.t0
-        self.stats["job_seconds"] = secs if not self.stats["job_seconds"] else 0.9 * self.stats["job_seconds"] + 0.1 * secs
+        secs, avg = time.monotonic() - j.t0, self.stats["job_seconds"]
+        self.stats["job_seconds"] = 0.9 * avg + 0.1 * secs if avg else secs     # a running mean, for Retry-After
     else: self.stats["cancelled" if finish == "cancelled" else "timed_out"] += 1
     j.send(("done", {"finish_reason": finish, "prompt_tokens": len(j.ids), "completion_tokens": len(j.out)}))
 
@@ -367,7 +370,8 @@ def _hostname(host: str) -> str:
 
 async def _send_error(send, e: APIError):
     data = json.dumps(e.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+               (b"connection", b"close")]
     await send({"type": "http.response.start", "status": e.status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
@@ -380,31 +384,34 @@ class Guard:
         headers = {k: v.decode("latin-1") for k, v in reversed(scope["headers"])}   # the first of repeated headers
         host, origin = _hostname(headers.get(b"host", "")), headers.get(b"origin")
         if "*" not in self.hosts and host not in self.hosts:
-            return await _send_error(send, APIError(403, f"Host '{host}' is not allowed; this server answers "
-                                                    f"{', '.join(sorted(self.hosts))} (see allowed_hosts).", code="host_not_allowed"))
+            names = ", ".join(sorted(self.hosts))
+            return await _send_error(send, APIError(403, f"Host '{host}' is not allowed; this server answers {names} "
+                                                    "(see allowed_hosts).", code="host_not_allowed"))
         if origin is not None and "*" not in self.origins and origin not in self.origins:
-            return await _send_error(send, APIError(403, f"Requests from web pages (Origin {origin}) are not allowed "
-                                                    "(see allowed_origins).", code="origin_not_allowed"))
+            return await _send_error(send, APIError(403, f"Requests from web pages (Origin {origin}) are not "
+                                                    "allowed (see allowed_origins).", code="origin_not_allowed"))
         await self.app(scope, receive, send)
 
 # %% ../nbs/11_serve.ipynb #a5471f19
 async def _read_json(request, limit: int, timeout: float):
     "The parsed JSON body: 413 beyond `limit` bytes, 408 when it takes over `timeout` s, 400 when it is not JSON."
     n = int(request.headers.get("content-length") or 0)           # uvicorn already refused a malformed one with 400
-    if n > 16 * limit: raise APIError(413, f"Request body of {n} bytes is larger than {limit} bytes.", code="body_too_large")
+    too_big = lambda n: APIError(413, f"Request body of {n} bytes is larger than {limit} bytes.", code="body_too_large")
+    if n > 16 * limit: raise too_big(n)
     from starlette.requests import ClientDisconnect
     async def read():
         chunks, size = [], 0
-        async for c in request.stream():                          # an oversized body is drained, so the client hears the 413
+        async for c in request.stream():                          # drain an oversized body: the client hears the 413
             size += len(c)
             if size <= limit: chunks.append(c)
             elif size > 16 * limit: break
-        if size > limit: raise APIError(413, f"Request body of {size}+ bytes is larger than {limit} bytes.", code="body_too_large")
+        if size > limit: raise too_big(size)
         return b"".join(chunks)
     try: raw = await asyncio.wait_for(read(), timeout)
     except asyncio.TimeoutError:
         raise APIError(408, f"The request body did not arrive within {timeout:g} s.", code="request_timeout") from None
-    except ClientDisconnect: raise APIError(499, "The client went away while sending the body.", code="cancelled") from None
+    except ClientDisconnect:
+        raise APIError(499, "The client went away while sending the body.", code="cancelled") from None
     try: return json.loads(raw or b"null")
     except (ValueError, RecursionError) as e:
         why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
@@ -423,7 +430,8 @@ def _usage(info: dict) -> dict:
             "total_tokens": info["prompt_tokens"] + info["completion_tokens"]}
 
 def _late(finish: str, timeout: float) -> APIError:
-    if finish == "timeout": return APIError(504, f"The request took longer than {timeout:g} s.", type="server_error", code="timeout")
+    if finish == "timeout":
+        return APIError(504, f"The request took longer than {timeout:g} s.", type="server_error", code="timeout")
     return APIError(499, "The request was cancelled.", code="cancelled")
 
 # %% ../nbs/11_serve.ipynb #a5471f1a
@@ -434,7 +442,8 @@ class ChatAPI:
                  request_timeout: float = 300.0, default_max_tokens: int = 256):
         self.inference, self.engine, self.model_id, self.api_key = inference, engine, model_id, api_key
         self.max_tokens_limit, self.max_body, self.body_timeout = max_tokens_limit, max_body, body_timeout
-        self.request_timeout, self.default_max_tokens, self.created = request_timeout, default_max_tokens, int(time.time())
+        self.request_timeout, self.default_max_tokens = request_timeout, default_max_tokens
+        self.created = int(time.time())
         self.tok, self.tok_lock = copy.deepcopy(engine.tok), threading.Lock()   # the engine decodes with its own
 
     def check_key(self, request):
@@ -444,10 +453,12 @@ class ChatAPI:
     def encode(self, messages: list[dict]) -> list[int]:
         "Prompt token ids of a conversation, as the model sees it."
         with self.tok_lock:
-            text = self.tok.apply_chat_template(self.inference.messages(messages), add_generation_prompt=True, tokenize=False)
+            msgs = self.inference.messages(messages)
+            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def model_card(self) -> dict: return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "purpose"}
+    def model_card(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "purpose"}
 
 # %% ../nbs/11_serve.ipynb #a5471f1b
 @patch
@@ -463,7 +474,8 @@ async def models(self: ChatAPI, request):
     self.check_key(request)
     name = request.path_params.get("name")
     if name is None: return JSONResponse({"object": "list", "data": [self.model_card()]})
-    if name != self.model_id: raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+    if name != self.model_id:
+        raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
     return JSONResponse(self.model_card())
 
 @patch
@@ -473,13 +485,15 @@ async def chat(self: ChatAPI, request):
     self.check_key(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise APIError(415, f"Content-Type must be application/json, not '{ctype or 'none'}'.", code="unsupported_media_type")
-    req = parse_chat_request(await _read_json(request, self.max_body, self.body_timeout), self.model_id, self.max_tokens_limit)
+        raise APIError(415, f"Content-Type must be application/json, not '{ctype or 'none'}'.",
+                       code="unsupported_media_type")
+    body = await _read_json(request, self.max_body, self.body_timeout)
+    req = parse_chat_request(body, self.model_id, self.max_tokens_limit)
     ids = await run_in_threadpool(self.encode, req["messages"])   # the tokenizer lets go of the GIL: the loop answers on
     max_tokens = self.engine.check_context(len(ids), req["max_tokens"], self.default_max_tokens)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = Job(ids, max_tokens, req["temperature"], req["top_p"], req["stop"],
-              sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), deadline=time.monotonic() + self.request_timeout)
+    job = Job(ids, max_tokens, req["temperature"], req["top_p"], req["stop"], deadline=time.monotonic() + self.request_timeout,
+              sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
     self.engine.submit(job)
     if req["stream"]: return _Stream(self, job, events, req["include_usage"])
     return await self._whole(request, job, events)
@@ -495,18 +509,19 @@ async def _whole(self: ChatAPI, request, job: Job, events: asyncio.Queue):
             if kind == "error": raise APIError(500, val, type="server_error")
             if kind == "done": return val
     done_t, gone_t = asyncio.ensure_future(finished()), asyncio.ensure_future(_until_disconnect(request.receive))
-    try: await asyncio.wait({done_t, gone_t}, timeout=self.request_timeout + 5, return_when=asyncio.FIRST_COMPLETED)
+    try: await asyncio.wait({done_t, gone_t}, timeout=self.request_timeout + 5, return_when="FIRST_COMPLETED")
     finally:
         if not done_t.done(): job.cancel()
         for t in (done_t, gone_t): t.cancel()
     if not done_t.done() or done_t.cancelled():
-        return Response(status_code=499) if gone_t.done() else JSONResponse(_late("timeout", self.request_timeout).body(), 504)
+        if gone_t.done(): return Response(status_code=499)        # nobody is listening
+        return JSONResponse(_late("timeout", self.request_timeout).body(), 504)
     info = done_t.result()
     if info["finish_reason"] not in ("stop", "length"): raise _late(info["finish_reason"], self.request_timeout)
+    choice = {"index": 0, "message": {"role": "assistant", "content": job.content}, "logprobs": None,
+              "finish_reason": info["finish_reason"]}
     return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                         "model": self.model_id, "system_fingerprint": None,
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": job.content}, "logprobs": None,
-                                      "finish_reason": info["finish_reason"]}], "usage": _usage(info)})
+                         "model": self.model_id, "system_fingerprint": None, "choices": [choice], "usage": _usage(info)})
 
 # %% ../nbs/11_serve.ipynb #a5471f1d
 class _Stream:
@@ -535,7 +550,7 @@ class _Stream:
         await self._event(send, _chunk(self.cid, self.created, model, {"role": "assistant", "content": ""}))
         while True:
             get = asyncio.ensure_future(self.events.get())
-            await asyncio.wait({get, gone}, timeout=self.api.request_timeout + 5, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({get, gone}, timeout=self.api.request_timeout + 5, return_when="FIRST_COMPLETED")
             if gone.done() or not get.done():
                 get.cancel()
                 job.cancel()
@@ -566,17 +581,20 @@ def make_app(api: ChatAPI, allowed_hosts=(), allowed_origins=()):
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Route
-    async def failed(request, e: APIError):
-        return JSONResponse(e.body(), e.status, headers={**e.headers, **({"Connection": "close"} if e.status in (408, 413, 415) else {})})
+    async def failed(request, e: APIError):                       # the body may be unread: close the connection
+        close = {"Connection": "close"} if e.status in (408, 413, 415) else {}
+        return JSONResponse(e.body(), e.status, headers={**e.headers, **close})
     async def http_error(request, e: HTTPException):
-        what = "unknown_url" if e.status_code == 404 else "method_not_allowed" if e.status_code == 405 else None
-        msg = f"Invalid URL ({request.method} {request.url.path})." if e.status_code == 404 else f"{e.detail} ({request.method} {request.url.path})."
-        return JSONResponse(APIError(e.status_code, msg, code=what).body(), e.status_code)
+        where = f"({request.method} {request.url.path})."
+        if e.status_code == 404: e2 = APIError(404, f"Invalid URL {where}", code="unknown_url")
+        else: e2 = APIError(e.status_code, f"{e.detail} {where}", code="method_not_allowed" if e.status_code == 405 else None)
+        return JSONResponse(e2.body(), e.status_code)
     async def crashed(request, e: Exception):
         return JSONResponse(APIError(500, f"Internal error: {type(e).__name__}: {e}", type="server_error").body(), 500)
     routes = [Route("/health", api.health), Route("/v1/models", api.models), Route("/v1/models/{name:path}", api.models),
               Route("/v1/chat/completions", api.chat, methods=["POST"])]
-    app = Starlette(routes=routes, exception_handlers={APIError: failed, HTTPException: http_error, Exception: crashed})
+    handlers = {APIError: failed, HTTPException: http_error, Exception: crashed}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     return Guard(app, tuple(LOCAL_HOSTS) + tuple(allowed_hosts), allowed_origins)
 
 # %% ../nbs/11_serve.ipynb #a5471f20
@@ -650,7 +668,8 @@ def make_server(inference, host: str = "127.0.0.1", port: int = 8000, model_id: 
     api = ChatAPI(inference, engine, model_id or f"purpose-{getattr(inference, 'domain', 'domain')}", api_key,
                   max_tokens_limit, max_body, body_timeout, request_timeout)
     if host not in ("0.0.0.0", "::", ""): allowed_hosts = (*allowed_hosts, host)
-    server = Server(make_app(api, allowed_hosts, allowed_origins), engine, host, port, keep_alive, header_timeout, verbose)
+    app = make_app(api, allowed_hosts, allowed_origins)
+    server = Server(app, engine, host, port, keep_alive, header_timeout, verbose)
     server.api, server.model_id = api, api.model_id
     return server
 
