@@ -59,7 +59,8 @@ def run_recipe(base: Path, recipe: str, spec: dict, args) -> dict:
     "Train and evaluate one recipe in its own copy of the set's run folder; returns the row of the table."
     run = base.parent/recipe
     if not run.exists():
-        shutil.copytree(base, run, ignore=shutil.ignore_patterns("train", "eval", "augment", ".lock"))
+        top = lambda d, names: [n for n in names if Path(d) == base and n in ("train", "eval", "augment", ".lock")]
+        shutil.copytree(base, run, ignore=top)
     shutil.copy(base/"eval"/"external.jsonl", (run/"eval").mkdir(exist_ok=True) or run/"eval"/"external.jsonl")
     domain = Manifest(run).domain()
     t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def run_recipe(base: Path, recipe: str, spec: dict, args) -> dict:
                          latency_samples=1, seed=args.seed)
     log = [r for r in (json.loads(x) for x in (run/"train"/"train_log.jsonl").read_text().splitlines()) if "loss" in r]
     s = rep["systems"]
-    return {"recipe": recipe, "headline": rep.get("headline"), "systems": s, "chance": rep.get("mc_chance"),
+    return {"recipe": recipe, "headline": rep.get("headline"), "systems": s, "chance": (rep.get("mc") or {}).get("chance"),
             "n": rep["n_heldout"], "train_examples": res["examples"] + res.get("augment_examples", 0),
             "train_tokens": round((res.get("tokens_per_s") or 0) * res.get("train_seconds", 0)), "train_steps": len(log),
             "augment_tokens": (aug.get("tokens") if isinstance(aug, dict) else None),
@@ -83,27 +84,33 @@ def run_recipe(base: Path, recipe: str, spec: dict, args) -> dict:
                         "evaluate": round((time.perf_counter() - t0 - t_aug - t_train) / 60, 2)}}
 
 
-def fmt_ci(h: dict | None, key: str) -> str:
-    g = (h or {}).get(key) or {}
-    v, ci = g.get("value"), g.get("ci")
-    if v is None or v != v: return "undefined"
-    return f"{v:+.0%} [{ci[0]:+.0%}, {ci[1]:+.0%}]" if ci else f"{v:+.0%}"
+def pct(v) -> str: return "n/a" if v is None or v != v else f"{v * 100:+.0f} %"
+
+
+def closure(g: dict | None) -> str:
+    "Gap closed with its interval, or why it is undefined."
+    if not g: return "n/a"
+    if not g.get("opened"): return "no gap"
+    lo, hi = g["ci"] or (None, None)
+    return f"{pct(g['closure'])} [{pct(lo)}, {pct(hi)}]"
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| set | recipe | gap closed: perplexity | gap closed: MC accuracy | MC acc base → tuned (rag; chance) "
-           "| tuned+rag − base+rag (MC) | general ppl base → tuned | train tokens | minutes (aug/train/eval) |",
+    out = ["| set | recipe | gap closed: perplexity | gap closed: MC accuracy | MC accuracy base / tuned / base+rag (chance) "
+           "| tuned+rag − base+rag, MC | general ppl base → tuned | train tokens | minutes aug / train / eval |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, h = r["systems"], r.get("headline") or {}
-        mc = lambda k: s.get(k, {}).get("mc_accuracy")
-        acc = (f"{mc('base'):.1%} → {mc('tuned'):.1%} ({mc('base+rag'):.1%}; {r['chance']:.0%})"
-               if None not in (mc("base"), mc("tuned"), mc("base+rag")) and r.get("chance") else "n/a")
-        gp = (f"{s['base'].get('general_perplexity', float('nan')):.2f} → {s['tuned'].get('general_perplexity', float('nan')):.2f}"
-              if "base" in s and "tuned" in s else "n/a")
+        mc = h.get("mc_accuracy") or {}
+        acc = (f"{mc['base']:.1%} / {mc['tuned']:.1%} / {mc['base+rag']:.1%} ({r['chance']:.0%})" if mc and r.get("chance")
+               else "n/a")
+        d = (h.get("tuned+rag - base+rag") or {}).get("mc_accuracy")
+        rag = f"{pct(d['diff'])} [{pct(d['ci'][0])}, {pct(d['ci'][1])}]" if d else "n/a"
+        gp = (f"{s['base']['general_perplexity']:.2f} → {s['tuned']['general_perplexity']:.2f}"
+              if "general_perplexity" in s.get("base", {}) and "general_perplexity" in s.get("tuned", {}) else "n/a")
         m = r["minutes"]
-        out.append(f"| {r['set']} | {r['recipe']} | {fmt_ci(h, 'perplexity_gap_closed')} | {fmt_ci(h, 'mc_gap_closed')} | {acc} "
-                   f"| {fmt_ci(h, 'rag_mc_difference')} | {gp} | {r['train_tokens']} | {m['augment']}/{m['train']}/{m['evaluate']} |")
+        out.append(f"| {r['set']} | {r['recipe']} | {closure(h.get('log_perplexity'))} | {closure(mc)} | {acc} | {rag} | {gp} "
+                   f"| {r['train_tokens']} | {m['augment']} / {m['train']} / {m['evaluate']} |")
     return "\n".join(out)
 
 

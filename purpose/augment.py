@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, itertools, json, math, random, re, time
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 from typing import Callable, Iterable, Iterator
 from .core import (PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
                           write_json, write_jsonl)

@@ -145,7 +145,7 @@ def resolve_papers_dir(domain: str, papers_dir: Path | str | None = None, papers
     return papers_dir
 
 # %% ../nbs/00_core.ipynb #09a918f8
-STAGES = ("extract", "graph", "queries", "distill", "train", "evaluate")
+STAGES = ("extract", "graph", "queries", "distill", "augment", "train", "evaluate")
 
 @dataclass(frozen=True)
 class RunDir:
@@ -162,6 +162,8 @@ class RunDir:
     def queries(self) -> Path: return self.root/"queries"
     @property
     def distill(self) -> Path: return self.root/"distill"
+    @property
+    def augment(self) -> Path: return self.root/"augment"
     @property
     def train(self) -> Path: return self.root/"train"
     @property
@@ -279,7 +281,7 @@ STAGE_READS = {
                 "graph/contradictions.json", "graph/taxonomy.json", "graph/methods.json"],
     "distill": ["extract/chunks.jsonl", "extract/documents.jsonl", "queries/queries.jsonl"],
     "augment": ["extract/chunks.jsonl", "extract/documents.jsonl", "graph/nodes.json", "graph/edges.json",
-                "graph/claims.json"],
+                "graph/claims.json", "graph/taxonomy.json"],
     "train": ["distill/dataset", "augment/texts.jsonl"],
     "evaluate": ["extract/chunks.jsonl", "distill/qa.jsonl", "queries/coverage.json", "train/adapter"],
 }
@@ -421,7 +423,7 @@ def chat_messages(question: str, domain: str, answer: str | None = None) -> list
 # %% ../nbs/00_core.ipynb #a65cd5cb
 CONTRACT = {"extract": ["extract/documents.jsonl", "extract/chunks.jsonl"], "graph": ["graph/graph.graphml", "graph/graph.png"],
             "queries": ["queries/queries.jsonl"], "distill": ["distill/qa.jsonl", "distill/dataset"],
-            "train": ["train/adapter"], "evaluate": ["eval/report.json", "eval/report.md"]}
+            "augment": ["augment/texts.jsonl", "augment/summary.json"], "train": ["train/adapter"], "evaluate": ["eval/report.json", "eval/report.md"]}
 
 def run_summary(run_dir: RunDir | Path | str) -> list[dict]:
     "One row per stage: status, seconds, counts and missing contract files of a run folder."

@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib, math, random, re, statistics, string, time, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 from .core import (Manifest, PurposeError, RunDir, chat_messages, load_student, load_tokenizer, read_json, read_jsonl,
-                          stable_id, stage_run, write_json, write_jsonl)
+                          stable_id, stage_done, stage_run, write_json, write_jsonl)
 from .distill import grounding_score, llm_judge
 from .modelhub import STOPWORDS, content_words, get_teacher, offline_embed, split_sentences
 from .train import _body_and_head, collate, pack
@@ -1200,16 +1201,16 @@ def external_eval(run_dir: Path | str, dataset: str = "pubmedqa", path: Path | s
     random.Random(seed + 1).shuffle(items)
     items = items[:n_eval]
     if not items: raise PurposeError(f"{path}: no questions about the {len(records)} selected documents")
-    done = lambda s: Manifest(run).stage(s).get("status") == "done"
-    if not done("extract"):
-        with stage_run(run, "extract", {"dataset": dataset, "path": str(path), "n_contexts": n_contexts, "seed": seed}) as rec:
+    corpus = {"dataset": dataset, "path": str(path), "n_contexts": n_contexts, "seed": seed}
+    if not stage_done(run, "extract", corpus, inputs=[Path(path)]):
+        with stage_run(run, "extract", corpus, inputs=[Path(path)]) as rec:
             rec.counts.update(write_corpus(records, run.root, dataset))
     write_jsonl(run.eval/"external.jsonl", items)
     Manifest(run).update(domain=domain, external={"dataset": dataset, "path": str(path), "n_contexts": len(records), "n_eval": len(items)})
-    if not done("graph"): graph_stage(run.root, seed=seed)
-    if not done("queries"): queries_stage(run.root, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
-    if not done("distill"): distill_stage(run.root, domain=domain, teachers=teachers)
-    if not done("train"): train_stage(run.root, progress=progress, **{"student": student, "epochs": epochs, "max_len": max_len, **(train_kw or {})})
+    graph_stage(run.root, seed=seed)                      # each stage is cheap next to training; train resumes by fingerprint
+    queries_stage(run.root, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
+    distill_stage(run.root, domain=domain, teachers=teachers)
+    train_stage(run.root, progress=progress, **{"student": student, "epochs": epochs, "max_len": max_len, **(train_kw or {})})
     return evaluate_stage(run.root, domain=domain, systems=systems, eval_set=run.eval/"external.jsonl", max_new_tokens=max_new_tokens,
                           seed=seed, **eval_kw)
 

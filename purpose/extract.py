@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, asdict
 from html.parser import HTMLParser
 from multiprocessing.connection import wait as _mp_wait
 from pathlib import Path
+from typing import Optional
 from typing import Any, Callable, Iterable, Sequence
 from .core import (PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run,
                           load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)

@@ -15,7 +15,8 @@ __all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'notebooks_di
 
 # %% ../nbs/08_pipeline.ipynb #779bee39
 STAGE_NOTEBOOKS = (("extract", "01_extract.ipynb"), ("graph", "02_graph.ipynb"), ("queries", "03_queries.ipynb"),
-                   ("distill", "05_distill.ipynb"), ("train", "06_train.ipynb"), ("evaluate", "07_evaluate.ipynb"))
+                   ("distill", "05_distill.ipynb"), ("augment", "05a_augment.ipynb"), ("train", "06_train.ipynb"),
+                   ("evaluate", "07_evaluate.ipynb"))
 PIPELINE_PARAMS = ("domain", "papers_dir", "run_dir")
 
 def notebooks_dir() -> Path:
