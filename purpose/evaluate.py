@@ -223,7 +223,7 @@ def perplexity(model, tok, items: list[dict], domain: str, rag: bool, max_len: i
     "exp of the mean over items of each reference's mean token loss."
     return math.exp(statistics.mean(reference_losses(model, tok, items, domain, rag, max_len)))
 
-# %% ../nbs/07_evaluate.ipynb #37aedc5c
+# %% ../nbs/07_evaluate.ipynb #f2f7c318
 def encode_reply(tok, messages: list[dict], reply: str, max_len: int = 2048) -> dict:
     "Token ids and labels (reply tokens only) of `reply` as the assistant's next turn after `messages`."
     prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -263,7 +263,7 @@ def reply_logprobs(model, tok, examples: list[dict],
                 counts.index_add_(0, who[k:k + 1024], torch.ones_like(who[k:k + 1024]))
     return [(float(s), int(c)) for s, c in zip(sums, counts)]
 
-# %% ../nbs/07_evaluate.ipynb #0e487617
+# %% ../nbs/07_evaluate.ipynb #1a021355
 def reference_losses(model, tok, items: list[dict], domain: str, rag: bool, max_len: int = 2048) -> list[float]:
     "Each reference answer's mean token loss (nats) given its item's prompt: the item's log-perplexity."
     exs = [encode_reply(tok, system_messages(it, domain, rag), it["answer"], max_len) for it in items]
@@ -467,7 +467,7 @@ def mc_scores(model, tok, mc: list[dict], domain: str, rag: bool = False, max_le
         o["correct"], o["correct_sum"] = float(o["choice"] == q["answer_index"]), float(o["choice_sum"] == q["answer_index"])
     return out
 
-# %% ../nbs/07_evaluate.ipynb #4d19f793
+# %% ../nbs/07_evaluate.ipynb #2d97d496
 _NUMBER = re.compile(r"(?<![\w.,\-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?:\s?(%|°[CF]?|[^\W\d_][\w/°µ]*))?")
 
 def number_spans(text: str) -> list[tuple[int, int, float, str]]:
@@ -478,7 +478,7 @@ def number_spans(text: str) -> list[tuple[int, int, float, str]]:
         out.append((m.start(1), m.end(1), float(m.group(1).replace(",", "")), "" if unit in STOPWORDS else unit))
     return out
 
-# %% ../nbs/07_evaluate.ipynb #d67cbefa
+# %% ../nbs/07_evaluate.ipynb #785d1a51
 def _like(ref: str, cand: str) -> str:
     "`cand` in the surface form of `ref`: the same end punctuation and first-letter case."
     cand = cand.strip().rstrip(".;,:!?") + (ref.strip()[-1] if ref.strip()[-1:] in ".!?" else "")
@@ -552,7 +552,7 @@ def mc_items(items: list[dict],   # held-out items (`qa_id`, `question`, `answer
         out.append({**keep, "options": options, "answer_index": options.index(ref), "distractors": kind})
     return out
 
-# %% ../nbs/07_evaluate.ipynb #6e8422cc
+# %% ../nbs/07_evaluate.ipynb #e4e7b5d9
 def mc_scores(model, tok, mc: list[dict], domain: str, rag: bool = False, max_len: int = 2048) -> list[dict]:
     "Per MC item: each option's log-likelihood as the reply (`sum`, `mean` per token), the choice and whether it is right."
     exs, owner = [], []
@@ -819,7 +819,7 @@ def headline(answers: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
             out.setdefault("tuned+rag - base+rag", {})[name] = {"n": len(cols[0]), **paired_bootstrap(*cols, bootstrap, seed=seed)}
     return out
 
-# %% ../nbs/07_evaluate.ipynb #61228341
+# %% ../nbs/07_evaluate.ipynb #03f95a79
 def _closure(b, t, r, axis=-1):
     "(mean t − mean b) / (mean r − mean b) along `axis`; NaN where retrieval changes nothing."
     import numpy as np
@@ -841,7 +841,7 @@ def gap_closure(base: list[float], tuned: list[float], rag: list[float],  # per-
         out["ci"] = bca_ci((b, t, r), n, alpha, seed, statistic=_closure)
     return out
 
-# %% ../nbs/07_evaluate.ipynb #346749de
+# %% ../nbs/07_evaluate.ipynb #220033ef
 def _columns(by: dict, key: str, systems: tuple) -> list[list[float]] | None:
     "Per-item values of `key` for each of `systems`, over the items all of them scored; None when a system is absent."
     if not all(s in by for s in systems): return None
@@ -904,7 +904,7 @@ def headline_lines(h: dict, chance: float | None = None) -> list[str]:
         out.append("Intervals: 95 %, paired BCa bootstrap over items; a negative fraction means tuning moved away from retrieval.")
     return out
 
-# %% ../nbs/07_evaluate.ipynb #a8e6234e
+# %% ../nbs/07_evaluate.ipynb #d9043969
 def _pc(x: float) -> str:
     "A fraction as a whole percentage with a real minus sign ('−12 %')."
     return "undefined" if x is None or not math.isfinite(x) else f"{x * 100:.0f} %".replace("-", "−")

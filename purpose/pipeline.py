@@ -107,7 +107,6 @@ def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path 
                stages: list[str] | None = None, papers_root: Path | str = "papers", runs_root: Path | str = "runs",
                kernel: str = "python3", log=print, wait: bool | None = None) -> dict:
     "Run the stage notebooks for `domain` with papermill; returns per-stage status and seconds."
-    import papermill as pm
     params = dict(params or {})
     papers = resolve_papers_dir(check_domain(domain), papers_dir, papers_root).resolve()
     run = RunDir(Path(run_dir or Path(runs_root)/domain).resolve())
@@ -122,6 +121,7 @@ def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path 
         return _run_stages(domain, papers, run, params, stages, declared, kernel, log)
 
 def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> dict:
+    import papermill as pm
     run.notebooks.mkdir(parents=True, exist_ok=True)
     Manifest(run).update(domain=domain, papers_dir=str(papers), parameters=params)
     nbs, summary = notebooks_dir(), {}

@@ -18,7 +18,7 @@ distill_stage(run, domain="sprint", cache=False)
 
 def fingerprints(run: Path) -> dict:
     "Content hash of every stage output, except files that legitimately carry times or paths (manifest, logs, figures)."
-    skip = {"manifest.json", "state.json"}
+    skip = {"manifest.json", "state.json", ".lock"}
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*"))
             if p.is_file() and p.name not in skip and p.suffix not in (".png", ".log", ".ipynb")}
 

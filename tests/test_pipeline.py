@@ -4,11 +4,12 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import TINY
-from purpose.core import Manifest, read_jsonl
+from purpose.core import STAGES, Manifest, read_jsonl
 from purpose.pipeline import run_domain
 
 CONTRACT = ["manifest.json", "extract/documents.jsonl", "extract/chunks.jsonl", "graph/graph.graphml", "graph/graph.png",
-            "queries/queries.jsonl", "distill/qa.jsonl", "distill/dataset/dataset_dict.json", "train/adapter/adapter_config.json",
+            "queries/queries.jsonl", "distill/qa.jsonl", "distill/dataset/dataset_dict.json", "augment/texts.jsonl",
+            "augment/summary.json", "train/adapter/adapter_config.json",
             "eval/report.json", "eval/report.md"]
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,11 @@ def tiny_run(tmp_path_factory):
 
 def test_contract_files(tiny_run):
     run, summary, _ = tiny_run
-    assert list(summary) == ["extract", "graph", "queries", "distill", "train", "evaluate"]
+    assert list(summary) == list(STAGES)
     for rel in CONTRACT: assert (run/rel).exists(), rel
     nbs = sorted(p.name for p in (run/"notebooks").glob("*.ipynb"))
-    assert nbs == ["01_extract.ipynb", "02_graph.ipynb", "03_queries.ipynb", "05_distill.ipynb", "06_train.ipynb", "07_evaluate.ipynb"]
+    assert nbs == ["01_extract.ipynb", "02_graph.ipynb", "03_queries.ipynb", "05_distill.ipynb", "05a_augment.ipynb",
+                   "06_train.ipynb", "07_evaluate.ipynb"]
 
 def test_documents_and_chunks_have_provenance(tiny_run):
     run = tiny_run[0]
@@ -51,7 +53,7 @@ def test_report_shape(tiny_run):
 
 def test_manifest(tiny_run):
     man = Manifest(tiny_run[0]).load()
-    assert {s: v["status"] for s, v in man["stages"].items()} == {s: "done" for s in ("extract", "graph", "queries", "distill", "train", "evaluate")}
+    assert {s: v["status"] for s, v in man["stages"].items()} == {s: "done" for s in STAGES}
     assert all(v["seconds"] >= 0 for v in man["stages"].values())
     assert man["stages"]["train"]["params"]["student"] == "tiny-random" and man["parameters"]["epochs"] == 1
     assert "torch" in man["packages"] and man["stages"]["distill"]["counts"]["accepted"] > 0
