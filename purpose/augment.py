@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 from typing import Callable, Iterable, Iterator
-from .core import (PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
+from .core import (read_chunks, PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
                           write_json, write_jsonl)
 from .graph import Concept, _find_mentions, content_chunks
 from .modelhub import Ledger, complete_many, estimate, parse_json_reply, parse_spec, split_sentences
@@ -612,7 +612,7 @@ def augment_stage(run_dir: Path | str,
         why = "the last run did not finish" if old.get("fingerprint") == fp else "inputs or parameters changed"
         print(f"augment: {why} since the last run: regenerating {out/'texts.jsonl'}")
     docs = read_jsonl(run.extract/"documents.jsonl") if (run.extract/"documents.jsonl").exists() else []
-    chunks = read_jsonl(run.extract/"chunks.jsonl")
+    chunks = read_chunks(run.extract/"chunks.jsonl")
     g = lambda name, default: read_json(run.graph/name, default)
     count, tokenizer = token_counter()
     cp = Corpus(chunks, docs, g("nodes.json", []), g("edges.json", []), g("claims.json", []), g("contradictions.json", []),

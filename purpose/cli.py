@@ -65,18 +65,21 @@ def run(domain: str = typer.Option(..., "--domain", "-d", help="domain folder un
         raw_param: List[str] = typer.Option([], "--raw-param", "-r", help="parameter kept as a string"),
         stage: List[str] = typer.Option([], "--stage", "-s", help="run only these stages (repeatable)"),
         papers_root: Path = typer.Option(Path("papers"), help="where domain folders live"),
-        runs_root: Path = typer.Option(Path("runs"), help="where run folders are written")):
+        runs_root: Path = typer.Option(Path("runs"), help="where run folders are written"),
+        wait: bool = typer.Option(False, help="wait for another process working on the run folder instead of stopping")):
     "Run every stage notebook for a domain with papermill (`--domain all`: every domain, continuing past failures)."
     from purpose.pipeline import run_domain, run_domains
     if domain != "all": check_domain_name(domain)
     params = dict([parse_param(p) for p in param] + [parse_param(p, raw=True) for p in raw_param])
     if domain == "all":
         if papers_dir or run_dir: raise PurposeError("--papers-dir/--run-dir name one domain's folders: drop them with --domain all")
-        res = run_domains("all", papers_root=papers_root, runs_root=runs_root, params=params, stages=stage or None, log=typer.echo)
+        res = run_domains("all", papers_root=papers_root, runs_root=runs_root, params=params, stages=stage or None,
+                          log=typer.echo, wait=wait)
         for d, r in res.items(): typer.echo(f"{d}: {r['status']}" + (f" ({r['error']})" if r["status"] != "done" else ""))
         if any(r["status"] != "done" for r in res.values()): raise typer.Exit(1)
         return
-    summary = run_domain(domain, papers_dir, run_dir, params, stages=stage or None, papers_root=papers_root, runs_root=runs_root, log=typer.echo)
+    summary = run_domain(domain, papers_dir, run_dir, params, stages=stage or None, papers_root=papers_root,
+                         runs_root=runs_root, log=typer.echo, wait=wait)
     typer.echo(json.dumps(summary, indent=2))
 
 # %% ../nbs/09_cli.ipynb #d8299df6
@@ -279,11 +282,22 @@ def evaluate(run_dir: Path = typer.Option(..., help="run folder; with --dataset 
 @app.command()
 def serve(model_dir: Path = typer.Option(..., help="trained model folder, run folder or merged model"),
           host: str = typer.Option("127.0.0.1", help="address to bind; 127.0.0.1 = this machine only"),
-          port: int = typer.Option(8000), model_id: str = typer.Option(None, help="the model name clients ask for (default purpose-<domain>)")):
+          port: int = typer.Option(8000), model_id: str = typer.Option(None, help="the model name clients ask for (default purpose-<domain>)"),
+          max_batch: int = typer.Option(16, help="requests decoded together"),
+          max_queue: int = typer.Option(256, help="requests that may wait; beyond, 429 with Retry-After"),
+          max_context: Optional[int] = typer.Option(None, help="prompt + reply tokens (default: the model's context)"),
+          request_timeout: float = typer.Option(300.0, help="seconds a request may take; beyond, 504"),
+          allowed_host: List[str] = typer.Option([], help="Host name accepted besides the localhost names (repeatable)"),
+          allowed_origin: List[str] = typer.Option([], help="browser Origin accepted (repeatable); none by default")):
     "Serve a trained model with an OpenAI-compatible API (/v1/models, /v1/chat/completions); key from PURPOSE_SERVE_API_KEY."
     check_option("--port", port, 1, 65535)
+    for name, v in (("--max-batch", max_batch), ("--max-queue", max_queue)): check_option(name, v, 1, None)
+    if max_context is not None: check_option("--max-context", max_context, 16, None)
+    check_option("--request-timeout", request_timeout, above=0)
     from purpose.serve import serve as _serve
-    _serve(model_dir, host=host, port=port, model_id=model_id)
+    _serve(model_dir, host=host, port=port, model_id=model_id, max_batch=max_batch, max_queue=max_queue,
+           max_context=max_context, request_timeout=request_timeout, allowed_hosts=tuple(allowed_host),
+           allowed_origins=tuple(allowed_origin))
 
 # %% ../nbs/09_cli.ipynb #4c58921f
 try:

@@ -16,12 +16,12 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*depreca
 _log = logging.getLogger("purpose")
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json',
-           'read_json', 'write_jsonl', 'repair_jsonl', 'append_jsonl', 'read_jsonl', 'fingerprint', 'list_domains',
-           'input_files', 'resolve_papers_dir', 'RunDir', 'secret_values', 'scrub', 'package_versions', 'Manifest',
-           'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run', 'cache_dir',
-           'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student',
-           'system_prompt', 'chat_messages', 'run_summary']
+__all__ = ['CHUNK_FIELDS', 'STAGES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id',
+           'write_json', 'read_json', 'write_jsonl', 'repair_jsonl', 'append_jsonl', 'read_jsonl', 'read_chunks',
+           'fingerprint', 'list_domains', 'input_files', 'resolve_papers_dir', 'RunDir', 'secret_values', 'scrub',
+           'package_versions', 'Manifest', 'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run',
+           'cache_dir', 'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer',
+           'load_student', 'system_prompt', 'chat_messages', 'run_summary']
 
 # %% ../nbs/00_core.ipynb #8e058ad1
 class PurposeError(Exception):
@@ -97,6 +97,38 @@ def read_jsonl(path: Path | str) -> list[dict]:
         except json.JSONDecodeError as e:
             if i == len(lines): break
             raise PurposeError(f"{path}:{i}: not valid JSON ({e}); fix or delete that line") from None
+    return rows
+
+# %% ../nbs/00_core.ipynb #d5956276
+CHUNK_FIELDS = ("chunk_id", "doc_id", "text")
+
+def read_chunks(path: Path | str) -> list[dict]:
+    "The rows of a `chunks.jsonl`, each checked for `chunk_id`, `doc_id` and `text`; a bad row raises a `PurposeError` naming file, line and field."
+    path = Path(path)
+    if not path.exists(): raise PurposeError(f"{path} does not exist: run the extract stage first")
+    try: lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e: raise PurposeError(f"{path} is not UTF-8 ({e}): re-run the extract stage") from None
+    last = max((i for i, l in enumerate(lines, 1) if l.strip()), default=0)
+    rows, seen = [], {}
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last: break                          # a torn last line (a kill mid-write) is dropped
+            raise PurposeError(f"{path}:{i}: not valid JSON ({e}); fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise PurposeError(f"{path}:{i}: a chunk must be a JSON object, not {type(row).__name__}; fix or delete that line")
+        for f in CHUNK_FIELDS:
+            if f not in row:
+                raise PurposeError(f"{path}:{i}: the chunk has no '{f}' field (every chunk needs {', '.join(CHUNK_FIELDS)}): "
+                                   "add it, delete that line, or re-run the extract stage")
+            if not isinstance(row[f], str):
+                raise PurposeError(f"{path}:{i}: field '{f}' must be a string, not {type(row[f]).__name__}: fix that line")
+        if row["chunk_id"] in seen:
+            raise PurposeError(f"{path}:{i}: chunk_id {row['chunk_id']!r} is already used on line {seen[row['chunk_id']]}: "
+                               "give it another id or delete one of the lines")
+        seen[row["chunk_id"]] = i
+        rows.append(row)
     return rows
 
 # %% ../nbs/00_core.ipynb #69a93abf

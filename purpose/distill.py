@@ -8,7 +8,7 @@ import json, random, re, time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
-from .core import (PurposeError, RunDir, append_jsonl, chat_messages, fingerprint, read_jsonl, stable_id,
+from .core import (read_chunks, PurposeError, RunDir, append_jsonl, chat_messages, fingerprint, read_jsonl, stable_id,
                           stage_run, write_json, write_jsonl)
 from .modelhub import (cited_sources, complete_many, content_words, get_teacher, grounded_messages, one_cause,
                               public_spec,
@@ -320,7 +320,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
                   budget_usd=budget_usd, raft_distractors=raft_distractors, replay_fraction=replay_fraction, replay_file=replay_file, passages=passages,
                   push_to_hub=push_to_hub, seed=seed)
     with stage_run(run, "distill", params) as rec:
-        chunks = {c["chunk_id"]: c for c in read_jsonl(run.extract/"chunks.jsonl")}
+        chunks = {c["chunk_id"]: c for c in read_chunks(run.extract/"chunks.jsonl")}
         queries = read_jsonl(run.queries/"queries.jsonl")[:max_queries]
         missing = sorted({cid for q in queries for cid in q["chunk_ids"] if cid not in chunks})
         if missing: raise PurposeError(f"{run.queries/'queries.jsonl'} cites chunks not in extract/chunks.jsonl ({missing[:3]}...): re-run the queries stage")
@@ -431,7 +431,7 @@ def standard_distill_stage(run_dir: Path | str, domain: str = "domain", generato
     run = RunDir(run_dir)
     run.require("extract/chunks.jsonl")
     with stage_run(run, "queries", {"mode": "standard", "generator": generator, "num_qa_pairs": num_qa_pairs, "seed": seed}) as rec:
-        qs = standard_queries(read_jsonl(run.extract/"chunks.jsonl"), generator, num_qa_pairs, heldout_fraction=heldout_fraction, seed=seed,
+        qs = standard_queries(read_chunks(run.extract/"chunks.jsonl"), generator, num_qa_pairs, heldout_fraction=heldout_fraction, seed=seed,
                               cache=cache, budget_usd=budget_usd, concurrency=concurrency)
         if not qs: raise PurposeError(f"the generator {generator!r} produced no questions: check its failures or use generator='offline'")
         write_jsonl(run.queries/"queries.jsonl", qs)

@@ -8,7 +8,7 @@ import contextlib, math, random, re, statistics, string, time, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
-from .core import (Manifest, PurposeError, RunDir, chat_messages, load_student, load_tokenizer, read_json, read_jsonl,
+from .core import (read_chunks, Manifest, PurposeError, RunDir, chat_messages, load_student, load_tokenizer, read_json, read_jsonl,
                           stable_id, stage_done, stage_run, write_json, write_jsonl)
 from .distill import grounding_score, llm_judge
 from .modelhub import STOPWORDS, content_words, get_teacher, offline_embed, split_sentences
@@ -1137,7 +1137,7 @@ def evaluate_stage(run_dir: Path | str,
         write_json(run.eval/"contamination.json", contamination)
         if not scored: raise PurposeError(f"all {len(items)} held-out items overlap the training QA (see {run.eval/'contamination.json'}): "
                                           "add papers, raise heldout_fraction, or pass decontaminate=False to score them anyway")
-        chunks = read_jsonl(run.extract/"chunks.jsonl")
+        chunks = read_chunks(run.extract/"chunks.jsonl")
         by_id, by_doc = {c["chunk_id"]: c for c in chunks}, defaultdict(list)
         for c in chunks: by_doc[c["doc_id"]].append(c["text"])
         ret = make_retriever(retriever, [c["text"] for c in chunks])

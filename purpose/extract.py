@@ -13,22 +13,21 @@ from multiprocessing.connection import wait as _mp_wait
 from pathlib import Path
 from typing import Optional
 from typing import Any, Callable, Iterable, Sequence
-from .core import (PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run,
+from .core import (read_chunks, PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run,
                           load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)
 
 # %% auto #0
-__all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'SAMPLE_PAGES', 'CHUNK_FIELDS',
-           'FileProblem', 'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes', 'sniff_kind',
-           'detect_encoding', 'decode_text', 'not_a_file', 'list_inputs', 'Line', 'pdfium_page_lines', 'reading_order',
-           'normalize_text', 'drop_running_lines', 'canonical_section', 'heading_of', 'join_lines', 'paragraphs',
-           'split_references', 'Section', 'sectionize', 'find_doi', 'find_year', 'pdf_metadata', 'sentences',
-           'extract_statistics', 'key_terms', 'offline_record', 'validate_record', 'parse_json_reply',
-           'resolve_teacher', 'teacher_record', 'flatten_record', 'render_record', 'jsonl_records', 'records_of',
-           'template_for', 'html_lines', 'markdown_lines', 'chunk_tokenizer', 'chunk_section', 'chunk_document',
-           'ExtractOptions', 'open_pdf', 'tesseract_available', 'ocr_pdf_pages', 'read_pdf', 'extract_file',
-           'make_test_pdf', 'mark_duplicates', 'run_parallel', 'load_record_templates', 'summary_table',
-           'extract_documents', 'extract_stage', 'read_chunks', 'process_folder', 'join_overlapping',
-           'normalize_corpus']
+__all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'SAMPLE_PAGES', 'FileProblem',
+           'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes', 'sniff_kind', 'detect_encoding',
+           'decode_text', 'not_a_file', 'list_inputs', 'Line', 'pdfium_page_lines', 'reading_order', 'normalize_text',
+           'drop_running_lines', 'canonical_section', 'heading_of', 'join_lines', 'paragraphs', 'split_references',
+           'Section', 'sectionize', 'find_doi', 'find_year', 'pdf_metadata', 'sentences', 'extract_statistics',
+           'key_terms', 'offline_record', 'validate_record', 'parse_json_reply', 'resolve_teacher', 'teacher_record',
+           'flatten_record', 'render_record', 'jsonl_records', 'records_of', 'template_for', 'html_lines',
+           'markdown_lines', 'chunk_tokenizer', 'chunk_section', 'chunk_document', 'ExtractOptions', 'open_pdf',
+           'tesseract_available', 'ocr_pdf_pages', 'read_pdf', 'extract_file', 'make_test_pdf', 'mark_duplicates',
+           'run_parallel', 'load_record_templates', 'summary_table', 'extract_documents', 'extract_stage',
+           'process_folder', 'join_overlapping', 'normalize_corpus']
 
 # %% ../nbs/01_extract.ipynb #705d5e02
 STATUSES = {
@@ -1370,38 +1369,6 @@ def extract_stage(papers_dir: Path | str, run_dir: Path | str, *, max_pages: int
     return {"run_dir": str(run.root), "counts": counts, "by_status": by_status,
             "files": [{k: d.get(k) for k in ("doc_id", "source", "kind", "status", "extractor", "n_pages", "error")} for d in docs],
             "table": table}
-
-# %% ../nbs/01_extract.ipynb #9d185c7b
-CHUNK_FIELDS = ("chunk_id", "doc_id", "text")
-
-def read_chunks(path: Path | str) -> list[dict]:
-    "The rows of a `chunks.jsonl`, each checked for `chunk_id`, `doc_id` and `text`; a bad row raises a `PurposeError` naming file, line and field."
-    path = Path(path)
-    if not path.exists(): raise PurposeError(f"{path} does not exist: run the extract stage first")
-    try: lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as e: raise PurposeError(f"{path} is not UTF-8 ({e}): re-run the extract stage") from None
-    last = max((i for i, l in enumerate(lines, 1) if l.strip()), default=0)
-    rows, seen = [], {}
-    for i, line in enumerate(lines, 1):
-        if not line.strip(): continue
-        try: row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last: break                          # a torn last line (a kill mid-write) is dropped
-            raise PurposeError(f"{path}:{i}: not valid JSON ({e}); fix or delete that line") from None
-        if not isinstance(row, dict):
-            raise PurposeError(f"{path}:{i}: a chunk must be a JSON object, not {type(row).__name__}; fix or delete that line")
-        for f in CHUNK_FIELDS:
-            if f not in row:
-                raise PurposeError(f"{path}:{i}: the chunk has no '{f}' field (every chunk needs {', '.join(CHUNK_FIELDS)}): "
-                                   "add it, delete that line, or re-run the extract stage")
-            if not isinstance(row[f], str):
-                raise PurposeError(f"{path}:{i}: field '{f}' must be a string, not {type(row[f]).__name__}: fix that line")
-        if row["chunk_id"] in seen:
-            raise PurposeError(f"{path}:{i}: chunk_id {row['chunk_id']!r} is already used on line {seen[row['chunk_id']]}: "
-                               "give it another id or delete one of the lines")
-        seen[row["chunk_id"]] = i
-        rows.append(row)
-    return rows
 
 # %% ../nbs/01_extract.ipynb #2ce0d644
 def process_folder(data_dir: Path | str, output_dir: Path | str, **kw) -> dict:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import networkx as nx
-from .core import PurposeError, RunDir, read_jsonl, stage_run, write_json
+from .core import read_chunks, PurposeError, RunDir, read_jsonl, stage_run, write_json
 from .modelhub import STOPWORDS, split_sentences
 
 # %% auto #0
@@ -433,7 +433,7 @@ def graph_stage(run_dir: Path | str, max_concepts: int = 120, seed: int = 0, gra
         raise PurposeError(f"max_concepts={max_concepts!r}: keep at least 1 concept (default 120)")
     params = {"max_concepts": max_concepts, "seed": seed, "graph_model": graph_model, "budget_usd": budget_usd}
     with stage_run(run, "graph", params) as rec:
-        chunks, documents = read_jsonl(run.extract/"chunks.jsonl"), read_jsonl(run.extract/"documents.jsonl")
+        chunks, documents = read_chunks(run.extract/"chunks.jsonl"), read_jsonl(run.extract/"documents.jsonl")
         llm = None
         if graph_model:
             llm = llm_extract(chunks, graph_model, cache=cache, budget_usd=budget_usd, concurrency=concurrency)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 import typer
-from .core import PurposeError, cache_dir, read_json, secret_values, write_json
+from .core import read_chunks, PurposeError, cache_dir, read_json, secret_values, write_json
 from .wire import count_tokens
 
 # %% auto #0
@@ -1246,7 +1246,7 @@ def try_teachers(run_dir: Path | str, question: str, teachers: str | list = "off
     from purpose.core import RunDir, read_jsonl
     run = RunDir(run_dir)
     run.require("extract/chunks.jsonl")
-    chunks = read_jsonl(run.extract/"chunks.jsonl")
+    chunks = read_chunks(run.extract/"chunks.jsonl")
     q = set(content_words(question))
     best = sorted(chunks, key=lambda c: (-len(q & set(content_words(c["text"]))), c["chunk_id"]))[:k]
     specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else list(teachers)

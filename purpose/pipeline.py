@@ -10,8 +10,9 @@ import purpose
 from .core import _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
 
 # %% auto #0
-__all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'notebooks_dir', 'stage_parameters', 'check_parameters',
-           'check_value', 'check_values', 'check_run_teachers', 'check_domain', 'run_domain', 'run_domains']
+__all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'KERNEL_QUIET', 'notebooks_dir', 'stage_parameters',
+           'check_parameters', 'check_value', 'check_values', 'check_run_teachers', 'check_domain', 'run_domain',
+           'run_domains']
 
 # %% ../nbs/08_pipeline.ipynb #779bee39
 STAGE_NOTEBOOKS = (("extract", "01_extract.ipynb"), ("graph", "02_graph.ipynb"), ("queries", "03_queries.ipynb"),
@@ -120,6 +121,10 @@ def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path 
     with run_lock(run, wait):
         return _run_stages(domain, papers, run, params, stages, declared, kernel, log)
 
+# the kernel's own log (a TCP notice at every start, "KeyboardInterrupt caught" at shutdown after a user error) is
+# noise here: a cell's error reaches the user through papermill, with the stage and the notebook named
+KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]
+
 def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> dict:
     import papermill as pm
     run.notebooks.mkdir(parents=True, exist_ok=True)
@@ -134,7 +139,8 @@ def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> d
         t0 = time.perf_counter()
         log(f"[{domain}] {stage} ...")
         try:
-            pm.execute_notebook(str(nbs/nb), str(out), parameters=p, cwd=str(nbs), kernel_name=kernel, progress_bar=False, log_output=False)
+            pm.execute_notebook(str(nbs/nb), str(out), parameters=p, cwd=str(nbs), kernel_name=kernel, progress_bar=False,
+                                log_output=False, extra_arguments=KERNEL_QUIET)
         except Exception as e:
             summary[stage] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 2), "error": _error_line(e)}
             raise PurposeError(f"stage '{stage}' failed for domain '{domain}': {_error_line(e)} (see {out})") from None

@@ -8,7 +8,7 @@ import itertools, json, re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
-from .core import PurposeError, RunDir, read_json, read_jsonl, stable_id, stage_run, write_json, write_jsonl
+from .core import read_chunks, PurposeError, RunDir, read_json, read_jsonl, stable_id, stage_run, write_json, write_jsonl
 
 # %% auto #0
 __all__ = ['DIMENSIONS', 'DEPTHS', 'TEMPLATES', 'METHOD_HINTS', 'GraphContexts', 'near_duplicate', 'generate_queries', 'coverage',
@@ -209,7 +209,7 @@ def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: floa
         held = []
         if heldout_by == "document":
             run.require("extract/chunks.jsonl")
-            chunks = read_jsonl(run.extract/"chunks.jsonl")
+            chunks = read_chunks(run.extract/"chunks.jsonl")
             held = heldout_documents(chunks, heldout_fraction, seed)
             if held: qs = split_by_document(qs, {c["chunk_id"]: c["doc_id"] for c in chunks}, held)
             else: rec.info["note"] = "fewer than two documents: held out question by question instead"

@@ -30,6 +30,7 @@ def test_all_domains_continue_past_failure(small_papers):
     assert r.returncode == 1, r.stderr
     assert "empty_domain: failed" in r.stdout and "sprint: done" in r.stdout
     assert (small_papers.parent/"runs"/"sprint"/"graph"/"graph.graphml").exists()
+    assert "IPKernelApp" not in r.stderr and "KeyboardInterrupt" not in r.stderr     # no kernel noise
 
 def test_process_command(small_papers, tmp_path):
     r = purpose_cli("process", "--data-dir", small_papers/"sprint", "--output-dir", tmp_path/"out", "--workers", "1")
