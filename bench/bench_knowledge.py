@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from purpose.augment import augment_stage
-from purpose.core import Manifest, RunDir, read_json, write_json, write_jsonl
+from purpose.core import Manifest, RunDir, read_json, read_jsonl, write_json, write_jsonl
 from purpose.distill import distill_stage
-from purpose.evaluate import LOADERS, evaluate_stage, write_corpus
+from purpose.evaluate import LOADERS, evaluate_stage, headline, write_corpus
 from purpose.graph import graph_stage
 from purpose.queries import queries_stage
 from purpose.train import train_stage
@@ -55,13 +55,17 @@ def prepare(name: str, out: Path, n_contexts: int, n_eval: int, seed: int) -> Pa
     return run
 
 
-def run_recipe(base: Path, recipe: str, spec: dict, args) -> dict:
-    "Train and evaluate one recipe in its own copy of the set's run folder; returns the row of the table."
+def run_recipe(base: Path, recipe: str, spec: dict, args, reference: Path | None = None) -> dict:
+    """Train and evaluate one recipe in its own copy of the set's run folder; returns the row of the table.
+
+    `reference`: the run folder of the set's first recipe, whose base and base+rag answers (the same untuned student on
+    the same items) are reused, so later recipes only score tuned and tuned+rag."""
     run = base.parent/recipe
     if not run.exists():
         top = lambda d, names: [n for n in names if Path(d) == base and n in ("train", "eval", "augment", ".lock")]
         shutil.copytree(base, run, ignore=top)
-    shutil.copy(base/"eval"/"external.jsonl", (run/"eval").mkdir(exist_ok=True) or run/"eval"/"external.jsonl")
+    (run/"eval").mkdir(exist_ok=True)
+    shutil.copy(base/"eval"/"external.jsonl", run/"eval"/"external.jsonl")
     domain = Manifest(run).domain()
     t0 = time.perf_counter()
     aug = {}
@@ -72,14 +76,24 @@ def run_recipe(base: Path, recipe: str, spec: dict, args) -> dict:
     res = train_stage(run, progress=False, student=args.student, epochs=args.epochs, max_len=args.max_len,
                       qa_first_epochs=spec["qa_first_epochs"], seed=args.seed)
     t_train = time.perf_counter() - t0 - t_aug
-    rep = evaluate_stage(run, domain=domain, eval_set=run/"eval"/"external.jsonl", max_new_tokens=args.max_new_tokens,
-                         latency_samples=1, seed=args.seed)
-    log = [r for r in (json.loads(x) for x in (run/"train"/"train_log.jsonl").read_text().splitlines()) if "loss" in r]
-    s = rep["systems"]
-    return {"recipe": recipe, "headline": rep.get("headline"), "systems": s, "chance": (rep.get("mc") or {}).get("chance"),
+    done = read_json(run/"eval"/"bench.json") or {}
+    systems = "tuned,tuned+rag" if reference else "base,tuned,base+rag,tuned+rag"
+    if done.get("train_fingerprint") != res["data_fingerprint"] or done.get("systems") != systems:   # else: scored already
+        evaluate_stage(run, domain=domain, eval_set=run/"eval"/"external.jsonl", systems=systems,
+                       max_new_tokens=args.max_new_tokens, latency_samples=1, seed=args.seed)
+        write_json(run/"eval"/"bench.json", {"train_fingerprint": res["data_fingerprint"], "systems": systems})
+    rep = read_json(run/"eval"/"report.json")
+    if reference:                                    # the untuned systems come from the reference run
+        ref = read_json(reference/"eval"/"report.json")
+        answers = [a for a in read_jsonl(reference/"eval"/"answers.jsonl") if not a["system"].startswith("tuned")]
+        answers += read_jsonl(run/"eval"/"answers.jsonl")
+        rep["systems"] = {**{k: v for k, v in ref["systems"].items() if not k.startswith("tuned")}, **rep["systems"]}
+        rep["headline"] = headline(answers, seed=args.seed)
+    log = [r for r in read_jsonl(run/"train"/"train_log.jsonl") if "loss" in r]
+    return {"recipe": recipe, "headline": rep.get("headline"), "systems": rep["systems"], "chance": (rep.get("mc") or {}).get("chance"),
             "n": rep["n_heldout"], "train_examples": res["examples"] + res.get("augment_examples", 0),
             "train_tokens": round((res.get("tokens_per_s") or 0) * res.get("train_seconds", 0)), "train_steps": len(log),
-            "augment_tokens": (aug.get("tokens") if isinstance(aug, dict) else None),
+            "augment_tokens": aug.get("synthetic_tokens") if isinstance(aug, dict) else None,
             "minutes": {"augment": round(t_aug / 60, 2), "train": round(t_train / 60, 2),
                         "evaluate": round((time.perf_counter() - t0 - t_aug - t_train) / 60, 2)}}
 
@@ -137,10 +151,11 @@ def main():
     for name in args.sets.split(","):
         n_ctx = 10**6 if args.full else (args.pubmedqa_contexts if name == "pubmedqa" else args.covidqa_papers)
         n_eval = 10**6 if args.full else args.n_eval
-        base = prepare(name, args.out, n_ctx, n_eval, args.seed)
+        base, reference = prepare(name, args.out, n_ctx, n_eval, args.seed), None
         for recipe, spec in recipes.items():
             print(f"[{name}] {recipe} ...", flush=True)
-            row = {"set": name, **run_recipe(base, recipe, spec, args)}
+            row = {"set": name, **run_recipe(base, recipe, spec, args, reference)}
+            reference = reference or base.parent/recipe
             rows.append(row)
             write_json(args.out/"results.json", {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                                  "minutes": round((time.perf_counter() - t0) / 60, 1)})

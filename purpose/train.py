@@ -562,7 +562,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     if dist.is_main: plot_loss(log_path, out/"loss.png")
     dist.barrier()
     return {"steps": state["step"], "stopped_early": stopped, "best_epoch": state["best_epoch"], "best_heldout_loss": round(state["best_loss"], 5),
-            "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay), "fingerprint": fp,
+            "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay), "data_fingerprint": fp,
             "seconds_this_run": round(secs, 2), "train_seconds": round(train_secs, 2),
             "train_cpu_seconds": round(time.process_time() - cpu0 - side_cpu, 2),
             "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,

@@ -49,12 +49,12 @@ def test_changed_dataset_retrains_instead_of_resuming_a_finished_adapter(tmp_pat
     first = train_stage(run, **kw)
     adapter = (run/"train"/"adapter"/"adapter_model.safetensors").read_bytes()
     same = train_stage(run, **kw)                                   # nothing changed: the finished run is reused
-    assert same["fingerprint"] == first["fingerprint"] and same["steps"] == first["steps"]
+    assert same["data_fingerprint"] == first["data_fingerprint"] and same["steps"] == first["steps"]
     assert "starting again" not in capsys.readouterr().out
     distill_stage(run, domain="sprint", judge_threshold=0.0, min_grounding=0.0, dedup_threshold=1.0, passages="none")
     again = train_stage(run, **kw)
     assert "starting again" in capsys.readouterr().out
-    assert again["examples"] < first["examples"] and again["fingerprint"] != first["fingerprint"]
+    assert again["examples"] < first["examples"] and again["data_fingerprint"] != first["data_fingerprint"]
     assert (run/"train"/"adapter"/"adapter_model.safetensors").read_bytes() != adapter
     log = read_jsonl(run/"train"/"train_log.jsonl")
     assert [r["step"] for r in log if "loss" in r] == list(range(1, again["steps"] + 1))
