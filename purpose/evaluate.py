@@ -173,56 +173,6 @@ def percentile(xs: list[float], q: float) -> float:
     f, c = math.floor(k), math.ceil(k)
     return xs[f] + (xs[c] - xs[f]) * (k - f)
 
-# %% ../nbs/07_evaluate.ipynb #37aedc5c
-def encode_reply(tok, messages: list[dict], reply: str, max_len: int = 2048) -> dict:
-    "Token ids and labels (reply tokens only) of `reply` as the assistant's next turn after `messages`."
-    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tok(reply, add_special_tokens=False)["input_ids"][:max_len - 1]
-    return {"input_ids": (p_ids + a_ids)[-max_len:], "labels": ([-100] * len(p_ids) + a_ids)[-max_len:]}
-
-def reply_logprobs(model, tok, examples: list[dict],
-                   rows_per_batch: int = 4,  # packed rows per forward pass
-                   row_len: int = 1024,      # tokens per packed row (a longer example gets a row of its own)
-                  ) -> list[tuple[float, int]]:
-    "`(summed log-probability, token count)` of each encoded example's labelled tokens."
-    import torch, torch.nn.functional as F
-    if not examples: return []
-    body, head = _body_and_head(model)
-    dev = next(model.parameters()).device
-    rows = pack(examples, list(range(len(examples))), row_len)
-    sums, counts = torch.zeros(len(examples), dtype=torch.float64), torch.zeros(len(examples), dtype=torch.long)
-    with torch.no_grad():
-        for i in range(0, len(rows), rows_per_batch):
-            part = rows[i:i + rows_per_batch]
-            b = collate(examples, part, tok.pad_token_id)
-            owner = torch.zeros_like(b["labels"])          # which example each position belongs to
-            for r, row in enumerate(part):
-                o = 0
-                for j in row:
-                    n = len(examples[j]["input_ids"])
-                    owner[r, o:o + n] = j
-                    o += n
-            h = body(input_ids=b["input_ids"].to(dev), position_ids=b["position_ids"].to(dev),
-                     attention_mask=b["attention_mask"].to(dev), use_cache=False).last_hidden_state
-            sel = b["labels"][:, 1:] != -100                # a label is never the first token of its example
-            hs, ys, who = h[:, :-1][sel.to(dev)], b["labels"][:, 1:][sel], owner[:, 1:][sel]
-            for k in range(0, len(ys), 1024):
-                lp = -F.cross_entropy(head(hs[k:k + 1024]).float(), ys[k:k + 1024].to(dev), reduction="none")
-                sums.index_add_(0, who[k:k + 1024], lp.double().cpu())
-                counts.index_add_(0, who[k:k + 1024], torch.ones_like(who[k:k + 1024]))
-    return [(float(s), int(c)) for s, c in zip(sums, counts)]
-
-# %% ../nbs/07_evaluate.ipynb #0e487617
-def reference_losses(model, tok, items: list[dict], domain: str, rag: bool, max_len: int = 2048) -> list[float]:
-    "Each reference answer's mean token loss (nats) given its item's prompt: the item's log-perplexity."
-    exs = [encode_reply(tok, system_messages(it, domain, rag), it["answer"], max_len) for it in items]
-    return [-s / max(n, 1) for s, n in reply_logprobs(model, tok, exs)]
-
-def perplexity(model, tok, items: list[dict], domain: str, rag: bool, max_len: int = 2048) -> float:
-    "exp of the mean over items of each reference's mean token loss."
-    return math.exp(statistics.mean(reference_losses(model, tok, items, domain, rag, max_len)))
-
 # %% ../nbs/07_evaluate.ipynb #f2f7c318
 def encode_reply(tok, messages: list[dict], reply: str, max_len: int = 2048) -> dict:
     "Token ids and labels (reply tokens only) of `reply` as the assistant's next turn after `messages`."
@@ -361,111 +311,6 @@ def paired_bootstrap(a: list[float], b: list[float], n: int = 1000, alpha: float
     ci = bca_ci(d, n, alpha, seed)
     mean = round(statistics.mean(d), 4) if d else float("nan")
     return {"diff": mean, "ci": ci, "significant": bool(ci[0] > 0 or ci[1] < 0)}
-
-# %% ../nbs/07_evaluate.ipynb #4d19f793
-_NUMBER = re.compile(r"(?<![\w.,\-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?:\s?(%|°[CF]?|[^\W\d_][\w/°µ]*))?")
-
-def number_spans(text: str) -> list[tuple[int, int, float, str]]:
-    "`(start, end, value, unit)` of each number in `text`; `unit` is the lower-cased word or sign after it, or ''."
-    out = []
-    for m in _NUMBER.finditer(text):
-        unit = (m.group(2) or "").lower()
-        out.append((m.start(1), m.end(1), float(m.group(1).replace(",", "")), "" if unit in STOPWORDS else unit))
-    return out
-
-# %% ../nbs/07_evaluate.ipynb #d67cbefa
-def _like(ref: str, cand: str) -> str:
-    "`cand` in the surface form of `ref`: the same end punctuation and first-letter case."
-    cand = cand.strip().rstrip(".;,:!?") + (ref.strip()[-1] if ref.strip()[-1:] in ".!?" else "")
-    first = cand.split()[0] if cand.split() else ""
-    if ref[:1].islower() and cand[:1].isupper() and not first.isupper(): cand = cand[0].lower() + cand[1:]
-    return cand
-
-def _numeric_distractors(ref: str, pool: list[dict], m: int, rng: random.Random) -> list[str]:
-    "`m` copies of `ref` with its number replaced by other values of the same unit from `pool`, or []."
-    spans = number_spans(ref)
-    bare = len(spans) == 1 and normalize_answer(ref) == normalize_answer(ref[spans[0][0]:spans[0][1]])
-    for s, e, v, unit in spans:
-        if not unit and not bare: continue                      # a bare number in a sentence has no kind to match
-        vals = {}
-        for p in pool:
-            for s2, e2, v2, u2 in p["numbers"]:
-                if u2 == unit and v2 != v: vals.setdefault(v2, p["text"][s2:e2])
-        if len(vals) >= m: return [ref[:s] + x + ref[e:] for x in rng.sample(sorted(vals.values()), m)]
-    return []
-
-def _span_distractors(ref: str, refs: set[str], question: str, pool: list[dict], m: int, rng: random.Random,
-                      own_text: str = "") -> list[str]:
-    "`m` texts from `pool` of similar length to `ref` (numbers only if it has some), most related to `question` first."
-    n, has_num, q = len(ref.split()), bool(number_spans(ref)), set(content_words(question))
-    seen, cands = set(refs), []
-    for p in pool:
-        if p["norm"] in seen or not p["norm"]: continue
-        seen.add(p["norm"])
-        if not n / 2 - 1 <= p["n_words"] <= 2 * n + 1 or bool(p["numbers"]) != has_num: continue
-        pn = f" {p['norm']} "
-        if any(f" {r} " in pn or pn in f" {r} " or squad_f1(p["text"], r) >= 0.5 for r in refs): continue
-        cands.append((-len(q & p["words"]), abs(p["n_words"] - n), rng.random(), p))
-    out = []
-    for *_, p in sorted(cands, key=lambda c: c[:3]):
-        if f" {p['norm']} " in own_text: continue            # it occurs in the reference's own document: it may be right
-        out.append(_like(ref, p["text"]))
-        if len(out) == m: return out
-    return []
-
-def mc_items(items: list[dict],   # held-out items (`qa_id`, `question`, `answer`, optional `answers`, `doc_id`, `citations`)
-             chunks: list[dict],  # the corpus (`chunk_id`, `doc_id`, `text`)
-             k: int = 4,          # options per item: the reference and k-1 distractors
-             seed: int = 0,
-            ) -> list[dict]:
-    "Multiple-choice items: the reference among `k`-1 distractors of the same kind from other documents."
-    doc_of = {c["chunk_id"]: c["doc_id"] for c in chunks}
-    own = lambda it: ({it.get("doc_id")} | {doc_of.get(c) for c in it.get("citations", [])}) - {None}
-    texts = [(c["doc_id"], s) for c in chunks for s in split_sentences(c["text"])]
-    texts += [(d, it["answer"]) for it in items if it.get("kind") != "yesno" for d in (own(it) or {None})]
-    doc_text = defaultdict(list)
-    for c in chunks: doc_text[c["doc_id"]].append(normalize_answer(c["text"]))
-    pool = [{"doc": d, "text": t, "norm": normalize_answer(t), "n_words": len(t.split()), "numbers": number_spans(t),
-             "words": set(content_words(t))} for d, t in texts]
-    out = []
-    for it in items:
-        keep = {f: it[f] for f in ("qa_id", "question", "instruction", "retrieved", "doc_id") if f in it}
-        if it.get("kind") == "yesno":
-            if it.get("label") in YESNO:
-                out.append({**keep, "options": [o.capitalize() for o in YESNO], "answer_index": YESNO.index(it["label"]),
-                            "distractors": "labels"})
-            continue
-        rng, ref, mine = random.Random(f"{seed}-{it['qa_id']}"), it["answer"], own(it)
-        others = [p for p in pool if p["doc"] not in mine]
-        refs = {normalize_answer(r) for r in it.get("answers") or [ref]}
-        kind, opts = "numeric", _numeric_distractors(ref, others, k - 1, rng)
-        if not opts and not (number_spans(ref) and len(ref.split()) <= 3):   # a number answer takes only numbers
-            own_text = " " + " ".join(t for d in mine for t in doc_text.get(d, [])) + " "
-            kind, opts = "span", _span_distractors(ref, refs, it["question"], others, k - 1, rng, own_text)
-        if not opts: continue
-        options = [ref, *opts]
-        rng.shuffle(options)
-        out.append({**keep, "options": options, "answer_index": options.index(ref), "distractors": kind})
-    return out
-
-# %% ../nbs/07_evaluate.ipynb #6e8422cc
-def mc_scores(model, tok, mc: list[dict], domain: str, rag: bool = False, max_len: int = 2048) -> list[dict]:
-    "Per MC item: each option's log-likelihood as the reply (`sum`, `mean` per token), the choice and whether it is right."
-    exs, owner = [], []
-    for j, q in enumerate(mc):
-        msgs = system_messages(q, domain, rag)
-        for o in q["options"]:
-            exs.append(encode_reply(tok, msgs, o, max_len))
-            owner.append(j)
-    out = [{"sum": [], "mean": []} for _ in mc]
-    for j, (s, n) in zip(owner, reply_logprobs(model, tok, exs)):
-        out[j]["sum"].append(round(s, 4))
-        out[j]["mean"].append(round(s / max(n, 1), 4))
-    for q, o in zip(mc, out):
-        o["choice"] = max(range(len(o["mean"])), key=o["mean"].__getitem__)
-        o["choice_sum"] = max(range(len(o["sum"])), key=o["sum"].__getitem__)
-        o["correct"], o["correct_sum"] = float(o["choice"] == q["answer_index"]), float(o["choice_sum"] == q["answer_index"])
-    return out
 
 # %% ../nbs/07_evaluate.ipynb #2d97d496
 _NUMBER = re.compile(r"(?<![\w.,\-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?:\s?(%|°[CF]?|[^\W\d_][\w/°µ]*))?")
@@ -775,50 +620,6 @@ def compare_systems(answers: list[dict], bootstrap: int = 1000, seed: int = 0) -
             if ids: cmp[m] = paired_bootstrap([by[x][i][m] for i in ids], [by[y][i][m] for i in ids], bootstrap, seed=seed)
     return out
 
-# %% ../nbs/07_evaluate.ipynb #61228341
-def _closure(b, t, r, axis=-1):
-    "(mean t − mean b) / (mean r − mean b) along `axis`; NaN where retrieval changes nothing."
-    import numpy as np
-    mb, den = b.mean(axis), r.mean(axis) - b.mean(axis)
-    return np.where(den != 0, (t.mean(axis) - mb) / np.where(den != 0, den, 1), np.nan)
-
-def gap_closure(base: list[float], tuned: list[float], rag: list[float],  # per-item values of the three systems, same items
-                n: int = 1000, alpha: float = 0.05, seed: int = 0,
-                lower_is_better: bool = False,  # True for losses (log-perplexity)
-               ) -> dict:
-    "The fraction of the base→retrieval gap that tuning closes, with a paired BCa interval (None when there is no gap)."
-    import numpy as np
-    b, t, r = (np.asarray(x, dtype=float) for x in (base, tuned, rag))
-    gap = float(r.mean() - b.mean()) if len(b) else float("nan")
-    out = {"n": len(b), "gap": round(gap, 4), "gap_ci": bca_ci(list(r - b), n, alpha, seed),
-           "opened": bool(gap < 0 if lower_is_better else gap > 0), "closure": None, "ci": None}
-    if out["opened"]:
-        out["closure"] = round(float(_closure(b, t, r)), 4)
-        out["ci"] = bca_ci((b, t, r), n, alpha, seed, statistic=_closure)
-    return out
-
-# %% ../nbs/07_evaluate.ipynb #346749de
-def _columns(by: dict, key: str, systems: tuple) -> list[list[float]] | None:
-    "Per-item values of `key` for each of `systems`, over the items all of them scored; None when a system is absent."
-    if not all(s in by for s in systems): return None
-    ids = [i for i in by[systems[0]] if all(by[s].get(i, {}).get(key) is not None for s in systems)]
-    return [[by[s][i][key] for i in ids] for s in systems] if ids else None
-
-def headline(answers: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
-    "From per-item answers: the gap tuning closes closed-book (`log_perplexity`, `mc_accuracy`); `tuned+rag - base+rag`."
-    by = defaultdict(dict)
-    for a in answers: by[a["system"]][a["qa_id"]] = a
-    out = {}
-    for key, name, lower in (("mc_correct", "mc_accuracy", False), ("ref_loss", "log_perplexity", True)):
-        cols = _columns(by, key, ("base", "tuned", "base+rag"))
-        if cols:
-            means = {s: round(statistics.mean(c), 6) for s, c in zip(("base", "tuned", "base+rag"), cols)}
-            out[name] = {**means, **gap_closure(*cols, n=bootstrap, seed=seed, lower_is_better=lower)}
-        cols = _columns(by, key, ("tuned+rag", "base+rag"))
-        if cols:
-            out.setdefault("tuned+rag - base+rag", {})[name] = {"n": len(cols[0]), **paired_bootstrap(*cols, bootstrap, seed=seed)}
-    return out
-
 # %% ../nbs/07_evaluate.ipynb #03f95a79
 def _closure(b, t, r, axis=-1):
     "(mean t − mean b) / (mean r − mean b) along `axis`; NaN where retrieval changes nothing."
@@ -860,48 +661,6 @@ def headline(answers: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
             out[name] = {**means, **gap_closure(*cols, n=bootstrap, seed=seed, lower_is_better=lower)}
         cols = _columns(by, key, ("tuned+rag", "base+rag"))
         if cols: out.setdefault("tuned+rag - base+rag", {})[name] = {"n": len(cols[0]), **paired_bootstrap(*cols, bootstrap, seed=seed)}
-    return out
-
-# %% ../nbs/07_evaluate.ipynb #a8e6234e
-def _pc(x: float) -> str:
-    "A fraction as a whole percentage ('-12 %')."
-    return "undefined" if x is None or not math.isfinite(x) else f"{x * 100:.0f} %"
-
-def _p1(x: float, sign: bool = False) -> str:
-    "A fraction as a percentage with one decimal ('25.0 %', with `sign` '+5.0 %')."
-    return f"{x * 100:+.1f} %" if sign else f"{x * 100:.1f} %"
-
-def headline_lines(h: dict, chance: float | None = None) -> list[str]:
-    "The headline in plain words: the share of the retrieval gap tuning closes closed-book, and tuning with retrieval."
-    out = []
-    for key, what, fmt in (("mc_accuracy", "MC accuracy", _p1),
-                           ("log_perplexity", "reference perplexity", lambda v: f"{math.exp(v):.2f}")):
-        g = h.get(key)
-        if not g: continue
-        vals = (f"base {fmt(g['base'])}, tuned {fmt(g['tuned'])}, base+rag {fmt(g['base+rag'])}, {g['n']} items"
-                + (f", chance {_pc(chance)}" if key == "mc_accuracy" and chance else ""))
-        if not g["opened"]:
-            out.append(f"Retrieval opened no gap in {what} ({vals}): the fraction of it that tuning closes is undefined.")
-            continue
-        s = (f"Tuning closed {_pc(g['closure'])} [{_pc(g['ci'][0])}, {_pc(g['ci'][1])}] of the base→retrieval gap in "
-             f"{what} closed-book ({vals})")
-        if g["closure"] < 0: s += ": negative, tuning moved the model away from retrieval"
-        if g["closure"] > 1: s += ": more than the whole gap, tuned closed-book does better than base with retrieval"
-        lo, hi = g["gap_ci"]
-        if not (lo > 0 or hi < 0):
-            s += "; retrieval's own gap is not distinguishable from zero here, so this fraction is unstable"
-        out.append(s + ".")
-    t, parts = h.get("tuned+rag - base+rag", {}), []
-    if "mc_accuracy" in t:
-        d = t["mc_accuracy"]
-        parts.append(f"MC accuracy by {_p1(d['diff'], True)} [{_p1(d['ci'][0], True)}, {_p1(d['ci'][1], True)}]")
-    if "log_perplexity" in t:
-        d = t["log_perplexity"]
-        x, lo, hi = (math.exp(v) for v in (d["diff"], *d["ci"]))
-        parts.append(f"reference perplexity by ×{x:.2f} [×{lo:.2f}, ×{hi:.2f}]")
-    if parts: out.append("With retrieval, tuning changes " + " and ".join(parts) + " (tuned+rag against base+rag).")
-    if out:
-        out.append("Intervals: 95 %, paired BCa bootstrap over items; a negative fraction means tuning moved away from retrieval.")
     return out
 
 # %% ../nbs/07_evaluate.ipynb #d9043969
