@@ -31,7 +31,7 @@ SETS = {"pubmedqa": ("pubmedqa", DATA/"pubmedqa"/"ori_pqal.json", "biomedical"),
         "covidqa": ("squad", DATA/"covid_qa_deepset"/"200423_covidQA.json", "COVID-19")}
 # recipe: (augmentation size as a multiple of the corpus tokens, 0 = none; QA-only epochs first (pre-instruction-tuning))
 RECIPES = {"passages": dict(size=0, qa_first_epochs=0), "augment-1x": dict(size=1.0, qa_first_epochs=0),
-           "augment-3x": dict(size=3.0, qa_first_epochs=0), "augment-3x+pit": dict(size=3.0, qa_first_epochs=1)}
+           "augment-3x": dict(size=3.0, qa_first_epochs=0), "augment-1x+pit": dict(size=1.0, qa_first_epochs=1)}
 
 
 def prepare(name: str, out: Path, n_contexts: int, n_eval: int, seed: int) -> Path:
@@ -78,10 +78,14 @@ def run_recipe(base: Path, recipe: str, spec: dict, args, reference: Path | None
     t_train = time.perf_counter() - t0 - t_aug
     done = read_json(run/"eval"/"bench.json") or {}
     systems = "tuned,tuned+rag" if reference else "base,tuned,base+rag,tuned+rag"
+    tokens = round((res.get("tokens_per_s") or 0) * res.get("train_seconds", 0))
     if done.get("train_fingerprint") != res["data_fingerprint"] or done.get("systems") != systems:   # else: scored already
         evaluate_stage(run, domain=domain, eval_set=run/"eval"/"external.jsonl", systems=systems,
                        max_new_tokens=args.max_new_tokens, latency_samples=1, seed=args.seed)
-        write_json(run/"eval"/"bench.json", {"train_fingerprint": res["data_fingerprint"], "systems": systems})
+        minutes = {"augment": round(t_aug / 60, 2), "train": round(t_train / 60, 2),
+                   "evaluate": round((time.perf_counter() - t0 - t_aug - t_train) / 60, 2)}
+        done = {"train_fingerprint": res["data_fingerprint"], "systems": systems, "minutes": minutes, "train_tokens": tokens}
+        write_json(run/"eval"/"bench.json", done)
     rep = read_json(run/"eval"/"report.json")
     if reference:                                    # the untuned systems come from the reference run
         ref = read_json(reference/"eval"/"report.json")
@@ -92,10 +96,9 @@ def run_recipe(base: Path, recipe: str, spec: dict, args, reference: Path | None
     log = [r for r in read_jsonl(run/"train"/"train_log.jsonl") if "loss" in r]
     return {"recipe": recipe, "headline": rep.get("headline"), "systems": rep["systems"], "chance": (rep.get("mc") or {}).get("chance"),
             "n": rep["n_heldout"], "train_examples": res["examples"] + res.get("augment_examples", 0),
-            "train_tokens": round((res.get("tokens_per_s") or 0) * res.get("train_seconds", 0)), "train_steps": len(log),
+            "train_tokens": done.get("train_tokens", tokens), "train_steps": len(log),
             "augment_tokens": aug.get("synthetic_tokens") if isinstance(aug, dict) else None,
-            "minutes": {"augment": round(t_aug / 60, 2), "train": round(t_train / 60, 2),
-                        "evaluate": round((time.perf_counter() - t0 - t_aug - t_train) / 60, 2)}}
+            "minutes": done.get("minutes") or {}}     # of the run that trained and scored this adapter
 
 
 def pct(v) -> str: return "n/a" if v is None or v != v else f"{v * 100:+.0f} %"
@@ -122,7 +125,7 @@ def table(rows: list[dict]) -> str:
         rag = f"{pct(d['diff'])} [{pct(d['ci'][0])}, {pct(d['ci'][1])}]" if d else "n/a"
         gp = (f"{s['base']['general_perplexity']:.2f} → {s['tuned']['general_perplexity']:.2f}"
               if "general_perplexity" in s.get("base", {}) and "general_perplexity" in s.get("tuned", {}) else "n/a")
-        m = r["minutes"]
+        m = {"augment": "?", "train": "?", "evaluate": "?", **r["minutes"]}
         out.append(f"| {r['set']} | {r['recipe']} | {closure(h.get('log_perplexity'))} | {closure(mc)} | {acc} | {rag} | {gp} "
                    f"| {r['train_tokens']} | {m['augment']} / {m['train']} / {m['evaluate']} |")
     return "\n".join(out)
@@ -136,7 +139,7 @@ def main():
     ap.add_argument("--teacher", default=None, help="ModelHub spec: adds an LLM augmentation recipe (EntiGraph kinds)")
     ap.add_argument("--full", action="store_true", help="every document and question of both sets")
     ap.add_argument("--pubmedqa-contexts", type=int, default=50)
-    ap.add_argument("--covidqa-papers", type=int, default=3)
+    ap.add_argument("--covidqa-papers", type=int, default=2)
     ap.add_argument("--n-eval", type=int, default=60)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-len", type=int, default=512)

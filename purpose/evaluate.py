@@ -764,6 +764,13 @@ def _training_lines(t: dict) -> list[str]:
     elif t.get("passages"):
         out.append(f"Training also saw {t['passages']} source passages (chunks no training answer cites, held-out documents included): "
                    "that is how knowledge of the held-out documents can reach the tuned model closed-book.")
+    if t.get("augment_examples"):
+        out.append(f"Training also saw {t['augment_examples']} synthetic knowledge texts (augment/texts.jsonl), built from the corpus "
+                   "alone: no held-out question or answer was read to make them.")
+    b = t.get("budget") or {}
+    if b and b["kept_steps"] < b["planned_steps"]:
+        out.append(f"Training ran under a time budget: {b['kept_steps']} of {b['planned_steps']} planned steps "
+                   f"({b['sec_per_step']} s/step measured at run time); a faster machine trains more of the recipe.")
     return out
 
 
@@ -920,7 +927,9 @@ def evaluate_stage(run_dir: Path | str,
         cov = read_json(run.queries/"coverage.json", {}) or {}
         training = {"heldout_by": "external set" if eval_set else cov.get("heldout_by", "question"),
                     "heldout_documents": len(cov.get("heldout_documents", [])),
-                    "passages": (Manifest(run).stage("distill").get("counts") or {}).get("passages", 0)}
+                    "passages": (Manifest(run).stage("distill").get("counts") or {}).get("passages", 0),
+                    "augment_examples": (Manifest(run).stage("train").get("counts") or {}).get("augment_examples", 0),
+                    "budget": Manifest(run).stage("train").get("budget")}
         mc_info = {"n": len(mc_set), "eligible": len(scored), "options": mc_options,
                    "chance": round(statistics.mean(1 / len(q["options"]) for q in mc_set), 4) if mc_set else None,
                    "distractors": dict(Counter(q["distractors"] for q in mc_set)),

@@ -16,8 +16,8 @@ from .core import (EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, append_json
 __all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'QA_FORMATS', 'encode_example', 'encode_text', 'encode_row', 'curriculum_order', 'pack',
            'load_replay', 'mix_replay', 'collate', 'answer_loss', 'varlen_sdpa', 'register_varlen_attention',
            'TrainConfig', 'check_train_config', 'lr_at', 'bnb_settings', 'qlora_missing', 'quantization_config',
-           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'load_checkpoint', 'train', 'plot_loss',
-           'augment_rows', 'train_stage', 'merge_adapter']
+           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'budget_steps', 'load_checkpoint', 'train',
+           'plot_loss', 'augment_rows', 'train_stage', 'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -202,6 +202,7 @@ class TrainConfig:
     cpu_threads: int = 0              # CPU threads; 0 = tune while training (fewer threads win when other processes are busy)
     checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
     max_steps: int | None = None
+    time_budget_s: float | None = None  # seconds for the whole run: after 3 steps the measured rate caps the steps kept
     seed: int = 0
     def __post_init__(self): check_train_config(self)
 
@@ -210,7 +211,8 @@ class TrainConfig:
 _RULES = {"epochs": (1, None), "qa_first_epochs": (0, None), "lr": (0, None), "lora_r": (0, None),
           "lora_alpha": (1, None), "lora_dropout": (0, 0.99), "max_len": (16, None), "rows_per_batch": (1, None),
           "grad_accum": (1, None), "warmup_ratio": (0, 1), "min_lr_ratio": (0, 1), "weight_decay": (0, None),
-          "replay_ratio": (0, None), "cpu_threads": (0, None), "checkpoint_every": (1, None), "max_steps": (1, None)}
+          "replay_ratio": (0, None), "cpu_threads": (0, None), "checkpoint_every": (1, None), "max_steps": (1, None),
+          "time_budget_s": (1, None)}
 _POSITIVE = {"lr"}
 _CHOICES = {"curriculum": ("staged", "sorted", "none"), "precision": ("auto", "fp32", "bf16"),
             "attn": ("auto", VARLEN_ATTN, "sdpa", "eager", "flash_attention_2"), "quantize": (None, 4, 8)}
@@ -412,6 +414,12 @@ def epoch_rows(rows: list[dict], epoch: int, cfg: TrainConfig) -> list[int]:
     if epoch >= cfg.qa_first_epochs: return order
     return [i for i in order if rows[i].get("format", "qa") in QA_FORMATS]
 
+# %% ../nbs/06_train.ipynb #6d7d66d0
+def budget_steps(planned: int, done: int, sec_per_step: float, seconds_left: float, margin: float = 0.1) -> int:
+    "How many optimizer steps to keep of `planned` when `done` ran at `sec_per_step` and `seconds_left` remain."
+    fit = math.floor(seconds_left * (1 - margin) / max(sec_per_step, 1e-9))
+    return max(done, min(planned, done + max(fit, 0)))
+
 # %% ../nbs/06_train.ipynb #b6d5585c
 def load_checkpoint(ckpt: Path, fp: str, log=print, set_aside: bool = True) -> dict | None:
     "The checkpoint in `ckpt` when it was written for fingerprint `fp`; else (`set_aside`) move the old run aside: None."
@@ -440,7 +448,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     "Train on chat `rows` (each with `messages`, `depth`, `hard`), keep the best epoch, write checkpoints, log and figure; `stop_after` N steps ends this session resumably."
     import shutil, torch
     from tqdm.auto import tqdm
-    out = Path(out_dir)
+    out, t_begin = Path(out_dir), time.perf_counter()
     if not train_rows: raise PurposeError("no training examples: the distill stage accepted no train QA")
     dist = _Dist()
     device, dev_type = dist.device, dist.device.type
@@ -476,6 +484,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
         with torch.no_grad():
             for k, v in saved["trainable"].items(): trainable[k].copy_(v.to(device))
         opt.load_state_dict(saved["optimizer"]); state = saved["state"]
+        steps_total = state.get("steps_total", steps_total)
         torch.set_rng_state(saved["rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(saved["cuda_rng"])
         if dist.is_main and log_path.exists():     # forget what was logged after the checkpoint
@@ -539,6 +548,15 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
                  "tokens_per_s": round(tokens_seen / train_secs, 1), "eta_s": round(eta, 1)})
             bar.set_postfix(loss=f"{step_loss / acc_n:.3f}", tok_s=f"{tokens_seen / train_secs:.0f}", eta=_fmt_secs(eta)); bar.update(1)
             acc_loss, acc_tokens, acc_answer, acc_n = 0.0, 0, 0, 0
+            if cfg.time_budget_s and "budget" not in state and state["step"] - start_step == 3:
+                kept = budget_steps(steps_total, state["step"], train_secs / 3, cfg.time_budget_s - (time.perf_counter() - t_begin))
+                state["budget"] = {"planned_steps": steps_total, "kept_steps": kept, "sec_per_step": round(train_secs / 3, 3)}
+                if kept < steps_total:
+                    log_fn(f"train: the time budget of {cfg.time_budget_s:.0f} s fits {kept} of {steps_total} steps at "
+                           f"{train_secs / 3:.1f} s/step: training stops there")
+                    steps_total = kept
+                    bar.total = steps_total
+                state["steps_total"] = steps_total
             ts, tc = time.perf_counter(), time.process_time()
             if state["step"] % cfg.checkpoint_every == 0 and not (end_of_epoch or state["step"] >= steps_total): checkpoint()   # else: after the evaluation
             side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
@@ -569,7 +587,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             "answer_tokens_per_s": round(answer_tokens / train_secs, 1) if train_secs > 0 and answer_tokens else None,
             "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world,
             "cpu_threads": (tuner.current if tuner else torch.get_num_threads()) if dev_type == "cpu" else None,
-            "thread_switches": tuner.switches if tuner else []}
+            "thread_switches": tuner.switches if tuner else [], "budget": state.get("budget")}
 
 def plot_loss(log_path: Path, path: Path):
     "Training loss per step and held-out loss per epoch."
