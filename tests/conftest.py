@@ -7,7 +7,7 @@ SHARED = ROOT.parent/"shared"
 SAMPLE = ROOT/"papers"/"sprint"
 
 # the tiny configuration: random 2-layer student, few questions, short generations
-TINY = {"student": "tiny-random", "epochs": 1, "per_cell": 2, "max_items": 6, "max_new_tokens": 8,
+TINY = {"student": "tiny-random", "epochs": 1, "augment_size": 0.5, "per_cell": 2, "max_items": 6, "max_new_tokens": 8,
         "systems": "base,tuned", "latency_samples": 2, "workers": 1}
 
 @pytest.fixture
