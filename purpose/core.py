@@ -102,7 +102,7 @@ def read_jsonl(path: Path | str) -> list[dict]:
 # %% ../nbs/00_core.ipynb #d5956276
 CHUNK_FIELDS = ("chunk_id", "doc_id", "text")
 
-def read_chunks(path: Path | str) -> list[dict]:
+def read_chunks(path: Path | str, fields: tuple = CHUNK_FIELDS) -> list[dict]:
     "The rows of a `chunks.jsonl`, each checked for `chunk_id`, `doc_id` and `text`; a bad row raises a `PurposeError` naming file, line and field."
     path = Path(path)
     if not path.exists(): raise PurposeError(f"{path} does not exist: run the extract stage first")
@@ -118,9 +118,9 @@ def read_chunks(path: Path | str) -> list[dict]:
             raise PurposeError(f"{path}:{i}: not valid JSON ({e}); fix or delete that line") from None
         if not isinstance(row, dict):
             raise PurposeError(f"{path}:{i}: a chunk must be a JSON object, not {type(row).__name__}; fix or delete that line")
-        for f in CHUNK_FIELDS:
+        for f in fields:
             if f not in row:
-                raise PurposeError(f"{path}:{i}: the chunk has no '{f}' field (every chunk needs {', '.join(CHUNK_FIELDS)}): "
+                raise PurposeError(f"{path}:{i}: the chunk has no '{f}' field (every chunk needs {', '.join(fields)}): "
                                    "add it, delete that line, or re-run the extract stage")
             if not isinstance(row[f], str):
                 raise PurposeError(f"{path}:{i}: field '{f}' must be a string, not {type(row[f]).__name__}: fix that line")

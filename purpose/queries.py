@@ -209,7 +209,7 @@ def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: floa
         held = []
         if heldout_by == "document":
             run.require("extract/chunks.jsonl")
-            chunks = read_chunks(run.extract/"chunks.jsonl")
+            chunks = read_chunks(run.extract/"chunks.jsonl", fields=("chunk_id", "doc_id"))
             held = heldout_documents(chunks, heldout_fraction, seed)
             if held: qs = split_by_document(qs, {c["chunk_id"]: c["doc_id"] for c in chunks}, held)
             else: rec.info["note"] = "fewer than two documents: held out question by question instead"
