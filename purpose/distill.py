@@ -18,7 +18,8 @@ from .modelhub import (cited_sources, complete_many, content_words, get_teacher,
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
            'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
            'prompt_fingerprint', 'stored_answer_key', 'teacher_name', 'ask_teachers', 'raft_examples',
-           'passage_examples', 'replay_examples', 'export_formats', 'dataset_card', 'unanswered_failures',
+           'replay_examples', 'distinguishing_phrases', 'passage_question', 'passage_questions', 'passage_examples',
+           'prompt_conflicts', 'prompt_completion', 'export_formats', 'dataset_card', 'unanswered_failures',
            'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
@@ -116,24 +117,43 @@ def _shingles(text: str, n: int = 3) -> set[str]:
     w = re.findall(r"[a-z0-9]+", text.lower())
     return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
 
-def minhash(text: str, num_perm: int = 64) -> tuple[int, ...]:
-    "MinHash signature of `text`'s word 3-shingles."
-    import hashlib
-    sh = _shingles(text)
-    return tuple(min(int.from_bytes(hashlib.blake2b(f"{i}:{s}".encode(), digest_size=8).digest(), "little") for s in sh)
-                 for i in range(num_perm))
+def _shingle_bytes(text: str) -> list[bytes]: return [s.encode() for s in sorted(_shingles(text))]
 
-def _sim(a: tuple, b: tuple) -> float: return sum(x == y for x, y in zip(a, b)) / len(a)
+def minhash(text: str, num_perm: int = 128, seed: int = 1):
+    "datasketch `MinHash` of `text`'s word 3-shingles (the same for the same seed)."
+    from datasketch import MinHash
+    return MinHash.bulk([_shingle_bytes(text)], num_perm=num_perm, seed=seed)[0]
 
-def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x["answer"], threshold: float = 0.85,
-          question_overlap: float = 0.5) -> tuple[list[dict], list[dict]]:
-    "Split `items` into (kept, duplicates); each duplicate gets `duplicate_of` (the kept item's index in `kept`)."
-    kept, sigs, dups = [], [], []
-    for it in items:
-        q, a = minhash(key(it)), minhash(answer_key(it))
-        match = next((j for j, (kq, ka) in enumerate(sigs) if (sq := _sim(q, kq)) >= threshold or (_sim(a, ka) >= threshold and sq >= question_overlap)), None)
-        if match is None: kept.append(it); sigs.append((q, a))
+# %% ../nbs/05_distill.ipynb #7730ff4d
+def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x["answer"],
+          threshold: float = 0.85, # estimated Jaccard above which two questions (or answers) match
+          question_overlap: float = 0.5, # questions of same-answer pairs must overlap this much
+          num_perm: int = 128, # MinHash permutations (more: better estimates, slower)
+          seed: int = 1, # MinHash seed: the same items give the same split
+          stats: dict | None = None, # when given, gets `comparisons` (signature pairs compared)
+         ) -> tuple[list[dict], list[dict]]:
+    "Split `items` into (kept, duplicates); `duplicate_of`: the matched item's index in `kept`."
+    from datasketch import MinHash, MinHashLSH
+    if not 0 < threshold <= 1:
+        raise PurposeError(f"dedup threshold={threshold}: use an estimated Jaccard in (0, 1]")
+    sketch = lambda f: MinHash.bulk([_shingle_bytes(f(x)) for x in items], num_perm=num_perm,
+                                    seed=seed)
+    qs, ans = sketch(key), sketch(answer_key)
+    lsh = lambda: MinHashLSH(threshold, num_perm, weights=(0.1, 0.9))   # favour recall
+    lsh_q, lsh_a = lsh(), lsh()
+    kept, sigs, dups, compared = [], [], [], 0
+    for it, q, a in zip(items, qs, ans):
+        match = None
+        for j in sorted({int(k) for k in lsh_q.query(q)} | {int(k) for k in lsh_a.query(a)}):
+            compared += 1
+            sq = q.jaccard(sigs[j][0])
+            if sq >= threshold or (a.jaccard(sigs[j][1]) >= threshold and sq >= question_overlap):
+                match = j; break
+        if match is None:
+            lsh_q.insert(str(len(kept)), q); lsh_a.insert(str(len(kept)), a)
+            kept.append(it); sigs.append((q, a))
         else: dups.append({**it, "duplicate_of": match})
+    if stats is not None: stats["comparisons"] = compared
     return kept, dups
 
 # %% ../nbs/05_distill.ipynb #74f863dc
@@ -198,26 +218,6 @@ def raft_examples(qa: list[dict], chunks: dict[str, dict], k: int = 2, seed: int
                     "messages": msgs[:2] + [{"role": "assistant", "content": f"{q['answer']} [{n}]"}]})
     return out
 
-def passage_examples(qa: list[dict], chunks: dict[str, dict], documents: dict[str, dict], domain: str, which: str = "uncited",
-                     min_words: int = 12) -> list[dict]:
-    "Source passages as training examples (the question names paper, section and page; the answer is the passage): `which` chunks."
-    if which not in ("none", "uncited", "all"): raise PurposeError(f"passages={which!r}: use 'uncited' (chunks no training answer cites), 'all' or 'none'")
-    if which == "none": return []
-    cited = {c for q in qa if q["split"] == "train" for c in q.get("citations", [])}
-    out = []
-    for cid in sorted(chunks, key=lambda c: (chunks[c]["doc_id"], chunks[c].get("page_start") or 0, c)):
-        c = chunks[cid]
-        if (which == "uncited" and cid in cited) or len(c["text"].split()) < min_words: continue
-        doc = documents.get(c["doc_id"], {})
-        title = doc.get("title") or c.get("source") or c["doc_id"]
-        pages = c.get("page_start") and (f"page {c['page_start']}" if c.get("page_end") in (None, c["page_start"]) else f"pages {c['page_start']}–{c['page_end']}")
-        where = ", ".join(x for x in (c.get("section"), pages) if x)
-        q = f'What does "{title}" say' + (f" ({where})?" if where else "?")
-        out.append({"qa_id": stable_id("passage", cid), "query_id": "", "question": q, "answer": c["text"], "dimension": "passage",
-                    "depth": "basic", "split": "train", "teacher": "corpus", "judge_score": 0.0, "grounding": 1.0, "agreement": 1.0,
-                    "hard": False, "citations": [cid], "format": "passage", "messages": chat_messages(q, domain, c["text"])})
-    return out
-
 def replay_examples(n: int, domain: str, path: Path | str | None = None, seed: int = 0) -> list[dict]:
     "`n` general chat examples from a JSONL file (question/answer or messages), for the training split."
     path = Path(path) if path else _general_qa()
@@ -236,9 +236,98 @@ def replay_examples(n: int, domain: str, path: Path | str | None = None, seed: i
                     "hard": False, "citations": [], "format": "replay", "messages": r.get("messages") or chat_messages(q, domain, a)})
     return out
 
+# %% ../nbs/05_distill.ipynb #2247be4a
+_WORD = re.compile(r"[^\W_]+")
+
+def _grams(words: list[str]) -> set[tuple]:
+    "The lower-cased 2- and 3-word runs of `words`."
+    low = [w.lower() for w in words]
+    return {tuple(low[i:i + n]) for n in (2, 3) for i in range(len(low) - n + 1)}
+
+def distinguishing_phrases(texts: list[str], corpus: Counter | None = None) -> list[str | None]:
+    "Each text's earliest 2-3 word term (as written) no other text has; `corpus` terms first."
+    from purpose.graph import candidate_phrases
+    words = [_WORD.findall(t) for t in texts]
+    df, corpus = Counter(g for ws in words for g in _grams(ws)), corpus or Counter()
+    out = []
+    for t, ws in zip(texts, words):
+        terms = {tuple(_WORD.findall(p)) for s in split_sentences(t) for p in candidate_phrases(s)}
+        low = [w.lower() for w in ws]
+        hits = [(corpus[g] < 2, i, n) for i in range(len(ws)) for n in (2, 3)
+                if len(g := tuple(low[i:i + n])) == n and g in terms and df[g] == 1]
+        out.append(" ".join(ws[min(hits)[1]:sum(min(hits)[1:])]) if hits else None)
+    return out
+
+# %% ../nbs/05_distill.ipynb #e400f4b2
+def _pages(c: dict) -> str | None:
+    if not c.get("page_start"): return None
+    same = c.get("page_end") in (None, c["page_start"])
+    return f"page {c['page_start']}" if same else f"pages {c['page_start']}–{c['page_end']}"
+
+def passage_question(title: str, where: list[str], about: str | None = None) -> str:
+    "The question a passage answers: its paper, what it is about (when needed) and where it is."
+    return (f'What does "{title}" say' + (f" about {about}" if about else "")
+            + (f" ({', '.join(where)})?" if where else "?"))
+
+def passage_questions(chunks: list[dict], documents: dict[str, dict]) -> list[str]:
+    "A question per chunk, none twice: paper, section and page, then a telling term, then a number."
+    title = lambda c: documents.get(c["doc_id"], {}).get("title") or c.get("source") or c["doc_id"]
+    where = [[x for x in (c.get("section"), _pages(c)) if x] for c in chunks]
+    groups = defaultdict(list)
+    for i, c in enumerate(chunks): groups[passage_question(title(c), where[i])].append(i)
+    about = [None] * len(chunks)
+    corpus = Counter(g for c in chunks for g in _grams(_WORD.findall(c["text"])))
+    for ids in groups.values():
+        if len(ids) > 1:
+            phrases = distinguishing_phrases([chunks[i]["text"] for i in ids], corpus)
+            for i, p in zip(ids, phrases): about[i] = p
+    qs = [passage_question(title(c), where[i], about[i]) for i, c in enumerate(chunks)]
+    n, k = Counter(qs), Counter()
+    for i, q in enumerate(qs):
+        if n[q] > 1:
+            k[q] += 1
+            nth = f"passage {k[q]} of {n[q]}"
+            qs[i] = passage_question(title(chunks[i]), [*where[i], nth], about[i])
+    return qs
+
+# %% ../nbs/05_distill.ipynb #13fa412e
+def passage_examples(qa: list[dict], chunks: dict[str, dict], documents: dict[str, dict],
+                     domain: str, # the domain of the system message
+                     which: str = "uncited", # 'uncited' (not cited in training), 'all', 'none'
+                     min_words: int = 12, # shorter chunks are left out
+                    ) -> list[dict]:
+    "Source passages as training examples: the question says which passage, the answer is its text."
+    if which not in ("none", "uncited", "all"):
+        raise PurposeError(f"passages={which!r}: use 'uncited' (chunks no training answer cites), "
+                           "'all' or 'none'")
+    if which == "none": return []
+    cited = {c for q in qa if q["split"] == "train" for c in q.get("citations", [])}
+    order = sorted(chunks, key=lambda c: (chunks[c]["doc_id"], chunks[c].get("page_start") or 0, c))
+    long_enough = lambda c: len(chunks[c]["text"].split()) >= min_words
+    picked = [chunks[c] for c in order if (which == "all" or c not in cited) and long_enough(c)]
+    row = lambda c, q: {"qa_id": stable_id("passage", c["chunk_id"]), "query_id": "", "question": q,
+                        "answer": c["text"], "dimension": "passage", "depth": "basic",
+                        "split": "train", "teacher": "corpus", "judge_score": 0.0, "grounding": 1.0,
+                        "agreement": 1.0, "hard": False, "citations": [c["chunk_id"]],
+                        "format": "passage", "messages": chat_messages(q, domain, c["text"])}
+    return [row(c, q) for c, q in zip(picked, passage_questions(picked, documents))]
+
+def prompt_conflicts(rows: list[dict]) -> list[tuple[str, list[str]]]:
+    "Prompts of chat `messages` rows that come with different answers: (user message, answers)."
+    answers = defaultdict(set)
+    for r in rows: answers[json.dumps(r["messages"][:-1])].add(r["messages"][-1]["content"])
+    return [(json.loads(p)[-1]["content"], sorted(a)) for p, a in answers.items() if len(a) > 1]
+
 # %% ../nbs/05_distill.ipynb #980b7612
+def prompt_completion(messages: list[dict]) -> dict:
+    "TRL's conversational prompt-completion view of chat `messages` ending with the answer."
+    if not messages or messages[-1]["role"] != "assistant":
+        raise PurposeError(f"messages {str(messages)[:60]!r} do not end with an assistant message: "
+                           "no completion to train")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
 def export_formats(qa: list[dict], out_dir: Path, domain: str) -> dict:
-    "Write the training split as Alpaca, ShareGPT, chat-messages and OpenAI fine-tuning JSONL."
+    "The training split as Alpaca, ShareGPT, chat messages, OpenAI and TRL prompt-completion JSONL."
     rows = [q for q in qa if q["split"] == "train"]
     sysmsg = chat_messages("", domain)[0]["content"]
     msgs = [q.get("messages") or chat_messages(q["question"], domain, q["answer"]) for q in rows]
@@ -249,20 +338,28 @@ def export_formats(qa: list[dict], out_dir: Path, domain: str) -> dict:
                            for m in msgs],
         "messages.jsonl": [{"messages": m, "dimension": q["dimension"], "depth": q["depth"], "hard": bool(q.get("hard"))} for q, m in zip(rows, msgs)],
         "openai.jsonl": [{"messages": m} for m in msgs],
+        "prompt_completion.jsonl": [prompt_completion(m) for m in msgs],
     }
     for name, data in formats.items(): write_jsonl(out_dir/name, data)
     return {k: len(v) for k, v in formats.items()}
+
+def _conflicts(qa: list[dict], extra: list[dict], domain: str) -> list:
+    rows = [r for r in list(qa) + list(extra) if r["split"] == "train"]
+    msgs = [r.get("messages") or chat_messages(r["question"], domain, r["answer"]) for r in rows]
+    return prompt_conflicts([{"messages": m} for m in msgs])
 
 def dataset_card(qa: list[dict], rejected: list[dict], teachers: list[str], domain: str, extra: list[dict] = (), judge: str | None = None) -> str:
     "A markdown card: counts per dimension × depth and split, teachers, consensus decisions, hard cases and rejection reasons."
     from purpose.queries import DEPTHS, DIMENSIONS
     grid = Counter((q["dimension"], q["depth"]) for q in qa)
+    extras = dict(sorted(Counter(e["format"] for e in extra).items()))
     lines = [f"# Distilled QA: {domain}", "", f"- accepted: {len(qa)} (train {sum(q['split'] == 'train' for q in qa)}, "
              f"held-out {sum(q['split'] == 'heldout' for q in qa)})", f"- rejected: {len(rejected)}",
              f"- hard (teachers disagree): {sum(bool(q.get('hard')) for q in qa)}", f"- teachers: {', '.join(teachers)}",
              f"- judge: {judge or 'offline (grounding, relevance, length)'}",
              f"- consensus: {dict(sorted(Counter(q.get('decision', 'kept') for q in qa).items()))}",
-             f"- extra training examples: {dict(sorted(Counter(e['format'] for e in extra).items())) or 'none'}", "",
+             f"- extra training examples: {extras or 'none'}",
+             f"- training prompts with two answers: {len(_conflicts(qa, extra, domain))}", "",
              "| dimension | " + " | ".join(DEPTHS) + " |", "|---|" + "---|" * len(DEPTHS)]
     lines += [f"| {d} | " + " | ".join(str(grid[(d, p)]) for p in DEPTHS) + " |" for d in DIMENSIONS]
     lines += ["", "## Rejection reasons", ""] + [f"- {r}: {n}" for r, n in Counter(r["reason"].split(":")[0] for r in rejected).most_common()]
@@ -287,10 +384,12 @@ def _load_dataset_dict(qa: list[dict], domain: str, extra: list[dict] = ()):
     from datasets import Dataset, DatasetDict
     cols = ("qa_id", "query_id", "question", "answer", "dimension", "depth", "teacher", "judge_score", "grounding", "agreement", "hard")
     rows = list(qa) + list(extra)
+    msgs = [r.get("messages") or chat_messages(r["question"], domain, r["answer"]) for r in rows]
     full = Dataset.from_list([{**{c: r[c] for c in cols}, "judge_score": float(r["judge_score"]), "grounding": float(r["grounding"]),
                                "agreement": float(r["agreement"]), "hard": bool(r["hard"]), "citations": list(r["citations"]),
-                               "format": r.get("format", "qa"), "messages": r.get("messages") or chat_messages(r["question"], domain, r["answer"])}
-                              for r in rows])
+                               "format": r.get("format", "qa"), "messages": m,
+                               **prompt_completion(m)}
+                              for r, m in zip(rows, msgs)])
     # one table split by index: an empty split keeps the columns and types of the other
     return DatasetDict({s: full.select([i for i, r in enumerate(rows) if r["split"] == s]) for s in ("train", "heldout")})
 

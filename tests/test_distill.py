@@ -108,3 +108,38 @@ def test_misquoted_answers_are_rejected(tmp_path):
     rejected = {r["query_id"]: r for r in read_jsonl(run/"distill"/"rejected.jsonl")}
     assert rejected["q1"]["reason"].startswith("misquoted: 'ground contact lasted 0.12 s in every sprinter'")
     assert "q0" not in rejected
+
+
+def test_trl_trains_the_prompt_completion_export_on_the_completion_only(tmp_path, monkeypatch):
+    "TRL's SFTTrainer reads the prompt_completion export (and the dataset); it learns the answers."
+    pytest.importorskip("trl")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from datasets import load_dataset, load_from_disk
+    from trl import SFTConfig, SFTTrainer
+    from purpose.core import load_student
+    run = make_run(tmp_path)
+    distill_stage(run, domain="sprint", cache=False, judge_threshold=1.0)
+    rows = read_jsonl(run/"distill"/"exports"/"prompt_completion.jsonl")
+    assert rows and all([m["role"] for m in r["prompt"]] == ["system", "user"] for r in rows)
+    assert all([m["role"] for m in r["completion"]] == ["assistant"] for r in rows)
+    model, tok = load_student("tiny-random")
+    cfg = SFTConfig(output_dir=str(tmp_path/"trl"), max_steps=2, per_device_train_batch_size=2,
+                    learning_rate=1e-3, use_cpu=True, report_to=[], save_strategy="no",
+                    logging_steps=1, max_length=256)
+    export = run/"distill"/"exports"/"prompt_completion.jsonl"
+    ds = load_dataset("json", data_files=str(export), split="train")
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    assert trainer.completion_only_loss
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    for ids, labels, row in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), rows):
+        trained = [t for t, l in zip(ids, labels) if l != -100]
+        assert 0 < len(trained) < sum(x != tok.pad_token_id for x in ids)
+        text = tok.decode(trained)
+        assert text.startswith(row["completion"][0]["content"]), text    # answer + end token
+        assert row["prompt"][1]["content"] not in text and row["prompt"][0]["content"] not in text
+    out = trainer.train()
+    assert out.global_step == 2 and out.training_loss == out.training_loss > 0
+    saved = load_from_disk(str(run/"distill"/"dataset"))["train"]       # the same view
+    t2 = SFTTrainer(model=model, args=cfg, train_dataset=saved, processing_class=tok)
+    assert t2.completion_only_loss and t2.train_dataset.num_rows == saved.num_rows
+    assert t2.train().global_step == 2

@@ -68,3 +68,18 @@ def test_documents_are_held_out_whole_and_the_heldout_set_stays_clean(graph_run)
     passages = [r for r in rows if r["format"] == "passage"]
     assert len(passages) == d["passages"] and any(doc[r["citations"][0]] in held for r in passages)   # held-out knowledge as text
     assert not {r["citations"][0] for r in passages} & {cid for q in train for cid in q["citations"]}
+
+
+def test_no_training_prompt_comes_with_two_answers(graph_run):
+    "Each training prompt of the sample run says what it asks for: none comes with two answers."
+    from purpose.distill import distill_stage, prompt_conflicts
+    queries_stage(graph_run, per_cell=4)
+    distill_stage(graph_run, domain="sprint", cache=False, passages="all")
+    exports = graph_run/"distill"/"exports"
+    rows = read_jsonl(exports/"messages.jsonl")
+    passages = [r["messages"][1]["content"] for r in rows if r["dimension"] == "passage"]
+    assert len(passages) > 20 and any(" about " in q for q in passages)    # records need a phrase
+    assert prompt_conflicts(rows) == []
+    pc = read_jsonl(exports/"prompt_completion.jsonl")
+    assert prompt_conflicts([{"messages": r["prompt"] + r["completion"]} for r in pc]) == []
+    assert "training prompts with two answers: 0" in (graph_run/"distill"/"card.md").read_text()
