@@ -15,14 +15,15 @@ from typing import Optional
 from typing import Any, Callable, Iterable, Sequence
 from .core import (read_chunks, PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run,
                           load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)
+from .text import split_sentences
 
 # %% auto #0
-__all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'SAMPLE_PAGES', 'FileProblem',
-           'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes', 'sniff_kind', 'detect_encoding',
-           'decode_text', 'not_a_file', 'list_inputs', 'Line', 'pdfium_page_lines', 'reading_order', 'normalize_text',
-           'drop_running_lines', 'canonical_section', 'heading_of', 'join_lines', 'paragraphs', 'split_references',
-           'Section', 'sectionize', 'find_doi', 'find_year', 'pdf_metadata', 'sentences', 'extract_statistics',
-           'key_terms', 'offline_record', 'validate_record', 'parse_json_reply', 'resolve_teacher', 'teacher_record',
+__all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'RECORD_SCHEMA', 'SAMPLE_PAGES',
+           'FileProblem', 'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes', 'sniff_kind',
+           'detect_encoding', 'decode_text', 'not_a_file', 'list_inputs', 'Line', 'pdfium_page_lines', 'reading_order',
+           'normalize_text', 'drop_running_lines', 'canonical_section', 'heading_of', 'join_lines', 'paragraphs',
+           'split_references', 'Section', 'sectionize', 'find_doi', 'find_year', 'pdf_metadata', 'extract_statistics',
+           'key_terms', 'offline_record', 'validate_record', 'record_messages', 'teacher_records', 'teacher_record',
            'flatten_record', 'render_record', 'jsonl_records', 'records_of', 'template_for', 'html_lines',
            'markdown_lines', 'chunk_tokenizer', 'chunk_section', 'chunk_document', 'ExtractOptions', 'open_pdf',
            'tesseract_available', 'ocr_pdf_pages', 'read_pdf', 'extract_file', 'make_test_pdf', 'mark_duplicates',
@@ -524,17 +525,6 @@ def pdf_metadata(info: dict, first_lines: list[Line], first_text: str) -> dict:
 # %% ../nbs/01_extract.ipynb #e6093ebf
 RECORD_FIELDS = ("research_question", "hypotheses", "methods", "findings", "statistics", "terminology")
 STAT_KINDS = ("p_value", "effect_size", "sample_size", "measurement")
-_ABBR = {"e.g", "i.e", "et al", "fig", "figs", "vs", "approx", "ca", "cf", "eq", "no", "resp", "al", "ref", "refs", "tab", "st", "dr", "mr", "ms"}
-
-def sentences(text: str) -> list[str]:
-    "Sentences of `text` (abbreviations such as 'et al.' and 'Fig.' do not end one)."
-    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z(\[])", text.replace("\n", " "))
-    out: list[str] = []
-    for p in parts:
-        if out and (out[-1].rsplit(" ", 1)[-1].rstrip(".").lower() in _ABBR or re.search(r"\b[A-Z]\.$", out[-1])): out[-1] += " " + p
-        else: out.append(p)
-    return [s.strip() for s in out if len(s.strip()) > 2]
-
 _NUM = r"[-−–]?\d+(?:[.,·]\d+)?"
 _P_RE = re.compile(r"\b[pP]\s*(?:-?value)?\s*(<|>|=|≤|≥|<=|>=|\ufffd)\s*(0?[.·]\d+|1(?:\.0+)?)(?!\d)")
 _ES_RE = re.compile(r"(?<!\w)(?=[CHSEdgηωORr])(Cohen['’]?s\s*d|Hedges['’]?\s*g|\bSMD\b|\bES\b|\bd\b|\bg\b|η\s*p?\s*2|ηp²|η²|\bω2|\bOR\b|\bRR\b|\bHR\b|\br\b|\bR2\b|R²)\s*[=:]\s*(" + _NUM + r")")
@@ -610,7 +600,8 @@ def key_terms(text: str, limit: int = 25) -> list[str]:
 def offline_record(sections: list[Section], text: str | None = None) -> dict:
     "The structured record of a document from its sections, by cue phrases and patterns (no model needed)."
     text = text if text is not None else "\n".join(s.text for s in sections)
-    sents_of = {id(s): sentences(s.text) for s in sections if s.kind not in ("references", "back_matter")}
+    sents_of = {id(s): split_sentences(s.text) for s in sections
+                if s.kind not in ("references", "back_matter")}
     by = lambda *kinds: [x for s in sections if s.kind in kinds and id(s) in sents_of for x in sents_of[id(s)]]
     sents = by("abstract", None, "introduction") or [x for v in sents_of.values() for x in v]
     rq = next((s for s in sents if _RQ.search(s)), None) or next((s for s in by("methods", "discussion") if _RQ.search(s)), None)
@@ -623,6 +614,17 @@ def offline_record(sections: list[Section], text: str | None = None) -> dict:
             "findings": findings, "statistics": extract_statistics(text), "terminology": key_terms(text)}
 
 # %% ../nbs/01_extract.ipynb #444919e9
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_STAT = {"type": "object", "required": ["text", "value", "kind"],
+         "properties": {"text": {"type": "string"}, "value": {"type": "number"},
+                        "unit": {"type": ["string", "null"]},
+                        "kind": {"type": "string", "enum": list(STAT_KINDS)}}}
+RECORD_SCHEMA = {"type": "object", "required": list(RECORD_FIELDS),
+                 "properties": {"research_question": {"type": ["string", "null"]},
+                                "hypotheses": _STRINGS, "methods": _STRINGS, "findings": _STRINGS,
+                                "statistics": {"type": "array", "items": _STAT},
+                                "terminology": _STRINGS}}
+
 def validate_record(obj: Any) -> dict:
     "A record in the schema, normalised; raises `ValueError` saying what is wrong."
     if not isinstance(obj, dict): raise ValueError("the reply must be a JSON object")
@@ -648,44 +650,56 @@ def validate_record(obj: Any) -> dict:
         out["statistics"].append({"text": str(s["text"]), "value": v, "unit": s.get("unit"), "kind": s["kind"]})
     return out
 
-def parse_json_reply(reply: str) -> Any:
-    "The JSON object in a model's reply (code fences and chatter around it are ignored); raises `ValueError`."
-    t = re.sub(r"^```(?:json)?\s*|\s*```$", "", (reply or "").strip())
-    a, b = t.find("{"), t.rfind("}")
-    if a < 0 or b < a: raise ValueError("no JSON object in the reply")
-    try: return json.loads(t[a:b + 1])
-    except json.JSONDecodeError as e: raise ValueError(f"invalid JSON ({e})") from None
 
-_TEACHER_PROMPT = """Read this research document and fill the JSON schema below. Reply with ONLY one JSON object.
-Schema: {{"research_question": string or null, "hypotheses": [string], "methods": [string], "findings": [string],
-"statistics": [{{"text": string, "value": number, "unit": string or null, "kind": "p_value"|"effect_size"|"sample_size"|"measurement"}}],
-"terminology": [string]}}
-Use only facts stated in the document.
+# %% ../nbs/01_extract.ipynb #00513815
+_TEACHER_PROMPT = """Read this research document and fill in its record: the research question
+(or null), the hypotheses, methods, findings, statistics (each with its text, numeric value, unit
+or null, and kind) and the domain terminology. Use only facts stated in the document.
 
 Title: {title}
 
 {text}"""
+_TEACHER_SYSTEM = "You extract structured facts from research papers as strict JSON."
 
-def resolve_teacher(teacher):
-    "A teacher object: `teacher` itself when it has `complete`, else `purpose.modelhub.get_teacher(teacher)`."
-    if teacher is None or hasattr(teacher, "complete"): return teacher
-    from purpose.modelhub import get_teacher
-    return get_teacher(teacher)
+def record_messages(title: str | None, text: str, max_chars: int = 6000) -> list[dict]:
+    "The messages asking a teacher for the record of a document (its first `max_chars` characters)."
+    prompt = _TEACHER_PROMPT.format(title=title or "(unknown)", text=text[:max_chars])
+    return [{"role": "system", "content": _TEACHER_SYSTEM}, {"role": "user", "content": prompt}]
 
-def teacher_record(teacher, title: str | None, text: str, retries: int = 2, max_chars: int = 6000) -> tuple[dict | None, str | None, int]:
-    "`(record, error, attempts)` from the teacher: invalid replies are retried with the reason, then reported as an error."
-    msgs = [{"role": "system", "content": "You extract structured facts from research papers as strict JSON."},
-            {"role": "user", "content": _TEACHER_PROMPT.format(title=title or "(unknown)", text=text[:max_chars])}]
-    err = None
-    for attempt in range(1, retries + 2):
-        try: reply = teacher.complete(msgs)
-        except Exception as e: err = f"the teacher call failed: {type(e).__name__}: {e}"; continue
-        try: return validate_record(parse_json_reply(reply)), None, attempt
-        except ValueError as e:
-            err = f"invalid reply: {e}"
-            msgs = msgs + [{"role": "assistant", "content": str(reply)[:4000]},
-                           {"role": "user", "content": f"That reply is not valid: {e}. Reply again with only the JSON object in the schema."}]
-    return None, f"teacher extraction failed after {retries + 1} attempts ({err}); the offline record was kept", retries + 1
+def _outcome(r) -> dict:
+    "What `teacher_records` says of one `modelhub.Result`."
+    calls = r.attempts + r.repairs
+    if r.ok: return {"record": r.parsed, "error": None, "calls": calls, "status": "ok"}
+    if r.status == "budget":
+        return {"record": None, "calls": 0, "status": "budget",
+                "error": f"teacher extraction not asked ({r.error}): raise budget_usd and re-run, "
+                         "finished records come from the cache; the offline record was kept"}
+    return {"record": None, "calls": calls, "status": "error",
+            "error": f"teacher extraction failed after {calls} calls ({r.error}); "
+                     "the offline record was kept"}
+
+def teacher_records(teacher,            # spec ('openai:gpt-4o-mini', 'a|b' falls back) or a teacher
+                    docs: list[dict],   # documents with `title` and `_text`
+                    retries: int = 2,   # re-asks of an invalid reply, each with the reason
+                    cache=True,         # ModelHub response cache: True (shared), False, or a folder
+                    budget_usd: float | None = None,  # stop asking above this spend
+                    concurrency: int = 4,  # requests in flight
+                    ledger=None,        # a `modelhub.Ledger` that adds up calls, tokens and cost
+                    progress: bool = False, max_chars: int = 6000) -> list[dict]:
+    "`{record, error, calls, status}` per document, from the teacher through the ModelHub."
+    from purpose.modelhub import complete_many
+    chain = [s.strip() for s in teacher.split("|")] if isinstance(teacher, str) else [teacher]
+    msgs = [record_messages(d.get("title"), d.get("_text", ""), max_chars) for d in docs]
+    res = complete_many(chain, msgs, json_schema=RECORD_SCHEMA, validate=validate_record,
+                        repairs=retries, cache=cache, budget_usd=budget_usd,
+                        concurrency=concurrency, ledger=ledger, progress=progress, backoff=0.2)
+    return [_outcome(r) for r in res]
+
+def teacher_record(teacher, title: str | None, text: str, retries: int = 2,
+                   **kw) -> tuple[dict | None, str | None, int]:
+    "`(record, error, calls)` for one document (see `teacher_records`)."
+    o = teacher_records(teacher, [{"title": title, "_text": text}], retries, **kw)[0]
+    return o["record"], o["error"], o["calls"]
 
 # %% ../nbs/01_extract.ipynb #0a00b7b2
 def flatten_record(rec: Any, prefix: str = "") -> dict:
@@ -1298,11 +1312,18 @@ def summary_table(docs: list[dict], chunks: list[dict] | None = None) -> str:
                                  f"; {len(chunks or [])} chunks")
     return "\n".join(rows)
 
+_TEACHER_COUNT = {"ok": "teacher_ok", "budget": "teacher_budget_stopped"}
+
 def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100, chunk_tokens: int = 256,
                       chunk_overlap: int = 32, passwords=(), workers: int | None = None, timeout_s: float = 120,
                       tokenizer: str = EMBEDDED_STUDENT, record_templates: dict | None = None, ocr: bool = True,
                       near_dup_threshold: float = 0.8, teacher=None, teacher_retries: int = 2, progress: bool = True,
-                      files: Sequence[Path] | None = None) -> tuple[list[dict], list[dict], dict]:
+                      files: Sequence[Path] | None = None,
+                      cache=True,                       # the teacher's response cache (ModelHub)
+                      budget_usd: float | None = None,  # stop spending on the teacher above this
+                      concurrency: int = 4,             # teacher calls in flight
+                      ledger=None,                      # a `modelhub.Ledger` of the teacher's calls
+                      ) -> tuple[list[dict], list[dict], dict]:
     "`(documents, chunks, counts)` for every input file of `papers_dir` (the work of the stage, without writing files)."
     papers_dir = Path(papers_dir)
     if not papers_dir.is_dir(): raise PurposeError(f"papers folder {papers_dir} does not exist: create it and add PDF/CSV/JSON/text files")
@@ -1328,12 +1349,14 @@ def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: f
     chunks = [c for _, cs in out for c in cs if c["doc_id"] in keep]
     counts = Counter(d["status"] for d in docs)
     if teacher is not None:
-        t = resolve_teacher(teacher)
-        for d in docs:
-            if d["status"] != "ok": continue
-            rec, err, n = teacher_record(t, d.get("title"), d.get("_text", ""), retries=teacher_retries)
-            if rec is not None: d.update(record_offline=d["record"], record=rec, record_source="teacher"); counts["teacher_ok"] += 1
-            else: d.update(record_source="offline", record_error=err); counts["teacher_failed"] += 1
+        ok = [d for d in docs if d["status"] == "ok"]
+        outs = teacher_records(teacher, ok, teacher_retries, cache=cache, budget_usd=budget_usd,
+                               concurrency=concurrency, ledger=ledger, progress=progress)
+        for d, o in zip(ok, outs):
+            if o["record"] is not None:
+                d.update(record_offline=d["record"], record=o["record"], record_source="teacher")
+            else: d.update(record_source="offline", record_error=o["error"])
+            counts[_TEACHER_COUNT.get(o["status"], "teacher_failed")] += 1
     for d in docs:
         d.pop("_text", None); d.pop("_sketch", None); d.pop("_text_key", None)
         d.setdefault("record_source", "offline" if d.get("record") else None)
@@ -1345,19 +1368,26 @@ def extract_stage(papers_dir: Path | str, run_dir: Path | str, *, max_pages: int
                   chunk_overlap: int = 32, passwords=(), workers: int | None = None, timeout_s: float = 120,
                   tokenizer: str = EMBEDDED_STUDENT, record_templates: dict | None = None, ocr: bool = True,
                   near_dup_threshold: float = 0.8, teacher=None, teacher_retries: int = 2, progress: bool = True,
-                  verbose: bool = True) -> dict:
+                  verbose: bool = True, cache=True, budget_usd: float | None = None,
+                  concurrency: int = 4) -> dict:
     "Run the extract stage: `papers_dir` -> `run_dir/extract/{documents,chunks}.jsonl`; returns counts, per-file rows and the table."
     run = RunDir(run_dir)
     params = dict(papers_dir=str(papers_dir), max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
                   workers=workers, timeout_s=timeout_s, tokenizer=tokenizer, record_templates=record_templates, ocr=ocr,
                   near_dup_threshold=near_dup_threshold, teacher=teacher if isinstance(teacher, (str, type(None))) else type(teacher).__name__,
-                  teacher_retries=teacher_retries, n_passwords=len(passwords or ()))
+                  teacher_retries=teacher_retries, n_passwords=len(passwords or ()),
+                  **({"budget_usd": budget_usd} if teacher is not None else {}))
+    from purpose.modelhub import Ledger
+    ledger = Ledger()
     with stage_run(run, "extract", params) as rec:
         docs, chunks, counts = extract_documents(papers_dir, max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
                                                  chunk_overlap=chunk_overlap, passwords=passwords, workers=workers, timeout_s=timeout_s,
                                                  tokenizer=tokenizer, record_templates=record_templates, ocr=ocr,
                                                  near_dup_threshold=near_dup_threshold, teacher=teacher, teacher_retries=teacher_retries,
-                                                 progress=progress)
+                                                 progress=progress, cache=cache,
+                                                 concurrency=concurrency, budget_usd=budget_usd,
+                                                 ledger=ledger)
+        if teacher is not None: rec.info["teacher_calls"] = ledger.summary()
         write_jsonl(run.extract/"documents.jsonl", docs)
         write_jsonl(run.extract/"chunks.jsonl", chunks)
         table = summary_table(docs, chunks)

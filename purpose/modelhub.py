@@ -13,18 +13,19 @@ from typing import Any, Callable, Iterable, Protocol
 import typer
 from .core import read_chunks, PurposeError, cache_dir, read_json, secret_values, write_json
 from .wire import count_tokens
+from .text import split_sentences   # re-exported: stages import it from here
 
 # %% auto #0
 __all__ = ['OPENAI_COMPATIBLE_DEFAULTS', 'PROVIDERS', 'KEY_VARS', 'KEY_REQUIRED', 'GROUNDED_SYSTEM', 'STOPWORDS',
            'RETRY_STATUSES', 'DEAD_STATUSES', 'task_model_map', 'domain_task_map', 'DOMAINS', 'NON_GENERATIVE',
            'TASK_INSTRUCTIONS', 'models_app', 'mask_url_credentials', 'TeacherSpec', 'parse_spec', 'public_spec',
            'config_path', 'load_config', 'save_config', 'get_key', 'env_key', 'ModelUnavailable', 'mask_secrets',
-           'grounded_messages', 'parse_grounded', 'cited_sources', 'content_words', 'split_sentences', 'OfflineTeacher',
-           'Reply', 'messages_text', 'schema_instruction', 'with_schema_instruction', 'OpenAITeacher',
-           'AnthropicTeacher', 'ProviderHTTPError', 'ReplicateTeacher', 'HFTeacher', 'get_teacher', 'check_teacher',
-           'check_teachers', 'cache_key', 'ResponseCache', 'as_cache', 'load_registry', 'price_table', 'price_of',
-           'cost_usd', 'Ledger', 'Bucket', 'provider_limits', 'wait_for_capacity', 'StructuredOutputError',
-           'validate_json', 'parse_json_reply', 'repair_messages', 'classify_error', 'short_error', 'Result', 'Results',
+           'grounded_messages', 'parse_grounded', 'cited_sources', 'content_words', 'OfflineTeacher', 'Reply',
+           'messages_text', 'schema_instruction', 'with_schema_instruction', 'OpenAITeacher', 'AnthropicTeacher',
+           'ProviderHTTPError', 'ReplicateTeacher', 'HFTeacher', 'get_teacher', 'check_teacher', 'check_teachers',
+           'cache_key', 'ResponseCache', 'as_cache', 'load_registry', 'price_table', 'price_of', 'cost_usd', 'Ledger',
+           'Bucket', 'provider_limits', 'wait_for_capacity', 'StructuredOutputError', 'validate_json',
+           'parse_json_reply', 'repair_messages', 'classify_error', 'short_error', 'Result', 'Results',
            'BudgetExceeded', 'run_sync', 'acomplete_many', 'complete_many', 'estimate', 'one_cause', 'ModelInfo',
            'registry', 'list_models', 'get_model_info', 'resolve_spec', 'general_models', 'unavailable_reason',
            'candidates_for', 'DomainGuess', 'classify_domain', 'task_messages', 'offline_embed', 'rerank',
@@ -197,16 +198,6 @@ def content_words(text: str) -> list[str]:
         if len(w) > 4 and w.endswith("s") and not w.endswith("ss"): w = w[:-1]
         out.append(w)
     return out
-
-def split_sentences(text: str) -> list[str]:
-    "Split text into sentences (keeps decimals such as 0.09 s and abbreviations like 'et al.' together)."
-    text = " ".join(text.split())
-    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z(\[])", text)
-    merged = []
-    for p in parts:
-        if merged and re.search(r"\b(et al|e\.g|i\.e|vs|Fig|approx)\.$", merged[-1]): merged[-1] += " " + p
-        else: merged.append(p)
-    return [s.strip() for s in merged if len(s.strip()) > 1]
 
 class OfflineTeacher:
     "A key-free teacher that answers grounded prompts with cited source sentences."
@@ -732,6 +723,7 @@ class Result:
     parsed: Any = None
     status: str = "ok"          # 'ok', 'error' or 'budget'
     tried: list = field(default_factory=list)
+    repairs: int = 0             # re-asks after invalid structured replies
     @property
     def ok(self) -> bool: return self.status == "ok"
 
@@ -783,7 +775,7 @@ async def _call(teacher, messages, json_schema, kw) -> Reply:
 class _Run:
     "State of one `complete_many` run."
     def __init__(self, candidates, cache, ledger, *, json_schema, params, retries, backoff, max_backoff, timeout, budget_usd,
-                 prices, limits, breaker, teacher_kw):
+                 prices, limits, breaker, teacher_kw, validate=None, repairs=1):
         self.candidates, self.cache, self.ledger = candidates, cache, ledger
         self.json_schema, self.params, self.retries, self.backoff, self.max_backoff = json_schema, params, retries, backoff, max_backoff
         self.timeout, self.budget, self.limits, self.breaker, self.teacher_kw = timeout, budget_usd, limits, breaker, teacher_kw
@@ -795,6 +787,14 @@ class _Run:
         self.spent = self.reserved = 0.0
         self.budget_stopped = False
         self.rng = random.Random()
+        self.validate, self.repairs, self.repaired = validate, repairs, Counter()
+
+    def parse(self, text):
+        "`text` parsed against the schema, then through `validate`; raises `StructuredOutputError`."
+        obj = parse_json_reply(text, self.json_schema)
+        if self.validate is None: return obj
+        try: return self.validate(obj)
+        except (ValueError, TypeError, KeyError) as e: raise StructuredOutputError(str(e)) from None
 
     def teacher(self, i):
         if i not in self.teachers:
@@ -813,7 +813,7 @@ class _Run:
         if self.cache is None or s.provider == "custom": return None
         hit = self.cache.get(self.key(i, messages))
         if hit is None: return None
-        try: parsed = parse_json_reply(hit["text"], self.json_schema) if self.json_schema else None
+        try: parsed = self.parse(hit["text"]) if self.json_schema else None
         except StructuredOutputError: return None   # cached before the schema changed: ask again
         self.ledger.add(s.name, cached=1)
         return Result(idx, hit["text"], model=s.name, input_tokens=hit.get("input_tokens", 0),
@@ -824,7 +824,7 @@ class _Run:
         return tin, cost_usd(self.specs[i], tin, self.params["max_tokens"], self.prices)
 
     async def attempt(self, i, idx, messages) -> Result:
-        "One model call (with at most one repair re-ask), rate-limited and under the budget; raises on failure."
+        "One call (and up to `repairs` re-asks), rate-limited, under the budget; raises on failure."
         spec, teacher = self.specs[i], self.teacher(i)
         tin, est = self.worst_case(i, messages)
         if self.budget is not None:
@@ -839,17 +839,7 @@ class _Run:
             r = await asyncio.wait_for(_call(teacher, messages, self.json_schema, kw), self.timeout)
             n_in, n_out, parsed = r.input_tokens, r.output_tokens, None
             if self.json_schema is not None:
-                try: parsed = parse_json_reply(r.text, self.json_schema)
-                except StructuredOutputError as e:
-                    self.ledger.add(spec.name, parse_failures=1, calls=1)
-                    r2 = await asyncio.wait_for(_call(teacher, repair_messages(messages, r.text, str(e)), self.json_schema, kw), self.timeout)
-                    n_in, n_out = n_in + r2.input_tokens, n_out + r2.output_tokens
-                    try: parsed = parse_json_reply(r2.text, self.json_schema); r = r2
-                    except StructuredOutputError as e2:
-                        self.ledger.add(spec.name, parse_failures=1)
-                        self._charge(spec, n_in, n_out)
-                        raise StructuredOutputError(f"invalid JSON after one repair: {e2}") from None
-                    self.ledger.add(spec.name, repaired=1)
+                parsed, n_in, n_out = await self.repair(spec, teacher, idx, messages, r, kw)
             c = self._charge(spec, n_in, n_out)
         finally:
             if self.budget is not None: self.reserved -= est
@@ -858,6 +848,26 @@ class _Run:
                                                    "cost_usd": c, "created": time.time()})
         return Result(idx, r.text, model=spec.name, input_tokens=n_in, output_tokens=n_out, cost_usd=c, parsed=parsed)
 
+    async def repair(self, spec, teacher, idx, messages, r, kw) -> tuple[Any, int, int]:
+        "`(parsed, input_tokens, output_tokens)` of `r`, re-asked with the reason while invalid."
+        n_in, n_out, asked = r.input_tokens, r.output_tokens, messages
+        for k in range(self.repairs + 1):
+            try: parsed = self.parse(r.text)
+            except StructuredOutputError as e:
+                self.ledger.add(spec.name, parse_failures=1)
+                if k == self.repairs:
+                    self._charge(spec, n_in, n_out)
+                    raise StructuredOutputError(f"invalid reply after {_repairs(k)}: {e}") from None
+                self.ledger.add(spec.name, calls=1)
+                self.repaired[idx] += 1
+                asked = repair_messages(asked, r.text, str(e))
+                r = await asyncio.wait_for(_call(teacher, asked, self.json_schema, kw),
+                                           self.timeout)
+                n_in, n_out = n_in + r.input_tokens, n_out + r.output_tokens
+                continue
+            if k: self.ledger.add(spec.name, repaired=1)
+            return parsed, n_in, n_out
+
     def _charge(self, spec, n_in, n_out) -> float:
         c = cost_usd(spec, n_in, n_out, self.prices)
         self.spent += c
@@ -865,6 +875,11 @@ class _Run:
         return c
 
     async def item(self, idx, messages) -> Result:
+        r = await self._item(idx, messages)
+        r.repairs = self.repaired[idx]
+        return r
+
+    async def _item(self, idx, messages) -> Result:
         tried, attempts = [], 0
         for i, spec in enumerate(self.specs):
             if (hit := self.from_cache(i, idx, messages)) is not None:
@@ -900,6 +915,8 @@ class _Run:
 
 class _BudgetStop(Exception): pass
 
+def _repairs(n: int) -> str: return {0: "no repair", 1: "one repair"}.get(n, f"{n} repairs")
+
 # %% ../nbs/04_modelhub.ipynb #b324e560
 def run_sync(make_coro: Callable[[], Any]) -> Any:
     "Run the coroutine `make_coro()` to completion, also from inside a running event loop (Jupyter, papermill)."
@@ -912,12 +929,16 @@ async def acomplete_many(specs, prompts: Iterable[list[dict]], *, cache: Respons
                          temperature: float = 0.0, max_tokens: int = 512, retries: int = 4, backoff: float = 0.5,
                          max_backoff: float = 20.0, timeout: float = 120.0, prices: dict | None = None, limits: dict | None = None,
                          breaker: int = 5, ledger: Ledger | None = None, on_result: Callable[[Result], None] | None = None,
-                         progress: bool = False, teacher_kw: dict | None = None) -> Results:
+                         progress: bool = False, teacher_kw: dict | None = None,
+                         validate: Callable[[Any], Any] | None = None, repairs: int = 1) -> Results:
     "The async form of `complete_many`."
     prompts = list(prompts)
-    run = _Run(_as_candidates(specs), as_cache(cache), ledger if ledger is not None else Ledger(), json_schema=json_schema,
-               params={"temperature": temperature, "max_tokens": max_tokens}, retries=retries, backoff=backoff, max_backoff=max_backoff,
-               timeout=timeout, budget_usd=budget_usd, prices=prices, limits=provider_limits(limits), breaker=breaker, teacher_kw=teacher_kw or {})
+    params = {"temperature": temperature, "max_tokens": max_tokens}
+    run = _Run(_as_candidates(specs), as_cache(cache), ledger if ledger is not None else Ledger(),
+               json_schema=json_schema, params=params, retries=retries, backoff=backoff,
+               max_backoff=max_backoff, timeout=timeout, budget_usd=budget_usd, prices=prices,
+               limits=provider_limits(limits), breaker=breaker, teacher_kw=teacher_kw or {},
+               validate=validate, repairs=repairs)
     out: list[Result | None] = [None] * len(prompts)
     queue = iter(range(len(prompts)))
     bar = None
@@ -944,11 +965,15 @@ def complete_many(specs, prompts: Iterable[list[dict]], *, cache: ResponseCache 
                   temperature: float = 0.0, max_tokens: int = 512, retries: int = 4, backoff: float = 0.5,
                   max_backoff: float = 20.0, timeout: float = 120.0, prices: dict | None = None, limits: dict | None = None,
                   breaker: int = 5, ledger: Ledger | None = None, on_result: Callable[[Result], None] | None = None,
-                  progress: bool = False, teacher_kw: dict | None = None) -> Results:
+                  progress: bool = False, teacher_kw: dict | None = None,
+                  validate: Callable[[Any], Any] | None = None,  # own check after the schema
+                  repairs: int = 1,                               # re-asks of an invalid reply
+                  ) -> Results:
     "Answer every prompt (a list of chat messages) with the first of `specs` that works: cached, concurrent, retried, budgeted."
     kw = dict(cache=cache, concurrency=concurrency, budget_usd=budget_usd, json_schema=json_schema, temperature=temperature,
               max_tokens=max_tokens, retries=retries, backoff=backoff, max_backoff=max_backoff, timeout=timeout, prices=prices,
-              limits=limits, breaker=breaker, ledger=ledger, on_result=on_result, progress=progress, teacher_kw=teacher_kw)
+              limits=limits, breaker=breaker, ledger=ledger, on_result=on_result, progress=progress,
+              teacher_kw=teacher_kw, validate=validate, repairs=repairs)
     return run_sync(lambda: acomplete_many(specs, prompts, **kw))
 
 # %% ../nbs/04_modelhub.ipynb #a6856619

@@ -389,3 +389,101 @@ def test_hand_written_chunks_name_file_line_and_field(tmp_path):
     f.write_text('{"doc_id": "d1", "text": "Sprint."}\n')
     with pytest.raises(E.PurposeError, match=r"chunks.jsonl:1: the chunk has no 'chunk_id' field"):
         E.read_chunks(f)
+
+
+
+# ---------------------------------------------------------------- one sentence splitter
+
+def test_extract_and_the_hub_split_the_sample_chunks_alike():
+    "The two splitters disagreed on 10 of the 151 sample chunks (initials, units): one now."
+    import re
+    import purpose.modelhub as M, purpose.text as T
+    from conftest import SAMPLE
+    _, chunks, _ = E.extract_documents(SAMPLE, workers=1, progress=False)
+    split_e, split_m = E.split_sentences, M.split_sentences     # offline_record's, the stages'
+    assert len(chunks) > 100
+    assert [c["chunk_id"] for c in chunks if split_e(c["text"]) != split_m(c["text"])] == []
+    sents = [s for c in chunks for s in T.split_sentences(c["text"])]
+    assert not [s for s in sents if re.search(r"Correspondence: [A-Z]\.$", s)]   # initials stay
+    assert sum("Correspondence: N. Adeyemi, n.adeyemi@" in s for s in sents) == 1
+    assert any(s.endswith("for at least 10 ms.") for s in sents)                   # a unit ends one
+
+
+# ---------------------------------------------------------------- teacher records via the ModelHub
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    "A private response cache (every stage's shared cache is under $PURPOSE_CACHE) and config."
+    monkeypatch.setenv("PURPOSE_CACHE", str(tmp_path/"cache"))
+    monkeypatch.setenv("PURPOSE_CONFIG", str(tmp_path/"config.json"))
+    return tmp_path
+
+
+def teacher_run(papers, run, ws, **kw):
+    "The extract stage of the small sprint papers, the wire server as teacher; its documents."
+    extract_stage(papers/"sprint", run, tokenizer=TINY_STUDENT, workers=1, progress=False,
+                  verbose=False, teacher=ws.spec(), **kw)
+    return read_jsonl(Path(run)/"extract"/"documents.jsonl")
+
+
+def test_teacher_records_send_the_schema_and_a_rerun_hits_the_cache(small_papers, hub):
+    from purpose.modelhub import ResponseCache
+    from purpose.wire import WireServer
+    with WireServer() as ws:
+        docs = teacher_run(small_papers, hub/"run1", ws)
+        reqs = ws.requests()
+        assert len(reqs) == 3 and all(r.json_schema == E.RECORD_SCHEMA for r in reqs)
+        assert all(r.body["response_format"]["type"] == "json_schema" for r in reqs)  # native
+        assert [d["record_source"] for d in docs] == ["teacher"] * 3
+        assert docs[1]["record"]["statistics"][0]["kind"] == "p_value"
+        assert docs[1]["record_offline"]["statistics"]
+        again = teacher_run(small_papers, hub/"run2", ws)
+        assert len(ws.requests()) == 3                                     # nothing asked again
+    assert [d["record"] for d in again] == [d["record"] for d in docs]
+    assert len(ResponseCache(hub/"cache"/"responses")) == 3
+    assert Manifest(hub/"run2").stage("extract")["teacher_calls"]["total"]["cached"] == 3
+
+
+def test_teacher_rate_limits_and_server_errors_are_retried(small_papers, hub):
+    from purpose.wire import WireServer
+    with WireServer() as ws:
+        ws.fail_next(2, status=429, retry_after=0); ws.fail_next(2, status=500)
+        docs = teacher_run(small_papers, hub/"run", ws)
+        assert sorted(r.status for r in ws.requests()) == [200] * 3 + [429] * 2 + [500] * 2
+    assert [d["record_source"] for d in docs] == ["teacher"] * 3
+
+
+def test_invalid_replies_are_re_asked_with_the_reason_then_reported(small_papers, hub):
+    from purpose.wire import WireServer
+    s = extract_stage(small_papers/"sprint", hub/"plain", tokenizer=TINY_STUDENT, workers=1,
+                      progress=False, verbose=False)
+    plain = read_jsonl(Path(s["run_dir"])/"extract"/"documents.jsonl")
+    with WireServer(reply=lambda req: '{"findings": []}') as ws:
+        docs = teacher_run(small_papers, hub/"run", ws, teacher_retries=2)
+        reqs = ws.requests()
+    assert len(reqs) == 9 and all(r.json_schema == E.RECORD_SCHEMA for r in reqs)   # 1 + 2 each
+    assert sum("is a required property" in r.prompt for r in reqs) == 6             # the reason
+    for d, p in zip(docs, plain):
+        assert d["record_source"] == "offline" and d["record"] == p["record"]       # offline kept
+        assert "failed after 3 calls" in d["record_error"]
+        assert "required property" in d["record_error"]
+    assert Manifest(hub/"run").stage("extract")["counts"]["teacher_failed"] == 3
+
+
+def test_a_budget_stops_teacher_spending_and_a_rerun_resumes(small_papers, hub):
+    from purpose.wire import WireServer, count_tokens, sample_json
+    per_mtok = 10_000.0                         # USD per million output tokens of the wire model
+    prices = {"prices": {"openai-compatible:wire-model": [0, per_mtok]}}
+    (hub/"config.json").write_text(json.dumps(prices))
+    worst = 512 * per_mtok / 1e6                # what one call may cost (max_tokens 512)
+    spent = count_tokens(json.dumps(sample_json(E.RECORD_SCHEMA))) * per_mtok / 1e6
+    with WireServer() as ws:
+        docs = teacher_run(small_papers, hub/"run", ws, budget_usd=worst + spent / 2, concurrency=1)
+        assert len(ws.requests()) == 1          # a second call might have passed the budget
+        assert [d["record_source"] for d in docs] == ["teacher", "offline", "offline"]
+        assert all("raise budget_usd" in d["record_error"] for d in docs[1:])
+        counts = Manifest(hub/"run").stage("extract")["counts"]
+        assert (counts["teacher_ok"], counts["teacher_budget_stopped"]) == (1, 2)
+        docs = teacher_run(small_papers, hub/"run", ws, budget_usd=100)
+        assert len(ws.requests()) == 3          # the first record came from the cache
+    assert [d["record_source"] for d in docs] == ["teacher"] * 3
