@@ -11,8 +11,8 @@ from .core import _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, re
 
 # %% auto #0
 __all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'KERNEL_QUIET', 'notebooks_dir', 'stage_parameters',
-           'check_parameters', 'check_value', 'check_values', 'check_run_teachers', 'check_domain', 'run_domain',
-           'run_domains']
+           'check_parameters', 'check_value', 'check_values', 'check_run_teachers', 'check_domain', 'stage_notebook',
+           'run_domain', 'run_domains']
 
 # %% ../nbs/08_pipeline.ipynb #779bee39
 STAGE_NOTEBOOKS = (("extract", "01_extract.ipynb"), ("graph", "02_graph.ipynb"), ("queries", "03_queries.ipynb"),
@@ -99,6 +99,27 @@ def check_domain(domain: str) -> str:
                            "(the papers are in papers/<domain>/; point elsewhere with --papers-dir)")
     return domain
 
+# %% ../nbs/08_pipeline.ipynb #43f6e0cf
+def _directives(cell) -> set[str]:
+    "The nbdev directives (`export`, `hide`, ...) on a code cell's leading `#|` lines."
+    out = set()
+    for line in cell["source"].splitlines():
+        if not line.startswith("#|"): break
+        if words := line[2:].replace(":", " ").split(): out.add(words[0])
+    return out
+
+def stage_notebook(path: Path | str):  # a stage notebook in nbs/
+    "The batch form of a stage notebook: its `#| export` cells, then its parameters cell and the run cells after it."
+    import nbformat
+    nb = nbformat.read(str(path), as_version=4)
+    at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    if at is None:
+        raise PurposeError(f"{path}: no cell is tagged 'parameters': a stage notebook ends with its "
+                           "parameters cell and the cells that run the stage")
+    lib = [c for c in nb.cells[:at] if c.cell_type == "code" and _directives(c) & {"export", "exports"}]
+    nb.cells = lib + nb.cells[at:]
+    return nb
+
 # %% ../nbs/08_pipeline.ipynb #7f7767b4
 def _error_line(e: Exception) -> str:
     ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
@@ -139,7 +160,7 @@ def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> d
         t0 = time.perf_counter()
         log(f"[{domain}] {stage} ...")
         try:
-            pm.execute_notebook(str(nbs/nb), str(out), parameters=p, cwd=str(nbs), kernel_name=kernel, progress_bar=False,
+            pm.execute_notebook(stage_notebook(nbs/nb), str(out), parameters=p, cwd=str(nbs), kernel_name=kernel, progress_bar=False,
                                 log_output=False, extra_arguments=KERNEL_QUIET)
         except Exception as e:
             summary[stage] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 2), "error": _error_line(e)}

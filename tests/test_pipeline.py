@@ -23,9 +23,14 @@ def tiny_run(tmp_path_factory):
         shutil.copy(SAMPLE/name, papers/name)
     secret = "sk-test-never-written-123456"
     import os
-    os.environ["OPENAI_API_KEY"] = secret
+    tmp = root/"kernel-tmp"; tmp.mkdir()                 # the kernels' temporary folder: a batch run leaves it empty
+    old_tmp = os.environ.get("TMPDIR")
+    os.environ.update(OPENAI_API_KEY=secret, TMPDIR=str(tmp))
     try: summary = run_domain("sprint", papers_root=root/"papers", runs_root=root/"runs", params=TINY, log=lambda *a: None)
-    finally: os.environ.pop("OPENAI_API_KEY")
+    finally:
+        os.environ.pop("OPENAI_API_KEY")
+        if old_tmp is None: os.environ.pop("TMPDIR")
+        else: os.environ["TMPDIR"] = old_tmp
     return root/"runs"/"sprint", summary, secret
 
 def test_contract_files(tiny_run):
@@ -68,6 +73,15 @@ def test_output_notebooks_carry_parameters(tiny_run):
     nb = nbformat.read(tiny_run[0]/"notebooks"/"06_train.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "student = \"tiny-random\"" in injected[0].source
+
+def test_batch_run_runs_the_stage_not_the_tests(tiny_run):
+    "The executed notebooks hold the library cells and the stage, no inline test; nothing is left outside the run."
+    run = tiny_run[0]
+    for p in sorted((run/"notebooks").glob("*.ipynb")):
+        cells = nbformat.read(p, as_version=4).cells
+        assert not [c for c in cells if "test_eq(" in c.source or "test_fail(" in c.source], p.name
+        assert any("_stage(run_dir" in c.source for c in cells), p.name
+    assert sorted(p.name for p in (run.parent.parent/"kernel-tmp").iterdir()) == []
 
 def test_rerun_of_distill_asks_no_teacher_again(tiny_run):
     from purpose.distill import distill_stage
