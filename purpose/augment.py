@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 from typing import Callable, Iterable, Iterator
-from .core import (read_chunks, PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
+from .core import (FILES, stage_of, read_chunks, PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
                           write_json, write_jsonl)
 from .graph import Concept, _find_mentions, content_chunks
 from .modelhub import Ledger, complete_many, estimate, parse_json_reply, parse_spec, split_sentences
@@ -490,8 +490,7 @@ def _answers(path: Path) -> dict[str, dict]:
 
 # %% ../nbs/05a_augment.ipynb #a5c45712
 AUGMENT_VERSION = 1
-INPUT_FILES = ("extract/chunks.jsonl", "extract/documents.jsonl", "graph/nodes.json", "graph/edges.json", "graph/claims.json",
-               "graph/contradictions.json", "graph/taxonomy.json")
+INPUT_FILES = tuple(FILES[k][1] for k in stage_of("augment").reads)   # the registry says what augment reads
 
 def _inputs_fingerprint(run: RunDir, params: dict) -> str:
     "sha256 of the augmentation's version, its parameters and the bytes of every input file."
@@ -586,7 +585,7 @@ def augment_stage(run_dir: Path | str,
                  ) -> dict:
     "Write `augment/texts.jsonl` (synthetic training texts with their chunks, kind and tokens) and `augment/summary.json`."
     t0, run = time.perf_counter(), RunDir(run_dir)
-    run.require("extract/chunks.jsonl", "graph/nodes.json")
+    run.require("chunks", "nodes")
     if not (isinstance(size, (int, float)) and size > 0):
         raise PurposeError(f"size={size!r}: use a positive multiple of the corpus tokens, e.g. 2.0")
     if not isinstance(teachers, str) or not teachers.strip() or "," in teachers:
@@ -599,29 +598,29 @@ def augment_stage(run_dir: Path | str,
     params = {"size": size, "teachers": "|".join(names) or "offline", "kinds": kinds_, "seed": seed, "max_texts": max_texts,
               "paraphrases": paraphrases, "max_entities": max_entities, "text_tokens": text_tokens,
               "context_tokens": context_tokens, "max_tokens": max_tokens}
-    out, inputs = run.root/"augment", [run.root/f for f in INPUT_FILES]
+    inputs = [run.root/f for f in INPUT_FILES]
     fp = _inputs_fingerprint(run, params)
-    old = read_json(out/"summary.json")
-    if not dry_run and old and (out/"texts.jsonl").exists():
+    old = read_json(run.augment_summary)
+    if not dry_run and old and run.texts.exists():
         if old.get("fingerprint") == fp and old.get("complete"):
-            print(f"augment: inputs and parameters unchanged (fingerprint {fp[:12]}): reusing {out/'texts.jsonl'}")
+            print(f"augment: inputs and parameters unchanged (fingerprint {fp[:12]}): reusing {run.texts}")
             with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
                 rec.counts.update(old["counts"])
                 rec.info["reused"] = True
             return {**old, "reused": True}
         why = "the last run did not finish" if old.get("fingerprint") == fp else "inputs or parameters changed"
-        print(f"augment: {why} since the last run: regenerating {out/'texts.jsonl'}")
-    docs = read_jsonl(run.extract/"documents.jsonl") if (run.extract/"documents.jsonl").exists() else []
-    chunks = read_chunks(run.extract/"chunks.jsonl")
-    g = lambda name, default: read_json(run.graph/name, default)
+        print(f"augment: {why} since the last run: regenerating {run.texts}")
+    docs = read_jsonl(run.documents) if run.documents.exists() else []
+    chunks = read_chunks(run.chunks)
+    g = lambda key, default: read_json(getattr(run, key), default)
     count, tokenizer = token_counter()
-    cp = Corpus(chunks, docs, g("nodes.json", []), g("edges.json", []), g("claims.json", []), g("contradictions.json", []),
+    cp = Corpus(chunks, docs, g("nodes", []), g("edges", []), g("claims", []), g("contradictions", []),
                 count=count)
     corpus_tokens = sum(int(c.get("n_tokens") or 0) for c in chunks)
     target = math.ceil(size * corpus_tokens)
     typical = _typical_tokens(cp, kinds_, seed, text_tokens, count)
     n_per_kind = math.ceil(target / max(1.0, sum(typical.values())) * 1.15)
-    answers_path, failures_path = out/"llm_answers.jsonl", out/"llm_failures.jsonl"
+    answers_path, failures_path = run.augment_answers, run.augment_failures
     ledger, est, asked = Ledger(), None, {}
     call_kw = dict(cache=cache, concurrency=concurrency, max_tokens=max_tokens, retries=4, backoff=0.2)
     if llm_kinds:
@@ -647,7 +646,7 @@ def augment_stage(run_dir: Path | str,
                    "max_output_tokens": 0, "max_cost_usd": 0.0}
             print(f"augment estimate (offline, size {size}): no model calls; about {target} tokens "
                   f"in {n_per_kind * len(kinds_)} texts")
-        write_json(out/"estimate.json", {"params": params, "corpus_tokens": corpus_tokens, "typical_tokens": typical, **est})
+        write_json(run.augment_estimate, {"params": params, "corpus_tokens": corpus_tokens, "typical_tokens": typical, **est})
         return {"dry_run": True, "estimate": est, "corpus_tokens": corpus_tokens, "target_tokens": target}
     with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
         failures_path.unlink(missing_ok=True)
@@ -665,7 +664,7 @@ def augment_stage(run_dir: Path | str,
             streams.update({k: llm.get(k, []) for k in llm_kinds})
         streams = {k: streams[k] for k in kinds_}
         rows = [_row(r, "offline") for r in round_robin(streams, target, count, max_texts)]
-        write_jsonl(out/"texts.jsonl", rows)
+        write_jsonl(run.texts, rows)
         per_kind = {k: {"texts": sum(r["kind"] == k for r in rows),
                         "tokens": sum(r["n_tokens"] for r in rows if r["kind"] == k)} for k in kinds_}
         total = sum(r["n_tokens"] for r in rows)
@@ -685,7 +684,7 @@ def augment_stage(run_dir: Path | str,
             summary.update(estimate=est, ledger=ledger.summary(),
                            llm={"asked": asked, "failed": failed, "budget_stopped": stopped,
                                 "answers_file": str(answers_path.relative_to(run.root))})
-        write_json(out/"summary.json", summary)
+        write_json(run.augment_summary, summary)
         rec.counts.update(counts)
         rec.info.update(achieved_multiple=summary["achieved_multiple"], complete=summary["complete"], tokenizer=tokenizer)
         if llm_kinds: rec.info["llm_calls"] = ledger.summary()["total"]

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import contextlib, fcntl, functools, hashlib, importlib.metadata, importlib.util, json, logging, os, platform, re
 import shutil, sys, tempfile, time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -16,13 +16,13 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*depreca
 _log = logging.getLogger("purpose")
 
 # %% auto #0
-__all__ = ['CHUNK_FIELDS', 'STAGES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'EMBEDDED_HUB_ID', 'TINY_STUDENT', 'BASE_MODEL_FILE',
-           'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json', 'write_jsonl', 'repair_jsonl',
-           'append_jsonl', 'read_jsonl', 'read_chunks', 'fingerprint', 'list_domains', 'input_files',
-           'resolve_papers_dir', 'RunDir', 'secret_values', 'scrub', 'package_versions', 'Manifest', 'run_lock',
-           'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run', 'cache_dir', 'student_tokenizer_dir',
-           'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student', 'file_sha256', 'base_model_info',
-           'system_prompt', 'chat_messages', 'run_summary']
+__all__ = ['CHUNK_FIELDS', 'REGISTRY', 'STAGES', 'FILES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'EMBEDDED_HUB_ID', 'TINY_STUDENT',
+           'BASE_MODEL_FILE', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json', 'write_jsonl',
+           'repair_jsonl', 'append_jsonl', 'read_jsonl', 'read_chunks', 'fingerprint', 'list_domains', 'input_files',
+           'resolve_papers_dir', 'Stage', 'stage_of', 'RunDir', 'secret_values', 'scrub', 'package_versions',
+           'Manifest', 'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run', 'cache_dir',
+           'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student',
+           'file_sha256', 'base_model_info', 'system_prompt', 'chat_messages', 'run_summary']
 
 # %% ../nbs/00_core.ipynb #8e058ad1
 class PurposeError(Exception):
@@ -189,9 +189,65 @@ def resolve_papers_dir(domain: str, papers_dir: Path | str | None = None, papers
         raise PurposeError(f"papers folder {papers_dir} is empty: add PDF/CSV/JSON/text files to it")
     return papers_dir
 
-# %% ../nbs/00_core.ipynb #09a918f8
-STAGES = ("extract", "graph", "queries", "distill", "augment", "train", "evaluate")
+# %% ../nbs/00_core.ipynb #6df3aad0
+@dataclass(frozen=True)
+class Stage:
+    "One stage of the pipeline: where it runs, what it writes, what it reads."
+    name: str                                   # as in the manifest and `purpose run --stages`
+    notebook: str                               # its chapter in nbs/, which papermill runs
+    folder: str                                 # its folder in the run
+    writes: dict                                # file key -> path in the run: always written (the contract)
+    extras: dict = field(default_factory=dict)  # file key -> path: written when there is something to write
+    reads: tuple = ()                           # keys of other stages' files it reads
 
+    @property
+    def files(self) -> dict: return {**self.writes, **self.extras}
+
+REGISTRY = (
+    Stage("extract", "01_extract.ipynb", "extract",
+          {"documents": "extract/documents.jsonl", "chunks": "extract/chunks.jsonl"}),
+    Stage("graph", "02_graph.ipynb", "graph",
+          {"graphml": "graph/graph.graphml", "graph_png": "graph/graph.png", "nodes": "graph/nodes.json",
+           "edges": "graph/edges.json", "claims": "graph/claims.json", "taxonomy": "graph/taxonomy.json",
+           "contradictions": "graph/contradictions.json", "methods": "graph/methods.json",
+           "evolution": "graph/evolution.json"},
+          {"graph_llm": "graph/llm_extraction.json"},
+          reads=("chunks", "documents")),
+    Stage("queries", "03_queries.ipynb", "queries",
+          {"queries_file": "queries/queries.jsonl", "coverage": "queries/coverage.json",
+           "coverage_png": "queries/coverage.png"},
+          reads=("chunks", "nodes", "edges", "claims", "contradictions", "taxonomy", "methods")),
+    Stage("distill", "05_distill.ipynb", "distill",
+          {"qa": "distill/qa.jsonl", "dataset": "distill/dataset", "answers": "distill/answers.jsonl",
+           "card": "distill/card.md", "exports": "distill/exports"},
+          {"distill_failures": "distill/failures.jsonl", "rejected": "distill/rejected.jsonl"},
+          reads=("chunks", "documents", "queries_file")),
+    Stage("augment", "05a_augment.ipynb", "augment",
+          {"texts": "augment/texts.jsonl", "augment_summary": "augment/summary.json"},
+          {"augment_estimate": "augment/estimate.json", "augment_answers": "augment/llm_answers.jsonl",
+           "augment_failures": "augment/llm_failures.jsonl"},
+          reads=("chunks", "documents", "nodes", "edges", "claims", "contradictions", "taxonomy")),
+    Stage("train", "06_train.ipynb", "train",
+          {"adapter": "train/adapter", "train_config": "train/train_config.json",
+           "train_log": "train/train_log.jsonl", "loss_png": "train/loss.png"},
+          {"merged": "train/merged", "checkpoint": "train/checkpoint"},
+          reads=("dataset", "texts")),
+    Stage("evaluate", "07_evaluate.ipynb", "eval",
+          {"report": "eval/report.json", "report_md": "eval/report.md", "eval_answers": "eval/answers.jsonl",
+           "contamination": "eval/contamination.json", "eval_png": "eval/eval.png"},
+          {"external": "eval/external.jsonl"},
+          reads=("chunks", "qa", "coverage", "adapter")),
+)
+STAGES = tuple(s.name for s in REGISTRY)
+FILES = {k: (s.name, p) for s in REGISTRY for k, p in s.files.items()}   # file key -> (stage, path)
+
+def stage_of(name: str) -> Stage:
+    "The registered stage called `name`."
+    for s in REGISTRY:
+        if s.name == name: return s
+    raise PurposeError(f"unknown stage {name!r}: the stages are {', '.join(STAGES)}")
+
+# %% ../nbs/00_core.ipynb #09a918f8
 @dataclass(frozen=True)
 class RunDir:
     "Paths of the run-folder contract for one domain."
@@ -215,13 +271,19 @@ class RunDir:
     def eval(self) -> Path: return self.root/"eval"
     @property
     def notebooks(self) -> Path: return self.root/"notebooks"
-    def require(self, *rel: str) -> None:
-        "Raise a clear error when a file an earlier stage should have written is missing."
-        for r in rel:
-            if not (self.root/r).exists():
-                stage = r.split("/")[0]
-                stage = {"eval": "evaluate"}.get(stage, stage)
-                raise PurposeError(f"{self.root/r} is missing: run the '{stage}' stage for this run folder first")
+    def __getattr__(self, key: str) -> Path:
+        if key in FILES: return self.root/FILES[key][1]
+        raise AttributeError(f"RunDir has no file {key!r}: the registry's files are {', '.join(FILES)}")
+    def require(self, *keys: str) -> None:
+        "Raise a clear error when a file (a registry key) an earlier stage should have written is missing."
+        for k in keys:
+            stage, rel = FILES[k] if k in FILES else (_stage_of_path(k), k)
+            if not (self.root/rel).exists():
+                raise PurposeError(f"{self.root/rel} is missing: run the '{stage}' stage for this run folder first")
+
+def _stage_of_path(rel: str) -> str:
+    "The stage whose folder holds `rel` (a path in the run)."
+    return next((s.name for s in REGISTRY if rel.split("/")[0] == s.folder), rel.split("/")[0])
 
 # %% ../nbs/00_core.ipynb #33da33cd
 _SECRET_NAME = re.compile(r"(api[_-]?key|secret|passw(or)?d|credential|bearer|(^|[_-])(auth|token|key)$)", re.I)
@@ -366,16 +428,7 @@ def run_lock(run_dir: RunDir | Path | str, wait: bool | None = None) -> Iterator
             fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb #d4cec166
-STAGE_READS = {
-    "graph": ["extract/chunks.jsonl", "extract/documents.jsonl"],
-    "queries": ["extract/chunks.jsonl", "graph/nodes.json", "graph/edges.json", "graph/claims.json",
-                "graph/contradictions.json", "graph/taxonomy.json", "graph/methods.json"],
-    "distill": ["extract/chunks.jsonl", "extract/documents.jsonl", "queries/queries.jsonl"],
-    "augment": ["extract/chunks.jsonl", "extract/documents.jsonl", "graph/nodes.json", "graph/edges.json",
-                "graph/claims.json", "graph/taxonomy.json"],
-    "train": ["distill/dataset", "augment/texts.jsonl"],
-    "evaluate": ["extract/chunks.jsonl", "distill/qa.jsonl", "queries/coverage.json", "train/adapter"],
-}
+STAGE_READS = {s.name: [FILES[k][1] for k in s.reads] for s in REGISTRY if s.reads}
 
 class StageRecord:
     "What a running stage reports: counts and extra fields for the manifest."
@@ -563,9 +616,7 @@ def chat_messages(question: str, domain: str, answer: str | None = None) -> list
     return msgs
 
 # %% ../nbs/00_core.ipynb #a65cd5cb
-CONTRACT = {"extract": ["extract/documents.jsonl", "extract/chunks.jsonl"], "graph": ["graph/graph.graphml", "graph/graph.png"],
-            "queries": ["queries/queries.jsonl"], "distill": ["distill/qa.jsonl", "distill/dataset"],
-            "augment": ["augment/texts.jsonl", "augment/summary.json"], "train": ["train/adapter"], "evaluate": ["eval/report.json", "eval/report.md"]}
+CONTRACT = {s.name: list(s.writes.values()) for s in REGISTRY}
 
 def run_summary(run_dir: RunDir | Path | str) -> list[dict]:
     "One row per stage: status, seconds, counts and missing contract files of a run folder."

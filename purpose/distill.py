@@ -410,7 +410,7 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
                   push_to_hub: str | None = None, seed: int = 0) -> dict:
     "Answer the run's questions with the teachers, check, reconcile, de-duplicate and export the dataset."
     run = RunDir(run_dir)
-    run.require("queries/queries.jsonl", "extract/chunks.jsonl")
+    run.require("queries_file", "chunks")
     specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else list(teachers)
     if not specs or not all(specs): raise PurposeError(f"teachers={teachers!r}: name at least one teacher, e.g. 'offline' or 'offline,openai:gpt-4o-mini'")
     if not 0 <= replay_fraction <= 1: raise PurposeError(f"replay_fraction={replay_fraction}: use a fraction of the training split in [0, 1]")
@@ -419,20 +419,20 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
                   budget_usd=budget_usd, raft_distractors=raft_distractors, replay_fraction=replay_fraction, replay_file=replay_file, passages=passages,
                   push_to_hub=push_to_hub, seed=seed)
     with stage_run(run, "distill", params) as rec:
-        chunks = {c["chunk_id"]: c for c in read_chunks(run.extract/"chunks.jsonl")}
-        queries = read_jsonl(run.queries/"queries.jsonl")[:max_queries]
+        chunks = {c["chunk_id"]: c for c in read_chunks(run.chunks)}
+        queries = read_jsonl(run.queries_file)[:max_queries]
         missing = sorted({cid for q in queries for cid in q["chunk_ids"] if cid not in chunks})
         if missing: raise PurposeError(f"{run.queries/'queries.jsonl'} cites chunks not in extract/chunks.jsonl ({missing[:3]}...): re-run the queries stage")
         items = [{"query_id": q["query_id"], "messages": _with_draft(grounded_messages(q["question"], [chunks[c] for c in q["chunk_ids"]]), q.get("draft"))}
                  for q in queries]
-        (run.distill/"failures.jsonl").unlink(missing_ok=True)
-        rec.info["asked"] = ask_teachers(specs, items, run.distill/"answers.jsonl", run.distill/"failures.jsonl", concurrency,
+        run.distill_failures.unlink(missing_ok=True)
+        rec.info["asked"] = ask_teachers(specs, items, run.answers, run.distill_failures, concurrency,
                                          cache=cache, budget_usd=budget_usd, retries=retries)
         names = [teacher_name(t) for t in specs]
         answers, current = defaultdict(dict), {(it["query_id"], prompt_fingerprint(it["messages"])) for it in items}
-        for a in read_jsonl(run.distill/"answers.jsonl") if (run.distill/"answers.jsonl").exists() else []:
+        for a in read_jsonl(run.answers) if run.answers.exists() else []:
             if a["teacher"] in names and (a["query_id"], a.get("prompt_fp")) in current: answers[a["query_id"]][a["teacher"]] = a["raw"]
-        failures = unanswered_failures(queries, answers, run.distill/"failures.jsonl")
+        failures = unanswered_failures(queries, answers, run.distill_failures)
         if not answers and failures: raise PurposeError(f"{one_cause(failures) or 'every teacher call failed, for several causes'} "
                                                f"(see {run.distill/'failures.jsonl'})")
         cands_by_q = {}
@@ -466,20 +466,20 @@ def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | l
             else: accepted.append(row)
         kept, dups = dedup(accepted, threshold=dedup_threshold)
         rejected += [{**d, "reason": f"duplicate: of {kept[d['duplicate_of']]['qa_id']}"} for d in dups]
-        write_jsonl(run.distill/"qa.jsonl", kept)
-        write_jsonl(run.distill/"rejected.jsonl", rejected)
+        write_jsonl(run.qa, kept)
+        write_jsonl(run.rejected, rejected)
         if not any(q["split"] == "train" for q in kept):
             raise PurposeError(f"no training QA was accepted (rejected: {len(rejected)}; see {run.distill/'rejected.jsonl'}): lower judge_threshold/min_grounding or add papers")
         extra = raft_examples(kept, chunks, raft_distractors, seed) if raft_distractors > 0 else []
         n_train = sum(q["split"] == "train" for q in kept)
         if replay_fraction > 0: extra += replay_examples(max(1, round(replay_fraction * n_train)), domain, replay_file, seed)
-        docs = {d["doc_id"]: d for d in read_jsonl(run.extract/"documents.jsonl")} if (run.extract/"documents.jsonl").exists() else {}
+        docs = {d["doc_id"]: d for d in read_jsonl(run.documents)} if run.documents.exists() else {}
         extra += passage_examples(kept, chunks, docs, domain, passages)
         dsd = _load_dataset_dict(kept, domain, extra)
-        save_dataset(dsd, run.distill/"dataset")
+        save_dataset(dsd, run.dataset)
         if push_to_hub: dsd.push_to_hub(push_to_hub, private=True)   # token from HF_TOKEN / huggingface-cli login
-        rec.info["exports"] = export_formats(kept + extra, run.distill/"exports", domain)
-        (run.distill/"card.md").write_text(dataset_card(kept, rejected, names, domain, extra, judge))
+        rec.info["exports"] = export_formats(kept + extra, run.exports, domain)
+        run.card.write_text(dataset_card(kept, rejected, names, domain, extra, judge))
         grid = Counter((q["dimension"], q["depth"]) for q in kept)
         rec.counts.update({"queries": len(queries), "accepted": len(kept), "rejected": len(rejected), "failed": len({f["query_id"] for f in failures}),
                            "train": n_train, "heldout": sum(q["split"] == "heldout" for q in kept),
@@ -528,11 +528,11 @@ def standard_distill_stage(run_dir: Path | str, domain: str = "domain", generato
                            budget_usd: float | None = None, concurrency: int = 4, **distill_kw) -> dict:
     "Standard distillation: QA from `generator` per chunk, answers enhanced by `enhancer` (default: the generator), checked and exported."
     run = RunDir(run_dir)
-    run.require("extract/chunks.jsonl")
+    run.require("chunks")
     with stage_run(run, "queries", {"mode": "standard", "generator": generator, "num_qa_pairs": num_qa_pairs, "seed": seed}) as rec:
-        qs = standard_queries(read_chunks(run.extract/"chunks.jsonl"), generator, num_qa_pairs, heldout_fraction=heldout_fraction, seed=seed,
+        qs = standard_queries(read_chunks(run.chunks), generator, num_qa_pairs, heldout_fraction=heldout_fraction, seed=seed,
                               cache=cache, budget_usd=budget_usd, concurrency=concurrency)
         if not qs: raise PurposeError(f"the generator {generator!r} produced no questions: check its failures or use generator='offline'")
-        write_jsonl(run.queries/"queries.jsonl", qs)
+        write_jsonl(run.queries_file, qs)
         rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in sorted(Counter(q["split"] for q in qs).items())}})
     return distill_stage(run.root, domain=domain, teachers=enhancer or generator, cache=cache, budget_usd=budget_usd, concurrency=concurrency, **distill_kw)

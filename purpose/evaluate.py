@@ -19,11 +19,11 @@ __all__ = ['YESNO', 'YESNO_INSTRUCTION', 'LOADERS', 'SYSTEMS', 'COMPARISONS', 'C
            'contamination_check', 'BM25', 'hf_encoder', 'DenseRetriever', 'make_retriever', 'rag_question',
            'system_messages', 'generate', 'percentile', 'encode_reply', 'reply_logprobs', 'reference_losses',
            'perplexity', 'normalize_answer', 'squad_f1', 'exact_match', 'best_f1', 'yesno_label', 'choice_labels',
-           'wilson_ci', 'bca_ci', 'paired_bootstrap', 'number_spans', 'mc_items', 'mc_scores', 'general_text',
-           'text_perplexity', 'load_pubmedqa', 'load_squad', 'load_eval_jsonl', 'chunk_text', 'write_corpus',
-           'score_item', 'evaluate_systems', 'compare_systems', 'gap_closure', 'headline', 'headline_lines',
-           'verdict_lines', 'report_markdown', 'plot_report', 'load_tuned', 'eval_items', 'evaluate_stage',
-           'external_eval', 'DomainInference']
+           'wilson_ci', 'bca_ci', 'paired_bootstrap', 'number_spans', 'mc_items', 'encode_options', 'options_logprobs',
+           'mc_scores', 'reply_scores', 'general_text', 'text_perplexity', 'load_pubmedqa', 'load_squad',
+           'load_eval_jsonl', 'chunk_text', 'write_corpus', 'score_item', 'evaluate_systems', 'compare_systems',
+           'gap_closure', 'headline', 'headline_lines', 'verdict_lines', 'report_markdown', 'plot_report', 'load_tuned',
+           'eval_items', 'evaluate_stage', 'external_eval', 'DomainInference']
 
 # %% ../nbs/07_evaluate.ipynb #861bc9dd
 def norm_words(text: str) -> list[str]:
@@ -397,24 +397,87 @@ def mc_items(items: list[dict],   # held-out items (`qa_id`, `question`, `answer
         out.append({**keep, "options": options, "answer_index": options.index(ref), "distractors": kind})
     return out
 
+# %% ../nbs/07_evaluate.ipynb #958edcf1
+def encode_options(tok, messages: list[dict], options: list[str], max_len: int = 2048) -> dict:
+    "One row for an MC item: the prompt's ids once (cut from the left to fit), then each option's ids."
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    opts = [tok(o, add_special_tokens=False)["input_ids"][:max_len // (2 * len(options))] for o in options]
+    room = max(1, max_len - sum(map(len, opts)))
+    return {"prompt": tok(prompt, add_special_tokens=False)["input_ids"][-room:], "options": opts}
+
+# %% ../nbs/07_evaluate.ipynb #294db051
+def _options_batch(rows: list[dict], pad_id: int):
+    "Ids, positions and the mask of encoded MC rows: option j attends to the prompt and to itself."
+    import torch
+    L = max(len(r["prompt"]) + sum(map(len, r["options"])) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    pos, seg = torch.zeros_like(ids), torch.full_like(ids, -1)
+    for b, r in enumerate(rows):
+        P = len(r["prompt"])
+        ids[b, :P], pos[b, :P], seg[b, :P], o = torch.tensor(r["prompt"]), torch.arange(P), 0, P
+        for j, opt in enumerate(r["options"], 1):
+            n = len(opt)
+            ids[b, o:o + n], pos[b, o:o + n], seg[b, o:o + n] = torch.tensor(opt), torch.arange(P, P + n), j
+            o += n
+        pos[b, o:] = torch.arange(L - o)
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    mask = ((sq == sk) | ((sk == 0) & (sq > 0))) & torch.tril(torch.ones(L, L, dtype=torch.bool))
+    return ids, pos, mask[:, None]
+
+def options_logprobs(model, tok, rows: list[dict],  # rows from `encode_options`
+                     rows_per_batch: int = 4) -> list[list[tuple[float, int]]]:
+    "Per row, each option's `(summed log-probability, token count)` as the continuation of the row's prompt."
+    import torch
+    body, head = _body_and_head(model)
+    dev, out = next(model.parameters()).device, []
+    with torch.no_grad():
+        for i in range(0, len(rows), rows_per_batch):
+            part = rows[i:i + rows_per_batch]
+            ids, pos, mask = _options_batch(part, tok.pad_token_id)
+            h = body(input_ids=ids.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev),
+                     use_cache=False).last_hidden_state
+            for b, r in enumerate(part):
+                P, o, res = len(r["prompt"]), len(r["prompt"]), []
+                for opt in r["options"]:
+                    at = [P - 1] + list(range(o, o + len(opt) - 1))   # where each option token is predicted
+                    lp = torch.log_softmax(head(h[b, at]).float(), -1)
+                    res.append((float(lp[torch.arange(len(opt)), torch.tensor(opt)].sum()), len(opt)))
+                    o += len(opt)
+                out.append(res)
+    return out
+
 # %% ../nbs/07_evaluate.ipynb #e4e7b5d9
+def _mc_result(q: dict, scored: list[tuple[float, int]]) -> dict:
+    "One MC item's scores: each option's summed and per-token log-likelihood, the choices, whether right."
+    o = {"sum": [round(s, 4) for s, _ in scored], "mean": [round(s / max(n, 1), 4) for s, n in scored]}
+    o["choice"] = max(range(len(o["mean"])), key=o["mean"].__getitem__)
+    o["choice_sum"] = max(range(len(o["sum"])), key=o["sum"].__getitem__)
+    o["correct"] = float(o["choice"] == q["answer_index"])
+    o["correct_sum"] = float(o["choice_sum"] == q["answer_index"])
+    return o
+
 def mc_scores(model, tok, mc: list[dict], domain: str, rag: bool = False, max_len: int = 2048) -> list[dict]:
     "Per MC item: each option's log-likelihood as the reply (`sum`, `mean` per token), the choice and whether it is right."
-    exs, owner = [], []
-    for j, q in enumerate(mc):
-        msgs = system_messages(q, domain, rag)
-        for o in q["options"]:
-            exs.append(encode_reply(tok, msgs, o, max_len))
-            owner.append(j)
-    out = [{"sum": [], "mean": []} for _ in mc]
-    for j, (s, n) in zip(owner, reply_logprobs(model, tok, exs)):
-        out[j]["sum"].append(round(s, 4))
-        out[j]["mean"].append(round(s / max(n, 1), 4))
-    for q, o in zip(mc, out):
-        o["choice"] = max(range(len(o["mean"])), key=o["mean"].__getitem__)
-        o["choice_sum"] = max(range(len(o["sum"])), key=o["sum"].__getitem__)
-        o["correct"], o["correct_sum"] = float(o["choice"] == q["answer_index"]), float(o["choice_sum"] == q["answer_index"])
-    return out
+    rows = [encode_options(tok, system_messages(q, domain, rag), q["options"], max_len) for q in mc]
+    return [_mc_result(q, r) for q, r in zip(mc, options_logprobs(model, tok, rows))]
+
+# %% ../nbs/07_evaluate.ipynb #45d76ade
+def reply_scores(model, tok, items: list[dict], mc: list[dict], domain: str, rag: bool = False,
+                 max_len: int = 2048) -> tuple[list[float], list[dict]]:
+    "`(reference loss per item, MC scores per MC item)`: one pass over each item's prompt for both."
+    by_id, rows, where = {q["qa_id"]: q for q in mc}, [], []
+    for it in items:
+        opts = list(by_id[it["qa_id"]]["options"]) if it["qa_id"] in by_id else []
+        where.append(opts.index(it["answer"]) if it["answer"] in opts else len(opts))
+        if where[-1] == len(opts): opts.append(it["answer"])
+        rows.append(encode_options(tok, system_messages(it, domain, rag), opts, max_len))
+    res = options_logprobs(model, tok, rows)
+    losses = [-r[a][0] / max(r[a][1], 1) for r, a in zip(res, where)]
+    scored = dict(zip([it["qa_id"] for it in items], res))
+    rest = [q for q in mc if q["qa_id"] not in scored]            # MC items of no scored item: read alone
+    rows = [encode_options(tok, system_messages(q, domain, rag), q["options"], max_len) for q in rest]
+    scored |= dict(zip([q["qa_id"] for q in rest], options_logprobs(model, tok, rows)))
+    return losses, [_mc_result(q, scored[q["qa_id"]][:len(q["options"])]) for q in mc]
 
 # %% ../nbs/07_evaluate.ipynb #bc03ffb4
 def general_text() -> str:
@@ -516,7 +579,7 @@ def write_corpus(records: list[dict], run_dir: Path | str, source: str, chunk_to
             for j, (text, n) in enumerate(chunk_text(ctx, tok, chunk_tokens)):
                 chunks.append({"chunk_id": f"{r['doc_id']}-{i}-{j}", "doc_id": r["doc_id"], "source": f"{source}#{r['doc_id']}",
                                "section": str(section).title(), "page_start": 1, "page_end": 1, "text": text, "n_tokens": n})
-    write_jsonl(run.extract/"documents.jsonl", docs); write_jsonl(run.extract/"chunks.jsonl", chunks)
+    write_jsonl(run.documents, docs); write_jsonl(run.chunks, chunks)
     return {"documents": len(docs), "chunks": len(chunks)}
 
 # %% ../nbs/07_evaluate.ipynb #a9d9157f
@@ -561,8 +624,7 @@ def evaluate_systems(model, tok, items: list[dict], domain: str, systems=SYSTEMS
         if not hasattr(model, "disable_adapter"): ctx = contextlib.nullcontext()
         else: ctx = _merged(model) if tuned else model.disable_adapter()   # tuned runs as it would be served: adapter folded in
         with ctx:
-            losses = reference_losses(model, tok, items, domain, rag)
-            mcs = mc_scores(model, tok, mc, domain, rag)
+            losses, mcs = reply_scores(model, tok, items, mc, domain, rag)
             msgs = [system_messages(it, domain, rag) for it in items]
             gens = generate(model, tok, msgs, max_new_tokens, batch_size)
             yn = [i for i, it in enumerate(items) if it.get("kind") == "yesno"]
@@ -839,16 +901,17 @@ def plot_report(report: dict, path: Path):
     plt.close(fig)
 
 # %% ../nbs/07_evaluate.ipynb #9ca37cbd
-def load_tuned(adapter_dir: Path | str, student: str, merge: bool = False):
+def load_tuned(adapter_dir: Path | str,     # an adapter folder, a merged/full model folder or a run folder
+               student: str | None = None,  # the base, for adapters saved without their own record
+               merge: bool = False):        # fold the adapter in: a plain model
     "The student with its trained adapter (a peft model; with `merge=True` folded into a plain model), or a fully fine-tuned model folder."
+    from purpose.core import BASE_MODEL_FILE
+    from purpose.train import load_adapter
     adapter_dir = Path(adapter_dir)
-    if (adapter_dir/"adapter_config.json").exists():
-        from peft import PeftModel
-        base, tok = load_student(student)
-        model = PeftModel.from_pretrained(base, adapter_dir).eval()
-        return (model.merge_and_unload().eval() if merge else model), tok
-    return load_student(str(adapter_dir))
+    recorded = any((d/BASE_MODEL_FILE).exists() for d in (adapter_dir, adapter_dir/"train"/"adapter"))
+    return load_adapter(adapter_dir, base=None if recorded else student, merge=merge)
 
+# %% ../nbs/07_evaluate.ipynb #456ed33e
 def eval_items(run: RunDir, eval_set: Path | str | None) -> list[dict]:
     "The items to score: the distilled held-out split, or every item of an external `eval_set` JSONL."
     if eval_set:
@@ -856,10 +919,12 @@ def eval_items(run: RunDir, eval_set: Path | str | None) -> list[dict]:
         bad = [i for i, r in enumerate(rows, 1) if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str)]
         if bad: raise PurposeError(f"{eval_set}:{bad[0]}: needs string fields 'question' and 'answer'")
         return [{"qa_id": r.get("qa_id") or f"ext-{i}", "kind": r.get("kind", "free"), **r} for i, r in enumerate(rows)]
-    items = [{"kind": "free", **q} for q in read_jsonl(run.distill/"qa.jsonl") if q["split"] == "heldout"]
+    items = [{"kind": "free", **q} for q in read_jsonl(run.qa) if q["split"] == "heldout"]
     if not items: raise PurposeError(f"{run.distill/'qa.jsonl'} has no held-out questions: raise heldout_fraction in the queries stage")
     return items
 
+
+# %% ../nbs/07_evaluate.ipynb #65b32076
 def evaluate_stage(run_dir: Path | str,
                    domain: str = "domain",
                    systems: str | list = "base,tuned,base+rag,tuned+rag",  # any of base, tuned, base+rag, tuned+rag
@@ -887,23 +952,23 @@ def evaluate_stage(run_dir: Path | str,
     bad = [s for s in systems if s not in SYSTEMS]
     if bad: raise PurposeError(f"unknown system(s) {bad}: choose from {', '.join(SYSTEMS)}")
     if mc and mc_options < 2: raise PurposeError(f"mc_options={mc_options}: needs at least 2 (the reference and one distractor)")
-    run.require("distill/qa.jsonl", "extract/chunks.jsonl", *(["train/adapter"] if any(s.startswith("tuned") for s in systems) else []))
+    run.require("qa", "chunks", *(["train/adapter"] if any(s.startswith("tuned") for s in systems) else []))
     params = dict(domain=domain, systems=systems, max_items=max_items, rag_k=rag_k, f1_threshold=f1_threshold, max_new_tokens=max_new_tokens,
                   batch_size=batch_size, latency_samples=latency_samples, eval_set=str(eval_set) if eval_set else None, judge=judge,
                   retriever=retriever, ngram=ngram, dup_threshold=dup_threshold, decontaminate=decontaminate, bootstrap=bootstrap,
                   mc=mc, mc_options=mc_options, seed=seed)
     with stage_run(run, "evaluate", params) as rec:
         items = eval_items(run, eval_set)
-        train_qa = [q for q in read_jsonl(run.distill/"qa.jsonl") if q["split"] == "train"]
+        train_qa = [q for q in read_jsonl(run.qa) if q["split"] == "train"]
         flagged = contamination_check(items, train_qa, ngram, dup_threshold)
         bad_ids = {f["qa_id"] for f in flagged}
         scored = [it for it in items if not (decontaminate and it["qa_id"] in bad_ids)][:max_items]
         contamination = {"checked": len(items), "train_items": len(train_qa), "ngram": ngram, "dup_threshold": dup_threshold,
                          "flagged": flagged, "removed": decontaminate}
-        write_json(run.eval/"contamination.json", contamination)
+        write_json(run.contamination, contamination)
         if not scored: raise PurposeError(f"all {len(items)} held-out items overlap the training QA (see {run.eval/'contamination.json'}): "
                                           "add papers, raise heldout_fraction, or pass decontaminate=False to score them anyway")
-        chunks = read_chunks(run.extract/"chunks.jsonl")
+        chunks = read_chunks(run.chunks)
         by_id, by_doc = {c["chunk_id"]: c for c in chunks}, defaultdict(list)
         for c in chunks: by_doc[c["doc_id"]].append(c["text"])
         ret = make_retriever(retriever, [c["text"] for c in chunks])
@@ -911,9 +976,9 @@ def evaluate_stage(run_dir: Path | str,
             it["retrieved"] = [chunks[i]["text"] for i in ret.top(it["question"], rag_k)]
             it["sources"] = ([by_id[c]["text"] for c in it.get("citations", []) if c in by_id] or by_doc.get(it.get("doc_id"), [])
                              or it["retrieved"])
-        cfg = read_json(run.train/"train_config.json") or {}
+        cfg = read_json(run.train_config) or {}
         student = cfg.get("student") or "smollm2-135m"
-        if (run.train/"adapter").exists(): model, tok = load_tuned(run.train/"adapter", student)
+        if run.adapter.exists(): model, tok = load_tuned(run.adapter, student)
         else: model, tok = load_student(student)
         judge_obj = get_teacher(judge) if judge else None
         mc_set = mc_items(scored, chunks, mc_options, seed) if mc else []
@@ -924,7 +989,7 @@ def evaluate_stage(run_dir: Path | str,
         how = "; ".join(({"yesno": "yes/no/maybe items: the most likely of the three answers equals the label",
                           "extractive": f"extractive items: token F1 ≥ {f1_threshold} with the best reference span",
                           "free": f"token F1 ≥ {f1_threshold} against the reference answer"}[k] for k in kinds))
-        cov = read_json(run.queries/"coverage.json", {}) or {}
+        cov = read_json(run.coverage, {}) or {}
         training = {"heldout_by": "external set" if eval_set else cov.get("heldout_by", "question"),
                     "heldout_documents": len(cov.get("heldout_documents", [])),
                     "passages": (Manifest(run).stage("distill").get("counts") or {}).get("passages", 0),
@@ -940,10 +1005,13 @@ def evaluate_stage(run_dir: Path | str,
                   "majority_baseline": round(labels.most_common(1)[0][1] / sum(labels.values()), 4) if labels else None,
                   "contamination": {k: v for k, v in contamination.items() if k != "flagged"} | {"flagged": [f["qa_id"] for f in flagged]},
                   "systems": results, "comparisons": compare_systems(answers, bootstrap, seed)}
-        write_json(run.eval/"report.json", report)
-        (run.eval/"report.md").write_text(report_markdown({**report, "contamination": contamination}))
-        write_jsonl(run.eval/"answers.jsonl", answers)
-        plot_report(report, run.eval/"eval.png")
+        write_json(run.report, report)
+        run.report_md.write_text(report_markdown({**report, "contamination": contamination}))
+        write_jsonl(run.eval_answers, answers)
+        plot_report(report, run.eval_png)
+        if run.adapter.exists():
+            from purpose.train import write_model_card
+            write_model_card(run)                     # the model card carries this evaluation
         rec.counts.update({"heldout": len(scored), "contaminated": len(flagged), "systems": len(systems)})
         rec.info["systems"] = results
     return report
@@ -973,13 +1041,13 @@ def external_eval(run_dir: Path | str, dataset: str = "pubmedqa", path: Path | s
     if not stage_done(run, "extract", corpus, inputs=[Path(path)]):
         with stage_run(run, "extract", corpus, inputs=[Path(path)]) as rec:
             rec.counts.update(write_corpus(records, run.root, dataset))
-    write_jsonl(run.eval/"external.jsonl", items)
+    write_jsonl(run.external, items)
     Manifest(run).update(domain=domain, external={"dataset": dataset, "path": str(path), "n_contexts": len(records), "n_eval": len(items)})
     graph_stage(run.root, seed=seed)                      # each stage is cheap next to training; train resumes by fingerprint
     queries_stage(run.root, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
     distill_stage(run.root, domain=domain, teachers=teachers)
     train_stage(run.root, progress=progress, **{"student": student, "epochs": epochs, "max_len": max_len, **(train_kw or {})})
-    return evaluate_stage(run.root, domain=domain, systems=systems, eval_set=run.eval/"external.jsonl", max_new_tokens=max_new_tokens,
+    return evaluate_stage(run.root, domain=domain, systems=systems, eval_set=run.external, max_new_tokens=max_new_tokens,
                           seed=seed, **eval_kw)
 
 # %% ../nbs/07_evaluate.ipynb #8baddea8

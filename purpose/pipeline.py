@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, re, time, traceback
 from pathlib import Path
 import purpose
-from .core import _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
+from .core import REGISTRY, _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
 
 # %% auto #0
 __all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'KERNEL_QUIET', 'notebooks_dir', 'stage_parameters',
@@ -15,9 +15,7 @@ __all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'KERNEL_QUIET
            'run_domain', 'run_domains']
 
 # %% ../nbs/08_pipeline.ipynb #779bee39
-STAGE_NOTEBOOKS = (("extract", "01_extract.ipynb"), ("graph", "02_graph.ipynb"), ("queries", "03_queries.ipynb"),
-                   ("distill", "05_distill.ipynb"), ("augment", "05a_augment.ipynb"), ("train", "06_train.ipynb"),
-                   ("evaluate", "07_evaluate.ipynb"))
+STAGE_NOTEBOOKS = tuple((s.name, s.notebook) for s in REGISTRY)   # from the registry in core
 PIPELINE_PARAMS = ("domain", "papers_dir", "run_dir")
 
 def notebooks_dir() -> Path:

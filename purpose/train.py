@@ -476,7 +476,7 @@ def _manifest_licences(folder: Path) -> dict[str, str]:
 def source_licences(run_dir: RunDir | Path | str) -> dict[str, str | None]:
     "Each source's licence as the sources state it: its record's field, the papers folder's MANIFEST.csv or LICENSE file; None where nothing says."
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    docs = read_jsonl(run.extract/"documents.jsonl") if (run.extract/"documents.jsonl").exists() else []
+    docs = read_jsonl(run.documents) if run.documents.exists() else []
     folder, whole = _papers_dir(run), None
     table = _manifest_licences(folder) if folder else {}
     lic = next((p for p in sorted(folder.iterdir()) if p.is_file() and p.stem.upper() in _LICENCE_FILES), None) if folder else None
@@ -505,7 +505,7 @@ def _kv_table(d: dict, head=("setting", "value")) -> list[str]:
 
 def _card_data(run: RunDir, man: dict, lic: dict) -> list[str]:
     "The card's data section: documents with year, DOI and licence, and each stage's counts."
-    docs = read_jsonl(run.extract/"documents.jsonl") if (run.extract/"documents.jsonl").exists() else []
+    docs = read_jsonl(run.documents) if run.documents.exists() else []
     if not docs: return ["No extract/documents.jsonl in this run folder: the documents are not recorded here."]
     rows = ["| source | title | year | DOI | licence |", "|---|---|---|---|---|"]
     rows += [f"| {d['source']} | {(d.get('title') or '').replace('|', '/')[:90]} | {d.get('year') or ''} | "
@@ -518,7 +518,7 @@ def _card_data(run: RunDir, man: dict, lic: dict) -> list[str]:
 # %% ../nbs/06_train.ipynb #300448fa
 def _card_eval(run: RunDir) -> list[str]:
     "The evaluation report (table with 95 % intervals), or how to get one."
-    report = read_json(run.eval/"report.json", None)
+    report = read_json(run.report, None)
     if not report: return ["Not evaluated yet: run the evaluate stage (`purpose run` or `evaluate_stage`) to add the table here."]
     from purpose.evaluate import report_markdown       # here, not at import: evaluate imports this module
     try: md = report_markdown(report)
@@ -564,7 +564,7 @@ def _write_card(model_dir: Path, run_root: Path) -> Path:
 def write_model_card(run_dir: Path | str) -> list[Path]:
     "Write `README.md` (the model card) into the run's `train/adapter` and `train/merged`; cheap, safe to repeat."
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    return [_write_card(d, run.root) for d in (run.train/"adapter", run.train/"merged") if d.is_dir()]
+    return [_write_card(d, run.root) for d in (run.adapter, run.merged) if d.is_dir()]
 
 # %% ../nbs/06_train.ipynb #0d540eba
 def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str, cfg: TrainConfig, progress: bool = True,
@@ -776,7 +776,7 @@ def load_adapter(path: Path | str,          # an adapter folder, a merged/full m
 # %% ../nbs/06_train.ipynb #ea75bae7
 def augment_rows(run: RunDir, domain: str) -> list[dict]:
     "Training rows of the run's augmentation texts: QA and cloze forms as chat QA, the other kinds as plain text."
-    path = run.root/"augment"/"texts.jsonl"
+    path = run.texts
     if not path.exists(): return []
     out = []
     for r in read_jsonl(path):
@@ -790,16 +790,16 @@ def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True,
     "Train the student on the run's distilled dataset (and `augment/texts.jsonl` when there); write `train/`."
     from datasets import load_from_disk
     run = RunDir(run_dir)
-    run.require("distill/dataset")
+    run.require("dataset")
     unknown = set(config) - set(TrainConfig.__dataclass_fields__)
     if unknown: raise PurposeError(f"unknown training setting(s) {sorted(unknown)}: use {sorted(TrainConfig.__dataclass_fields__)}")
     cfg = TrainConfig(**config)
     with stage_run(run, "train", {**asdict(cfg), "merge": merge, "augment": augment}) as rec:
-        ds = load_from_disk(str(run.distill/"dataset"))
+        ds = load_from_disk(str(run.dataset))
         extra = augment_rows(run, Manifest(run).domain()) if augment else []
         res = train(list(ds["train"]) + extra, list(ds["heldout"]), run.train, cfg, progress=progress)
-        write_json(run.train/"train_config.json", asdict(cfg))
-        if merge and cfg.lora_r > 0: merge_adapter(run.train/"adapter", cfg, run.train/"merged")
+        write_json(run.train_config, asdict(cfg))
+        if merge and cfg.lora_r > 0: merge_adapter(run.adapter, cfg, run.merged)
         rec.counts.update({"examples": res["examples"], "augment_examples": len(extra), "steps": res["steps"]})
         rec.info.update({k: v for k, v in res.items() if k not in ("examples", "steps")})
     write_model_card(run)                                  # now with the stage's counts and results
