@@ -19,10 +19,10 @@ _log = logging.getLogger("purpose")
 __all__ = ['CHUNK_FIELDS', 'REGISTRY', 'STAGES', 'FILES', 'STAGE_READS', 'EMBEDDED_STUDENT', 'EMBEDDED_HUB_ID', 'TINY_STUDENT',
            'BASE_MODEL_FILE', 'CONTRACT', 'PurposeError', 'stable_id', 'write_json', 'read_json', 'write_jsonl',
            'repair_jsonl', 'append_jsonl', 'read_jsonl', 'read_chunks', 'fingerprint', 'list_domains', 'input_files',
-           'resolve_papers_dir', 'Stage', 'stage_of', 'RunDir', 'secret_values', 'scrub', 'package_versions',
-           'Manifest', 'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done', 'stage_run', 'cache_dir',
-           'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer', 'load_student',
-           'file_sha256', 'base_model_info', 'system_prompt', 'chat_messages', 'run_summary']
+           'resolve_papers_dir', 'project_root', 'project_path', 'Stage', 'stage_of', 'RunDir', 'secret_values',
+           'scrub', 'package_versions', 'Manifest', 'run_lock', 'StageRecord', 'stage_fingerprint', 'stage_done',
+           'stage_run', 'cache_dir', 'student_tokenizer_dir', 'embedded_student_dir', 'tiny_config', 'load_tokenizer',
+           'load_student', 'file_sha256', 'base_model_info', 'system_prompt', 'chat_messages', 'run_summary']
 
 # %% ../nbs/00_core.ipynb #8e058ad1
 class PurposeError(Exception):
@@ -188,6 +188,18 @@ def resolve_papers_dir(domain: str, papers_dir: Path | str | None = None, papers
     if not input_files(papers_dir):
         raise PurposeError(f"papers folder {papers_dir} is empty: add PDF/CSV/JSON/text files to it")
     return papers_dir
+
+# %% ../nbs/00_core.ipynb #58af6abc
+def project_root() -> Path:
+    "The project's folder (with `settings.ini`, next to the package), else the current folder."
+    import purpose
+    root = Path(purpose.__file__).resolve().parent.parent
+    return root if (root/"settings.ini").exists() else Path.cwd()
+
+def project_path(p: Path | str) -> Path:  # a path from a notebook's parameters
+    "`p` itself when absolute, else `p` under the project root."
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else project_root()/p
 
 # %% ../nbs/00_core.ipynb #6df3aad0
 @dataclass(frozen=True)

@@ -908,7 +908,7 @@ def load_tuned(adapter_dir: Path | str,     # an adapter folder, a merged/full m
     from purpose.core import BASE_MODEL_FILE
     from purpose.train import load_adapter
     adapter_dir = Path(adapter_dir)
-    recorded = any((d/BASE_MODEL_FILE).exists() for d in (adapter_dir, adapter_dir/"train"/"adapter"))
+    recorded = any((d/BASE_MODEL_FILE).exists() for d in (adapter_dir, RunDir(adapter_dir).adapter))
     return load_adapter(adapter_dir, base=None if recorded else student, merge=merge)
 
 # %% ../nbs/07_evaluate.ipynb #456ed33e
@@ -952,7 +952,7 @@ def evaluate_stage(run_dir: Path | str,
     bad = [s for s in systems if s not in SYSTEMS]
     if bad: raise PurposeError(f"unknown system(s) {bad}: choose from {', '.join(SYSTEMS)}")
     if mc and mc_options < 2: raise PurposeError(f"mc_options={mc_options}: needs at least 2 (the reference and one distractor)")
-    run.require("qa", "chunks", *(["train/adapter"] if any(s.startswith("tuned") for s in systems) else []))
+    run.require("qa", "chunks", *(["adapter"] if any(s.startswith("tuned") for s in systems) else []))
     params = dict(domain=domain, systems=systems, max_items=max_items, rag_k=rag_k, f1_threshold=f1_threshold, max_new_tokens=max_new_tokens,
                   batch_size=batch_size, latency_samples=latency_samples, eval_set=str(eval_set) if eval_set else None, judge=judge,
                   retriever=retriever, ngram=ngram, dup_threshold=dup_threshold, decontaminate=decontaminate, bootstrap=bootstrap,
@@ -1055,7 +1055,7 @@ class DomainInference:
     "Ask a tuned domain model questions (`generate`, `chat`), optionally streaming the answer."
     def __init__(self, model_dir: Path | str, student: str | None = None, domain: str | None = None):
         model_dir = Path(model_dir)
-        if (model_dir/"train"/"adapter").exists(): model_dir = model_dir/"train"/"adapter"   # a run folder
+        if RunDir(model_dir).adapter.exists(): model_dir = RunDir(model_dir).adapter   # a run folder
         elif (model_dir/"adapter").exists(): model_dir = model_dir/"adapter"                  # `purpose train` output
         if not model_dir.exists(): raise PurposeError(f"model folder {model_dir} does not exist: pass a run folder, its train/adapter or a merged model")
         cfg = read_json(model_dir.parent/"train_config.json", {}) or {}

@@ -759,7 +759,7 @@ def load_adapter(path: Path | str,          # an adapter folder, a merged/full m
                 ):
     "`(model, tokenizer)` of a trained model folder, its base rebuilt from the folder's own record (no cache needed)."
     path = Path(path)
-    if (path/"train"/"adapter").is_dir(): path = path/"train"/"adapter"
+    if RunDir(path).adapter.is_dir(): path = RunDir(path).adapter
     if not (path/"adapter_config.json").exists():
         if (path/"config.json").exists(): return load_student(str(path))
         raise PurposeError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json): "
