@@ -4,183 +4,32 @@
 
 # %% ../nbs/01_extract.ipynb #15c97ab2
 from __future__ import annotations
-import csv, fnmatch, functools, hashlib, io, json, multiprocessing as mp, os, re, shutil, signal, string, subprocess
-import codecs, errno, heapq, stat, tempfile, threading, time, unicodedata, zlib
+import functools, hashlib, multiprocessing as mp, os, re, signal, stat, errno, threading, time, heapq, zlib
+import fnmatch
 from collections import Counter, deque
-from dataclasses import dataclass, field, asdict
-from html.parser import HTMLParser
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait as _mp_wait
 from pathlib import Path
-from typing import Optional
-from typing import Any, Callable, Iterable, Sequence
-from .core import (read_chunks, PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json, stage_run,
-                          load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)
+from typing import Any, Callable, Sequence
+from .core import (read_chunks, PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json,
+                          stage_run, load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)
 from .text import split_sentences
+from .domain import (DEFAULT_VOCABULARY, RUN_VOCABULARY, Vocabulary, domain_vocabulary,
+                            vocabulary_fingerprint, write_vocabulary)
+from .records import (STATUSES, HEAD_BYTES, KINDS, FileProblem, Line, binary_reason, decode_text,
+                             describe_bytes, html_lines, jsonl_records, markdown_lines, normalize_text,
+                             records_of, render_record, sniff_kind, template_for)
+from .pdf import (SAMPLE_PAGES, drop_running_lines, find_doi, find_year, make_test_pdf, ocr_pdf_pages,
+                         open_pdf, pdf_metadata, pdfium_page_lines, reading_order, tesseract_available,
+                         _count_text_objects)
+from .sections import (CANONICAL, RECORD_FIELDS, RECORD_SCHEMA, STAT_KINDS, Section, canonical_section,
+                              extract_statistics, key_terms, offline_record, sectionize, teacher_records,
+                              validate_record)
 
 # %% auto #0
-__all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'RECORD_SCHEMA', 'SAMPLE_PAGES',
-           'FileProblem', 'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes', 'sniff_kind',
-           'detect_encoding', 'decode_text', 'not_a_file', 'list_inputs', 'Line', 'pdfium_page_lines', 'reading_order',
-           'normalize_text', 'drop_running_lines', 'canonical_section', 'heading_of', 'join_lines', 'paragraphs',
-           'split_references', 'Section', 'sectionize', 'find_doi', 'find_year', 'pdf_metadata', 'extract_statistics',
-           'key_terms', 'offline_record', 'validate_record', 'record_messages', 'teacher_records', 'teacher_record',
-           'flatten_record', 'render_record', 'jsonl_records', 'records_of', 'template_for', 'html_lines',
-           'markdown_lines', 'chunk_tokenizer', 'chunk_section', 'chunk_document', 'ExtractOptions', 'open_pdf',
-           'tesseract_available', 'ocr_pdf_pages', 'read_pdf', 'extract_file', 'make_test_pdf', 'mark_duplicates',
-           'run_parallel', 'load_record_templates', 'summary_table', 'extract_documents', 'extract_stage',
-           'process_folder', 'join_overlapping', 'normalize_corpus']
-
-# %% ../nbs/01_extract.ipynb #705d5e02
-STATUSES = {
-    "ok": "text extracted",
-    "encrypted": "password protected and no supplied password opens it",
-    "no_text_layer": "scanned or image-only: no extractable text",
-    "corrupt": "damaged or truncated file that no reader could open",
-    "not_a_pdf": "named .pdf but is something else",
-    "too_large": "over the size or page limit",
-    "empty": "no content",
-    "binary": "named as a text file (.txt, .csv, .json, ...) but holds binary data",
-    "undecodable": "text whose encoding is not UTF-8 and could not be detected with confidence, or garbled text",
-    "not_a_file": "a folder, named pipe (FIFO), socket, broken link or link loop, not a regular file",
-    "unsupported": "a file type the stage does not read",
-    "timeout": "took longer than the per-file time limit",
-    "duplicate": "same content as another document",
-    "near_duplicate": "almost the same text as another document",
-    "failed": "an unexpected error (a bug): please report it",
-}
-
-class FileProblem(Exception):
-    "A per-file failure with its `status` and an actionable message."
-    def __init__(self, status: str, error: str):
-        assert status in STATUSES, status
-        super().__init__(error); self.status, self.error = status, error
-
-# %% ../nbs/01_extract.ipynb #5252d9e7
-HEAD_BYTES = 8192   # how much of a file is read to decide what it is
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))   # UTF-32 LE starts like UTF-16 LE
-_CONTROL = bytes(sorted(set(range(32)) - {8, 9, 10, 12, 13, 27}))   # bytes text does not hold (backspace, tab, newline,
-                                                                    # form feed, CR and escape allowed)
-
-def bom_encoding(head: bytes) -> str | None:
-    "The encoding named by a byte-order mark at the start of `head`, or None."
-    return next((enc for bom, enc in _BOMS if head.startswith(bom)), None)
-
-def _decodes(head: bytes, enc: str) -> str | None:
-    "`head` decoded as `enc` (an incomplete character at the end is fine), or None when it is not valid `enc`."
-    try: return codecs.getincrementaldecoder(enc)().decode(head, final=False)
-    except UnicodeDecodeError: return None
-
-def _few_controls(text: str, share: float = 0.05) -> bool:
-    return sum(c < " " and c not in "\b\t\n\f\r\x1b" for c in text) <= share * max(1, len(text))
-
-def utf16_guess(head: bytes) -> str | None:
-    "`utf-16-le` or `utf-16-be` when `head` is UTF-16 text without a byte-order mark (every other byte zero), else None."
-    if len(head) < 8: return None
-    even, odd = head[0::2], head[1::2]
-    ze, zo = even.count(0) / len(even), odd.count(0) / len(odd)
-    # mostly Latin text: almost every high (LE) or low (BE) byte is zero
-    enc = "utf-16-le" if zo > 0.7 and ze < 0.02 else "utf-16-be" if ze > 0.7 and zo < 0.02 else None
-    text = _decodes(head, enc) if enc else None
-    return enc if text and _few_controls(text) else None
-
-def binary_reason(head: bytes) -> str | None:
-    "Why the first bytes of a file are binary data and not text (NUL bytes, many control bytes), or None for text."
-    if not head or bom_encoding(head) or utf16_guess(head): return None
-    if not head.strip(b"\x00"): return "only zero bytes (an incomplete download or a pre-allocated placeholder)"
-    if nul := head.count(0): return f"binary data ({nul} NUL bytes in the first {len(head)} bytes)"
-    ctrl = len(head) - len(head.translate(None, _CONTROL))
-    if ctrl > 0.05 * len(head): return f"binary data ({ctrl} control bytes in the first {len(head)} bytes)"
-    return None
-
-# %% ../nbs/01_extract.ipynb #2b76f65d
-KINDS = {".pdf": "pdf", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-         ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
-
-def _texty(head: bytes) -> bool:
-    "Whether `head` is the start of a UTF-8 (or BOM-marked, or UTF-16) text file."
-    return bool(bom_encoding(head) or utf16_guess(head)) or (_decodes(head, "utf-8") is not None and not binary_reason(head))
-
-def describe_bytes(head: bytes) -> str:
-    "What the first bytes of a file look like, in words a user recognises."
-    h = head.lstrip()[:200].lower()
-    if not head.strip(): return "an empty file"
-    if h.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer, not the file itself: run `git lfs pull` in the repository it came from, or download the real PDF"
-    if h.startswith((b"<!doctype html", b"<html")) or b"<html" in h:
-        return "a web page (HTML), often a login or paywall page saved instead of the paper: download the PDF again"
-    if head.startswith(b"PK\x03\x04"): return "a ZIP archive (perhaps a .docx or .epub): export it as PDF"
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")):
-        return "an image: convert it to PDF (and OCR it) first"
-    if head.startswith(b"%!PS"): return "a PostScript file: convert it with ps2pdf"
-    if head.startswith(b"{\\rtf"): return "an RTF document: export it as PDF"
-    if not head.strip(b"\x00"): return binary_reason(head) + ": download the file again"
-    if _texty(head): return "a text file: rename it to .txt"
-    return binary_reason(head) or "an unknown binary format"
-
-def sniff_kind(path: Path, head: bytes) -> str:
-    "The kind of input (`pdf`, `csv`, `json`, `jsonl`, `txt`, `md`, `html`), or `unknown`; content beats extension."
-    if b"%PDF-" in head[:1024]: return "pdf"
-    kind = KINDS.get(path.suffix.lower())
-    if kind: return kind
-    h = head.lstrip()[:100].lower()
-    if h.startswith((b"<!doctype html", b"<html")): return "html"
-    return "txt" if _texty(head) else "unknown"
-
-# %% ../nbs/01_extract.ipynb #c7a133f1
-_EBCDIC = ["cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"]   # mainframe code pages: never papers
-
-def detect_encoding(raw: bytes, max_chaos: float = 0.2) -> str | None:
-    "The encoding of non-UTF-8 text by charset-normalizer (Windows-1252 when it reads as cleanly), or None if none is confident."
-    from charset_normalizer import from_bytes
-    best = from_bytes(raw, cp_exclusion=_EBCDIC).best()
-    west = from_bytes(raw, cp_isolation=["cp1252"]).best()
-    if west is not None and west.encoding == "cp1252" and west.chaos <= 0.1 and (best is None or west.chaos <= best.chaos + 0.1):
-        return "cp1252"
-    if best is None or best.chaos > max_chaos: return None
-    return codecs.lookup(best.encoding).name
-
-def _line_of(text: str, i: int) -> int: return text.count("\n", 0, i) + 1
-
-_MULTIBYTE = re.compile(r"[^\x00-\x7f\ufffd]")
-
-def _check_decoded(text: str, name: str) -> str:
-    "`text`, unless it holds replacement characters (U+FFFD) from an earlier wrong conversion."
-    if (n := text.count("\ufffd")):
-        raise FileProblem("undecodable", f"{name} holds {n} replacement character(s) '\ufffd' (U+FFFD, first on line "
-                          f"{_line_of(text, text.index(chr(0xfffd)))}): it was garbled by an earlier wrong conversion; "
-                          "re-save the original as UTF-8")
-    return text
-
-def _sample(raw: bytes, n: int = 2**19) -> bytes:
-    "The first and last `n` bytes of a big file, cut at line ends."
-    tail = raw[-n:]
-    return raw[:n].rsplit(b"\n", 1)[0] + b"\n" + tail[tail.find(b"\n") + 1:]
-
-def decode_text(raw: bytes, name: str = "the file") -> tuple[str, str]:
-    "`(text, encoding)` of a text file: by its BOM, else strict UTF-8, else detected; raises `FileProblem('undecodable')`."
-    fix = "open it in an editor and save it as UTF-8 (or convert it: `iconv -f <encoding> -t UTF-8`)"
-    if enc := bom_encoding(raw):
-        bom = next(b for b, e in _BOMS if e == enc)
-        try: return _check_decoded(raw[len(bom):].decode(enc.removesuffix("-sig")), name), enc
-        except UnicodeDecodeError as e:
-            raise FileProblem("undecodable", f"{name} starts with a {enc} byte-order mark but is not valid {enc} "
-                              f"(byte {e.start}): {fix}") from None
-    if enc := utf16_guess(raw[:HEAD_BYTES]):   # before UTF-8: UTF-16 English is valid UTF-8 full of NUL bytes
-        try: return _check_decoded(raw.decode(enc), name), enc
-        except UnicodeDecodeError: pass
-    try: return _check_decoded(raw.decode("utf-8"), name), "utf-8"
-    except UnicodeDecodeError as e: err = e
-    loose = raw.decode("utf-8", errors="replace")
-    if len(_MULTIBYTE.findall(loose)) >= loose.count("\ufffd"):   # more valid multi-byte characters than broken bytes
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise FileProblem("undecodable", f"{name} is UTF-8 with {loose.count(chr(0xfffd))} broken byte sequence(s) (first "
-                          f"on line {line}): fix those bytes or re-save the original as UTF-8")
-    for sample in ([_sample(raw), raw] if len(raw) > 2**20 else [raw]):   # big: detect on a sample, decode it all
-        if enc := detect_encoding(sample):
-            try: return _check_decoded(raw.decode(enc), name), enc
-            except UnicodeDecodeError: pass
-    raise FileProblem("undecodable", f"{name} is not UTF-8 and its encoding could not be detected with confidence: {fix}")
+__all__ = ['not_a_file', 'list_inputs', 'chunk_tokenizer', 'chunk_section', 'chunk_document', 'ExtractOptions', 'read_pdf',
+           'extract_file', 'mark_duplicates', 'run_parallel', 'load_record_templates', 'summary_table',
+           'extract_documents', 'extract_stage', 'process_folder', 'join_overlapping', 'normalize_corpus']
 
 # %% ../nbs/01_extract.ipynb #e5700bdb
 def not_a_file(path: Path | str) -> str | None:
@@ -214,594 +63,6 @@ def list_inputs(folder: Path | str) -> list[Path]:
         out += [Path(d)/x for x in dirs if (Path(d)/x).is_symlink() or (Path(d)/x).suffix.lower() in KINDS]
         out += [Path(d)/x for x in names if not x.startswith((".", "_"))]
     return sorted(out)
-
-# %% ../nbs/01_extract.ipynb #68c76d99
-@dataclass(slots=True)
-class Line:
-    "One line of text with its page (1-based, None outside PDFs) and, from PDFium, its box and font height."
-    text: str
-    page: int | None = None
-    x0: float | None = None
-    x1: float | None = None
-    top: float | None = None
-    bottom: float | None = None
-    size: float | None = None
-    heading: str | None = None  # set by readers that know the structure (markdown, html)
-
-_GENERATED = str.maketrans({"\ufffe": "", "\x02": "", "\xad": "", "\x00": "", "\t": " "})
-
-def pdfium_page_lines(page, pno: int) -> list[Line]:
-    "Lines of a PDFium page in content order, each with its box and font height (a few C calls per line, none per char)."
-    import pypdfium2.raw as pdfium_c
-    tp = page.get_textpage()
-    try:
-        n = tp.count_chars()
-        if n <= 0: return []
-        text = tp.get_text_range(0, n)
-        uni, shift = pdfium_c.FPDFText_GetUnicode, 0
-        def at(i):   # char index of string index i (they drift apart after characters outside the BMP)
-            nonlocal shift
-            if 0 <= i + shift < n and uni(tp.raw, i + shift) == ord(text[i]): return i + shift
-            for d in (-1, 1, -2, 2, -3, 3, -4, 4):
-                if 0 <= i + d < n and uni(tp.raw, i + d) == ord(text[i]): shift = d; return i + d
-            return None
-        geo = abs(len(text) - n) <= 8
-        out, pos = [], 0
-        for raw in text.split("\r\n"):
-            s, pos = pos, pos + len(raw) + 2
-            t = raw.translate(_GENERATED).replace("\n", " ").replace("\r", " ").strip()
-            if not t: continue
-            if not geo: out.append(Line(t, pno)); continue
-            a, b = at(s + len(raw) - len(raw.lstrip())), at(s + len(raw.rstrip()) - 1)
-            if a is None or b is None: out.append(Line(t, pno)); continue
-            l0, b0, r0, t0 = tp.get_charbox(a, loose=True)
-            l1, b1, r1, t1 = tp.get_charbox(b, loose=True)
-            out.append(Line(t, pno, min(l0, l1), max(r0, r1), max(t0, t1), min(b0, b1), round(t0 - b0, 2)))
-        return out
-    finally: tp.close()
-
-# %% ../nbs/01_extract.ipynb #8997d743
-def reading_order(lines: list[Line], width: float) -> list[Line]:
-    "Lines in reading order: left column before right column on two-column pages whose stream interleaves them."
-    if len(lines) < 10 or sum(l.x0 is None for l in lines) > 0.1 * len(lines): return lines
-    lines = [l for l in lines if l.x0 is not None] if any(l.x0 is None for l in lines) else lines
-    mid = width / 2
-    side = ["L" if l.x1 < mid + 3 else "R" if l.x0 > mid - 3 else "F" for l in lines]
-    nl, nr = side.count("L"), side.count("R")
-    if nl < 0.25 * len(lines) or nr < 0.25 * len(lines): return lines
-    cols = [s for s in side if s != "F"]
-    if sum(a != b for a, b in zip(cols, cols[1:])) <= 3: return lines
-    out, left, right = [], [], []
-    for l, s in sorted(zip(lines, side), key=lambda p: -p[0].top):
-        if s == "F": out += left + right + [l]; left, right = [], []
-        else: (left if s == "L" else right).append(l)
-    return out + left + right
-
-# %% ../nbs/01_extract.ipynb #b58d971a
-_WS = re.compile(r"\s+")
-def normalize_text(s: str) -> str:
-    "NFKC (ligatures such as 'ﬁ' become 'fi'), unified dashes and quotes kept, whitespace collapsed."
-    s = unicodedata.normalize("NFKC", s)
-    return _WS.sub(" ", s.replace("\u2212", "-")).strip()
-
-_PAGE_NO = re.compile(r"^(page\s*)?\d{1,4}(\s*(/|of)\s*\d{1,4})?$|^[-–]\s*\d{1,4}\s*[-–]$", re.I)
-
-def _margin_key(t: str) -> str: return re.sub(r"\d+", "#", t.lower()).strip()
-
-def drop_running_lines(pages: list[list[Line]], heights: Sequence[float | None] | None = None, margin: float = 0.09) -> list[list[Line]]:
-    "Remove running headers/footers and page numbers: lines in the page margins repeated on several pages."
-    heights = heights or [None] * len(pages)
-    def margins(lines, h):
-        if h and lines and lines[0].top is not None:
-            return [l for l in lines if l.top > (1 - margin) * h or l.bottom < margin * h]
-        k = 2 if len(lines) >= 8 else 1
-        return lines[:k] + lines[-k:]
-    marg = [margins(ls, h) for ls, h in zip(pages, heights)]
-    seen = Counter(k for m in marg for k in {_margin_key(l.text) for l in m})
-    need = 2 if len(pages) <= 4 else max(3, int(0.3 * len(pages)))
-    out = []
-    for ls, m in zip(pages, marg):
-        drop = {id(l) for l in m if (seen[_margin_key(l.text)] >= need and len(pages) > 1) or _PAGE_NO.match(l.text.strip())}
-        out.append([l for l in ls if id(l) not in drop])
-    return out
-
-# %% ../nbs/01_extract.ipynb #ff948d45
-CANONICAL = {
-    "abstract": r"abstract|summary",
-    "introduction": r"introduction|background",
-    "methods": r"methods?|materials?,?\s+and\s+methods?|methodology|methods and materials|patients and methods|participants and methods|subjects and methods|experimental (?:design|procedures?)|study design",
-    "results": r"results?|findings",
-    "discussion": r"discussion|general discussion|results and discussion",
-    "conclusion": r"conclusions?|concluding remarks|practical applications|practical implications|conclusions? and practical applications",
-    "references": r"references|bibliography|literature cited|works cited|reference list|cited literature",
-    "back_matter": r"acknowledge?ments?|funding(?: information)?|author contributions|conflicts? of interest|declarations?|competing interests|data availability(?: statement)?|supplementary (?:material|information)|abbreviations|appendix|ethics statement|publisher.s note|disclosure statement",
-}
-_CANON_RE = re.compile(r"^(?:(?P<num>(?:\d{1,2}(?:\.\d{1,2}){0,3}|[IVX]{1,4})\.?)\s+)?(?P<name>" +
-                       "|".join(f"(?P<{k}>{v})" for k, v in CANONICAL.items()) + r")\s*[:.]?$", re.I)
-_NUM_HEAD = re.compile(r"^(?P<num>\d{1,2}(?:\.\d{1,2}){0,3})\.?\s+(?P<title>[A-Z][A-Za-z\-’'‘(),:/& ]{2,80})$")
-_ABSTRACT_INLINE = re.compile(r"^(abstract|summary)\s*[:.—–-]?\s+(?=\S)(?P<rest>.{20,})$", re.I)
-
-def canonical_section(name: str) -> str | None:
-    "The canonical kind of a section name (`methods` for '2. Materials and Methods'), or None."
-    m = _CANON_RE.match(name.strip())
-    return next((k for k in CANONICAL if m.group(k)), None) if m else None
-
-def _num_tuple(s: str) -> tuple[int, ...] | None:
-    return tuple(int(x) for x in s.split(".")) if re.fullmatch(r"\d+(?:\.\d+)*", s) else None
-
-def _follows(prev: tuple[int, ...] | None, cur: tuple[int, ...]) -> bool:
-    "Whether numbered heading `cur` can come after `prev` (next sibling, first child, or next at an upper level)."
-    if prev is None: return cur in ((1,), (1, 1))
-    if cur[:-1] == prev and cur[-1] == 1: return True
-    for k in range(1, len(prev) + 1):
-        if cur == prev[:k - 1] + (prev[k - 1] + 1,): return True
-    return False
-
-def _num_style(t: str) -> str:
-    m = re.match(r"^[\dIVX.]+?(\.?)(\s)", t)
-    return (m.group(1) + ("s" if m.group(2) == " " else "w")) if m else ""
-
-def heading_of(line: str, prev_num: tuple[int, ...] | None = None, style: str | None = None) -> tuple[str, tuple[int, ...] | None] | None:
-    "`(name, number)` when `line` is a section heading, else None; `style` is the numbering style seen so far ('.s' for '2. Methods')."
-    t = line.strip()
-    if len(t) > 90 or len(t) < 3: return None
-    m = _CANON_RE.match(t)
-    if m:
-        num = _num_tuple(m.group("num").rstrip(".")) if m.group("num") else None
-        if num is not None and prev_num is not None and not _follows(prev_num, num):
-            if num <= prev_num: return None        # a repeated numbered heading (running title, table of contents)
-            num = None
-        return normalize_text(t.rstrip(":. ")), num
-    m = _NUM_HEAD.match(t)
-    if m and len(t.split()) <= 10 and not t.endswith((".", "?")) and t.count(",") <= 1 and not re.search(r"\bet al\b|(19|20)\d\d", t):
-        num = _num_tuple(m.group("num"))
-        if num and _follows(prev_num, num) and (not style or len(num) > 1 or _num_style(t) == style): return normalize_text(t), num
-    return None
-
-# %% ../nbs/01_extract.ipynb #c728e768
-_CAPTION = re.compile(r"^(fig\.?|figure|table|tab\.|supplementary (figure|table))\s*[S]?\d+[a-z]?\b", re.I)
-_END = re.compile(r"[.!?:;]['\"”’)\]]?$")
-
-def join_lines(a: str, b: str) -> str:
-    "Join two lines of one paragraph, repairing words hyphenated across the line break."
-    if a.endswith("-") and len(a) > 1 and a[-2].isalpha() and b[:1].islower(): return a[:-1] + b
-    return a + ("" if a.endswith("-") and b[:1].isdigit() else " ") + b
-
-def paragraphs(lines: list[Line]) -> list[tuple[int | None, int | None, str]]:
-    "Paragraphs `(page_start, page_end, text)` from consecutive lines of one section."
-    pitches = [a.top - b.top for a, b in zip(lines, lines[1:]) if a.top is not None and b.top is not None and 0 < a.top - b.top < 40]
-    pitch = sorted(pitches)[len(pitches) // 2] if pitches else None
-    out, cur, p0, p1, prev = [], "", None, None, None
-    def flush():
-        nonlocal cur
-        if cur.strip(): out.append((p0, p1, normalize_text(cur)))
-        cur = ""
-    for l in lines:
-        t = l.text.strip()
-        new = not cur or bool(_CAPTION.match(t))
-        if cur and not new and prev is not None:
-            if prev.page == l.page and pitch and prev.top is not None and l.top is not None:
-                d = prev.top - l.top
-                new = d > 1.7 * pitch and _END.search(cur.rstrip()) is not None
-            elif prev.page != l.page: new = _END.search(cur.rstrip()) is not None and not t[:1].islower()
-        if new: flush(); p0 = l.page
-        cur = join_lines(cur, t) if cur else t
-        p1, prev = l.page, l
-    flush()
-    return out
-
-# %% ../nbs/01_extract.ipynb #6818847a
-_REF_NUM = re.compile(r"^\s*(\[\d{1,3}\]|\d{1,3}\.(?!\d)|\d{1,3}\s+(?=[A-Z]))")
-_REF_AUTHOR = re.compile(r"^[A-Z][\w'’\-]+(?:[\s\-][A-Z][\w'’\-]+)?,?\s+(?:[A-Z]{1,3}\b|[A-Z]\.)")
-
-def split_references(lines: list[str]) -> list[str]:
-    "Reference entries from the lines of a reference list (numbered or author-year)."
-    lines = [l.strip() for l in lines if l.strip()]
-    if not lines: return []
-    numbered = sum(bool(_REF_NUM.match(l)) for l in lines) >= 0.15 * len(lines)
-    refs: list[str] = []
-    for l in lines:
-        start = bool(_REF_NUM.match(l)) if numbered else (bool(_REF_AUTHOR.match(l)) and (not refs or re.search(r"[.\d)]$|\S+/\S+$", refs[-1]) is not None))
-        if start or not refs: refs.append(l)
-        else: refs[-1] = join_lines(refs[-1], l)
-    return [normalize_text(r) for r in refs if len(r) > 15]
-
-# %% ../nbs/01_extract.ipynb #ac276db3
-@dataclass
-class Section:
-    "A section: its heading, canonical kind, page range and paragraphs `(page_start, page_end, text)`."
-    name: str
-    kind: str | None
-    page_start: int | None
-    page_end: int | None
-    paragraphs: list = field(default_factory=list)
-    @property
-    def text(self) -> str: return "\n".join(p[2] for p in self.paragraphs)
-    def info(self) -> dict: return {"name": self.name, "page_start": self.page_start, "page_end": self.page_end}
-
-_BACK_AFTER_REFS = re.compile(r"^(appendix|supplementary|tables?|figures?|figure legends|publisher.s note)\b", re.I)
-
-def sectionize(lines: list[Line], front: str = "Front matter") -> tuple[list[Section], list[str]]:
-    "Sections (with page ranges and paragraphs) and reference entries from the cleaned lines of a document."
-    groups: list[list] = [[front, None, [], None]]          # name, kind, lines, page of the heading
-    num, style = None, None
-    for l in lines:
-        cur = groups[-1]
-        if l.heading is not None: h = (l.heading, None)
-        else:
-            h = heading_of(l.text, num, style)
-            if h and h[1] and len(h[1]) == 1 and style is None: style = _num_style(l.text.strip())
-            if h is None and cur[1] == "references" and _BACK_AFTER_REFS.match(l.text) and len(l.text) < 40: h = (l.text.strip(), None)
-        if h is None and cur[1] is None and cur[0] == front and (m := _ABSTRACT_INLINE.match(l.text.strip())):
-            groups.append(["Abstract", "abstract", [Line(m.group("rest"), l.page, l.x0, l.x1, l.top, l.bottom, l.size)], l.page]); continue
-        if h is None: cur[2].append(l); continue
-        num = h[1] or num
-        groups.append([h[0], canonical_section(h[0]) or ("heading" if l.heading is not None else None), [], l.page])
-    body_sizes = sorted(l.size for l in lines if l.size)
-    body = body_sizes[len(body_sizes) // 2] if body_sizes else None
-    for i, g in enumerate(groups):
-        if g[1] != "references" or i == 0 or body is None: continue
-        sizes = sorted(l.size for l in g[2][:8] if l.size)
-        ref = sizes[len(sizes) // 2] if sizes else None
-        if ref is None or ref > 0.92 * body: continue   # references set in the body font: nothing to tell apart
-        # body text that the layout put inside the reference list (body font) goes back to the section before it,
-        # and reference lines (reference font) in the back-matter sections after it join the list
-        back = [l for l in g[2] if l.size and l.size > 1.1 * ref]
-        g[2] = [l for l in g[2] if not (l.size and l.size > 1.1 * ref)]
-        groups[i - 1][2] += back
-        for h in groups[i + 1:]:
-            if h[1] in ("back_matter", None):
-                moved = [l for l in h[2] if l.size and abs(l.size - ref) <= 0.06 * ref]
-                h[2] = [l for l in h[2] if not (l.size and abs(l.size - ref) <= 0.06 * ref)]
-                g[2] += moved
-    sections, refs = [], []
-    for name, kind, ls, hpage in groups:
-        pages = [l.page for l in ls if l.page is not None] + ([hpage] if hpage is not None else [])
-        p0, p1 = (min(pages), max(pages)) if pages else (None, None)
-        if kind == "references":
-            refs += split_references([l.text for l in ls])
-            sections.append(Section(name, kind, p0, p1, []))
-        else:
-            paras = paragraphs(ls)
-            if paras or name != front: sections.append(Section(name, kind, p0, p1, paras))
-    return sections, refs
-
-# %% ../nbs/01_extract.ipynb #f5ab0070
-_DOI = re.compile(r"\b(10\.\d{4,9}/[^\s\"<>,;]+)", re.I)
-_YEAR_CTX = re.compile(r"(?:published|accepted|©|\(c\)|copyright|received|epub|online)[^\n]{0,40}?\b((?:19|20)\d\d)\b", re.I)
-_BAD_TITLE = re.compile(r"^(untitled|microsoft word|title|document\d*|paper|article)\b|\.(docx?|pdf|tex|indd|qxd)\b|^[\w\-]+$", re.I)
-_AFFIL = re.compile(r"universit|department|institut|school|faculty|college|hospital|centre|center|laborator|@|correspond|e-mail|email|received|accepted|published|edited by|reviewed by|abstract|citation|\bdoi\b|http", re.I)
-
-def find_doi(text: str) -> str | None:
-    "The first DOI in `text`, without trailing punctuation."
-    m = _DOI.search(text)
-    return m.group(1).rstrip(".)]}") if m else None
-
-def find_year(text: str, fallback: str | None = None) -> int | None:
-    "The publication year: the first year next to published/accepted/©, else the most common plausible year, else `fallback` ('D:2021...')."
-    years = [int(y) for y in _YEAR_CTX.findall(text) if 1900 <= int(y) <= 2100]
-    if years: return max(years)
-    c = Counter(int(y) for y in re.findall(r"\b((?:19|20)\d\d)\b", text) if 1950 <= int(y) <= 2100)
-    if c: return c.most_common(1)[0][0]
-    m = re.search(r"(?:D:)?((?:19|20)\d\d)", fallback or "")
-    return int(m.group(1)) if m else None
-
-def _clean_author_line(t: str) -> list[str]:
-    t = normalize_text(t).replace("\u2011", "-").replace("\u2010", "-")
-    t = re.sub(r"(?<=[a-zà-ÿ])ID\b|\bID(?=\d)|[\d*†‡§¶#✉]+|\s+(?=,)", "", t)
-    parts = [p.strip(" ,;.") for p in re.split(r",|;|·|•|\band\b|&", t)]
-    return [p for p in parts if re.fullmatch(r"[A-ZÀ-Þ][\w'’.\-]*(?:\s+[\w'’.\-]+){0,4}", p) and len(p) > 3 and not _AFFIL.search(p)]
-
-def pdf_metadata(info: dict, first_lines: list[Line], first_text: str) -> dict:
-    "`title`, `authors`, `year`, `doi` from the PDF info dictionary and the first page's lines and text."
-    title = normalize_text(info.get("Title") or "")
-    if len(title) < 12 or len(title.split()) < 3 or _BAD_TITLE.search(title): title = None
-    meta_authors = [a.strip() for a in re.split(r";|,| and ", info.get("Author") or "") if len(a.strip()) > 3]
-    authors: list[str] = []
-    lines = [l for l in first_lines if len(l.text) > 2]
-    if lines and lines[0].size is not None:
-        top_part = [l for l in lines if l.top is not None and l.top > 0.35 * max(x.top for x in lines) and len(l.text) > 3]
-        big = max((l.size for l in top_part if len(l.text.split()) >= 2), default=None)
-        if big:
-            idx = [i for i, l in enumerate(lines) if l in top_part and l.size >= big - 0.5 and len(l.text.split()) >= 1]
-            if idx:
-                run = [idx[0]]
-                for i in idx[1:]:
-                    if i == run[-1] + 1: run.append(i)
-                    else: break
-                if title is None: title = normalize_text(" ".join(lines[i].text for i in run))
-                asize = None
-                for l in lines[run[-1] + 1: run[-1] + 9]:
-                    if _AFFIL.search(l.text) or (l.size and l.size > big) or (asize and l.size and abs(l.size - asize) > 1): break
-                    found = _clean_author_line(l.text)
-                    if found and asize is None: asize = l.size
-                    authors += found
-    elif title is None:
-        title = next((normalize_text(l.text) for l in lines[:8] if len(l.text.split()) >= 4 and not _AFFIL.search(l.text)), None)
-    if len(meta_authors) >= len(authors): authors = meta_authors
-    return {"title": title, "authors": authors[:30], "year": find_year(first_text, info.get("CreationDate")),
-            "doi": find_doi(first_text) or find_doi(" ".join(str(v) for v in info.values()))}
-
-# %% ../nbs/01_extract.ipynb #e6093ebf
-RECORD_FIELDS = ("research_question", "hypotheses", "methods", "findings", "statistics", "terminology")
-STAT_KINDS = ("p_value", "effect_size", "sample_size", "measurement")
-_NUM = r"[-−–]?\d+(?:[.,·]\d+)?"
-_P_RE = re.compile(r"\b[pP]\s*(?:-?value)?\s*(<|>|=|≤|≥|<=|>=|\ufffd)\s*(0?[.·]\d+|1(?:\.0+)?)(?!\d)")
-_ES_RE = re.compile(r"(?<!\w)(?=[CHSEdgηωORr])(Cohen['’]?s\s*d|Hedges['’]?\s*g|\bSMD\b|\bES\b|\bd\b|\bg\b|η\s*p?\s*2|ηp²|η²|\bω2|\bOR\b|\bRR\b|\bHR\b|\br\b|\bR2\b|R²)\s*[=:]\s*(" + _NUM + r")")
-_N_RE = re.compile(r"\b[nN]\s*=\s*(\d{1,6})\b|\b(\d{1,5})\s+(?:\w+\s+)?(participants|subjects|athletes|players|sprinters|runners|men|women|males|females|volunteers|patients|children|adolescents|cyclists|rowers|swimmers|studies|trials)\b")
-_UNITS = r"(?:ms|s|sec|min|h|m/s|m·s[-−]1|m\s?s[-−]1|km/h|km·h[-−]1|km|m|cm|mm|kg|g|%|W/kg|W·kg[-−]1|W|N·m|Nm|N|J|Hz|bpm|beats/min|mL/kg/min|ml/kg/min|mL·kg[-−]1·min[-−]1|ml·kg[-−]1·min[-−]1|L/min|mmol/L|mmol·L[-−]1|years|yrs?|weeks|wk|days|sessions|reps|repetitions|°)"
-_MEAS_RE = re.compile(r"(?<![\w.])(" + _NUM + r")\s?(" + _UNITS + r")(?![\w/·])")
-
-def _num(s: str) -> float | None:
-    try: return float(s.replace("−", "-").replace("–", "-").replace("·", ".").replace(",", "."))
-    except ValueError: return None
-
-def _snippet(text: str, a: int, b: int, width: int = 90) -> str:
-    s, e = max(0, a - width), min(len(text), b + width)
-    s = text.rfind(" ", 0, a - width // 2) + 1 if a - width // 2 > 0 else 0
-    return normalize_text(text[s:e])
-
-def extract_statistics(text: str, limit: int = 80) -> list[dict]:
-    "Statistical results in `text`: p-values, effect sizes, sample sizes and measurements with units."
-    out, seen, per = [], set(), Counter()
-    def add(kind, m, value, unit):
-        if value is None or (kind, m.start()) in seen or per[kind] >= limit // 2: return
-        seen.add((kind, m.start())); per[kind] += 1
-        out.append({"text": _snippet(text, m.start(), m.end()), "value": value, "unit": unit, "kind": kind, "_pos": m.start()})
-    for m in _P_RE.finditer(text): add("p_value", m, _num(m.group(2)), None)
-    for m in _ES_RE.finditer(text): add("effect_size", m, _num(m.group(2)), normalize_text(m.group(1)))
-    for m in _N_RE.finditer(text): add("sample_size", m, _num(m.group(1) or m.group(2)), m.group(3) or "n")
-    for m in _MEAS_RE.finditer(text):
-        if per["measurement"] >= limit // 2: break
-        add("measurement", m, _num(m.group(1)), m.group(2))
-    out.sort(key=lambda o: o.pop("_pos"))
-    return out[:limit]
-
-# %% ../nbs/01_extract.ipynb #0d282ca1
-_STOP = set("""a an the of and or in on at to for with by from as is are was were be been being this that these those it its
-their our we they he she not no but than then there here which who whom whose what when where how all any both each few more
-most other some such only own same so too very can will just into over under between during before after above below up down
-out off again further once also may might must should would could has have had do does did using used use based between among
-per via within without versus vs et al however therefore thus while whereas although because since study studies group groups
-results result data analysis effect effects significant significantly table figure fig compared values value mean sd""".split())
-_RQ = re.compile(r"\b(aims?|purpose|objectives?|goals?)\s+of\s+(this|the\s+present|the\s+current|our)\b|\bwe\s+(aimed|sought|set out|investigated|examined|compared)\b|\bthis\s+(study|review|meta-analysis|paper)\s+(aimed|aims|examined|investigated|compared|evaluated)\b|\bresearch question\b|\bthe aim was\b", re.I)
-_HYP = re.compile(r"\bhypothes[ie][sz]", re.I)
-_METH = re.compile(r"\b(random|participants?|subjects?|design|protocol|measured|assessed|recruited|intervention|training program|statistical|ANOVA|regression|meta-analy|systematic(ally)? search|inclusion criteria|crossover|controlled|allocated|sessions?)\b", re.I)
-_FIND = re.compile(r"\b(significant(ly)?|improve[ds]?|increase[ds]?|decrease[ds]?|reduc(ed|tion)|greater|higher|lower|faster|slower|associated|correlat\w+|no (significant )?differen\w+|effective|did not|superior|inferior)\b", re.I)
-
-_ACRO = re.compile(r"\(([A-Z][A-Za-z0-9]{1,8})\)")
-
-def key_terms(text: str, limit: int = 25) -> list[str]:
-    "Domain terminology: acronyms defined in the text ('countermovement jump (CMJ)') and phrases repeated across it."
-    terms: dict[str, None] = {}
-    for m in _ACRO.finditer(text):
-        words = re.findall(r"[A-Za-z][\w\-]*", text[max(0, m.start() - 80):m.start()])[-5:]
-        if not words or m.start() < 2 or not text[m.start() - 2].isalnum(): continue
-        acro = m.group(1)[:-1] if m.group(1).endswith("s") and len(m.group(1)) > 2 else m.group(1)
-        caps = [c for c in acro if c.isupper()]
-        for k in range(min(len(words), max(len(caps), 1)), 0, -1):
-            cand = words[-k:]
-            if cand[0].lower() in _STOP: continue
-            initials = "".join(w[0] for w in cand).lower()
-            if initials == "".join(caps).lower() or (len(cand) == 1 and re.search(".*".join(map(re.escape, acro.lower())), cand[0].lower())) \
-               or (len(cand) > 1 and initials[0] == acro[0].lower() and len(cand) == len(caps) - 1):
-                terms.setdefault(f"{' '.join(cand)} ({m.group(1)})", None); break
-    toks = re.findall(r"[a-z][a-z\-]+", text.lower())
-    grams = Counter(zip(toks, toks[1:])); grams.update(zip(toks, toks[1:], toks[2:]))   # counted in C, filtered after
-    good = lambda g: g[0] not in _STOP and g[-1] not in _STOP and all(len(w) > 2 for w in g) and sum(w in _STOP for w in g) <= 1
-    frequent = sorted(((g, c) for g, c in grams.items() if c >= 3), key=lambda gc: -gc[1])   # stable: ties keep text order
-    for g, c in frequent:
-        if len(terms) >= limit: break
-        if not good(g): continue
-        g = " ".join(g)
-        if not any(g in t.lower() for t in terms): terms.setdefault(g, None)
-    return list(terms)[:limit]
-
-def offline_record(sections: list[Section], text: str | None = None) -> dict:
-    "The structured record of a document from its sections, by cue phrases and patterns (no model needed)."
-    text = text if text is not None else "\n".join(s.text for s in sections)
-    sents_of = {id(s): split_sentences(s.text) for s in sections
-                if s.kind not in ("references", "back_matter")}
-    by = lambda *kinds: [x for s in sections if s.kind in kinds and id(s) in sents_of for x in sents_of[id(s)]]
-    sents = by("abstract", None, "introduction") or [x for v in sents_of.values() for x in v]
-    rq = next((s for s in sents if _RQ.search(s)), None) or next((s for s in by("methods", "discussion") if _RQ.search(s)), None)
-    hyp = [s for s in sents + by("methods") if _HYP.search(s) and not re.search(r"null hypothes", s, re.I)][:3]
-    msents = by("methods") or [s for s in sents if _METH.search(s)]
-    methods = [s[:300] for s in msents if _METH.search(s)][:6]
-    fsents = by("abstract", "conclusion") + by("results", "discussion") or [x for v in sents_of.values() for x in v]
-    findings = [s[:400] for s in fsents if _FIND.search(s) and not _RQ.search(s) and not _HYP.search(s) and len(s) > 30][:8]
-    return {"research_question": rq[:500] if rq else None, "hypotheses": [h[:400] for h in hyp], "methods": methods,
-            "findings": findings, "statistics": extract_statistics(text), "terminology": key_terms(text)}
-
-# %% ../nbs/01_extract.ipynb #444919e9
-_STRINGS = {"type": "array", "items": {"type": "string"}}
-_STAT = {"type": "object", "required": ["text", "value", "kind"],
-         "properties": {"text": {"type": "string"}, "value": {"type": "number"},
-                        "unit": {"type": ["string", "null"]},
-                        "kind": {"type": "string", "enum": list(STAT_KINDS)}}}
-RECORD_SCHEMA = {"type": "object", "required": list(RECORD_FIELDS),
-                 "properties": {"research_question": {"type": ["string", "null"]},
-                                "hypotheses": _STRINGS, "methods": _STRINGS, "findings": _STRINGS,
-                                "statistics": {"type": "array", "items": _STAT},
-                                "terminology": _STRINGS}}
-
-def validate_record(obj: Any) -> dict:
-    "A record in the schema, normalised; raises `ValueError` saying what is wrong."
-    if not isinstance(obj, dict): raise ValueError("the reply must be a JSON object")
-    missing = [f for f in RECORD_FIELDS if f not in obj]
-    if missing: raise ValueError(f"missing fields: {', '.join(missing)}")
-    rq = obj["research_question"]
-    if rq is not None and not isinstance(rq, str): raise ValueError("research_question must be a string or null")
-    out = {"research_question": rq}
-    for f in ("hypotheses", "methods", "findings", "terminology"):
-        v = obj[f]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v): raise ValueError(f"{f} must be a list of strings")
-        out[f] = [x.strip() for x in v if x.strip()]
-    stats = obj["statistics"]
-    if not isinstance(stats, list): raise ValueError("statistics must be a list of objects")
-    out["statistics"] = []
-    for i, s in enumerate(stats):
-        if not isinstance(s, dict) or not {"text", "value", "kind"} <= set(s):
-            raise ValueError(f"statistics[{i}] must have text, value, unit and kind")
-        if s["kind"] not in STAT_KINDS: raise ValueError(f"statistics[{i}].kind must be one of {', '.join(STAT_KINDS)}")
-        v = s["value"]
-        if isinstance(v, str): v = _num(v.strip())
-        if not isinstance(v, (int, float)) or isinstance(v, bool): raise ValueError(f"statistics[{i}].value must be a number")
-        out["statistics"].append({"text": str(s["text"]), "value": v, "unit": s.get("unit"), "kind": s["kind"]})
-    return out
-
-
-# %% ../nbs/01_extract.ipynb #00513815
-_TEACHER_PROMPT = """Read this research document and fill in its record: the research question
-(or null), the hypotheses, methods, findings, statistics (each with its text, numeric value, unit
-or null, and kind) and the domain terminology. Use only facts stated in the document.
-
-Title: {title}
-
-{text}"""
-_TEACHER_SYSTEM = "You extract structured facts from research papers as strict JSON."
-
-def record_messages(title: str | None, text: str, max_chars: int = 6000) -> list[dict]:
-    "The messages asking a teacher for the record of a document (its first `max_chars` characters)."
-    prompt = _TEACHER_PROMPT.format(title=title or "(unknown)", text=text[:max_chars])
-    return [{"role": "system", "content": _TEACHER_SYSTEM}, {"role": "user", "content": prompt}]
-
-def _outcome(r) -> dict:
-    "What `teacher_records` says of one `modelhub.Result`."
-    calls = r.attempts + r.repairs
-    if r.ok: return {"record": r.parsed, "error": None, "calls": calls, "status": "ok"}
-    if r.status == "budget":
-        return {"record": None, "calls": 0, "status": "budget",
-                "error": f"teacher extraction not asked ({r.error}): raise budget_usd and re-run, "
-                         "finished records come from the cache; the offline record was kept"}
-    return {"record": None, "calls": calls, "status": "error",
-            "error": f"teacher extraction failed after {calls} calls ({r.error}); "
-                     "the offline record was kept"}
-
-def teacher_records(teacher,            # spec ('openai:gpt-4o-mini', 'a|b' falls back) or a teacher
-                    docs: list[dict],   # documents with `title` and `_text`
-                    retries: int = 2,   # re-asks of an invalid reply, each with the reason
-                    cache=True,         # ModelHub response cache: True (shared), False, or a folder
-                    budget_usd: float | None = None,  # stop asking above this spend
-                    concurrency: int = 4,  # requests in flight
-                    ledger=None,        # a `modelhub.Ledger` that adds up calls, tokens and cost
-                    progress: bool = False, max_chars: int = 6000) -> list[dict]:
-    "`{record, error, calls, status}` per document, from the teacher through the ModelHub."
-    from purpose.modelhub import complete_many
-    chain = [s.strip() for s in teacher.split("|")] if isinstance(teacher, str) else [teacher]
-    msgs = [record_messages(d.get("title"), d.get("_text", ""), max_chars) for d in docs]
-    res = complete_many(chain, msgs, json_schema=RECORD_SCHEMA, validate=validate_record,
-                        repairs=retries, cache=cache, budget_usd=budget_usd,
-                        concurrency=concurrency, ledger=ledger, progress=progress, backoff=0.2)
-    return [_outcome(r) for r in res]
-
-def teacher_record(teacher, title: str | None, text: str, retries: int = 2,
-                   **kw) -> tuple[dict | None, str | None, int]:
-    "`(record, error, calls)` for one document (see `teacher_records`)."
-    o = teacher_records(teacher, [{"title": title, "_text": text}], retries, **kw)[0]
-    return o["record"], o["error"], o["calls"]
-
-# %% ../nbs/01_extract.ipynb #0a00b7b2
-def flatten_record(rec: Any, prefix: str = "") -> dict:
-    "A flat `{field: value}` view of a (nested) record; nested keys are joined with `_`, lists of scalars with ', '."
-    if not isinstance(rec, dict): return {prefix or "value": rec}
-    out = {}
-    for k, v in rec.items():
-        key = f"{prefix}_{k}" if prefix else str(k)
-        if isinstance(v, dict): out.update(flatten_record(v, key))
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            out[key] = "; ".join(", ".join(f"{a}: {b}" for a, b in flatten_record(x).items()) for x in v)
-        elif isinstance(v, list): out[key] = ", ".join(str(x) for x in v)
-        else: out[key] = v
-    return out
-
-class _Missing(dict):
-    def __missing__(self, k): return "?"
-
-def render_record(rec: dict, template: str | None = None) -> str:
-    "One paragraph for a record: `template` formatted with its (flattened) fields, or a generic field: value sentence."
-    flat = flatten_record(rec)
-    if template:
-        try: return normalize_text(string.Formatter().vformat(template, (), _Missing(flat)))
-        except (ValueError, IndexError, KeyError, AttributeError) as e:
-            raise PurposeError(f"record template {template!r} does not format ({type(e).__name__}: {e}): use {{field}} names from the file") from None
-    parts = [f"{str(k).replace('_', ' ')}: {v}" for k, v in flat.items() if v not in (None, "")]
-    return normalize_text("; ".join(parts)) + "."
-
-def jsonl_records(path: Path, text: str) -> tuple[list, list[int]]:
-    "`(records, bad_line_numbers)` of a JSON-lines `text`; raises `FileProblem` only when no line is valid JSON."
-    recs, bad, first = [], [], None
-    for i, line in enumerate(text.split("\n"), 1):   # not splitlines: JSON strings may hold U+2028 and friends
-        if not line.strip(): continue
-        try: recs.append(json.loads(line))
-        except json.JSONDecodeError as e: bad.append(i); first = first or e
-    if bad and not recs:
-        raise FileProblem("corrupt", f"{path.name} is not valid JSONL: none of its {len(bad)} line(s) is JSON (line {bad[0]}: "
-                          f"{first}): fix the file or remove it")
-    return recs, bad
-
-def records_of(path: Path, kind: str, text: str) -> list[dict]:
-    "The records of a csv/json/jsonl file's `text` (bad JSONL lines skipped); raises `FileProblem` when it does not parse."
-    if kind == "jsonl": return jsonl_records(path, text)[0]
-    try:
-        if kind == "csv":
-            dialect = "excel-tab" if path.suffix.lower() == ".tsv" or text[:2000].count("\t") > text[:2000].count(",") else "excel"
-            return [dict(r) for r in csv.DictReader(io.StringIO(text), dialect=dialect)]
-        obj = json.loads(text)
-    except (json.JSONDecodeError, csv.Error) as e:
-        raise FileProblem("corrupt", f"{path.name} is not valid {kind.upper()} ({e}): fix the file or remove it") from None
-    if isinstance(obj, list): return obj
-    if isinstance(obj, dict):
-        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
-        if len(lists) == 1:
-            ctx = {k: v for k, v in obj.items() if not isinstance(v, (list, dict))}
-            return [{**ctx, **x} for x in lists[0]]
-        return [obj]
-    return [{"value": obj}]
-
-def template_for(name: str, templates: dict | None) -> str | None:
-    "The template whose glob matches file `name` (first match in order)."
-    for pat, tpl in (templates or {}).items():
-        if fnmatch.fnmatch(name, pat): return tpl
-    return None
-
-# %% ../nbs/01_extract.ipynb #13ccc7af
-class _HTMLLines(HTMLParser):
-    "Collects the visible text of an HTML page as lines, marking h1-h6 as headings."
-    BLOCK = {"p", "div", "br", "li", "tr", "section", "article", "blockquote", "pre", "table", "ul", "ol", "figcaption", "caption", "dd", "dt"}
-    def __init__(self):
-        super().__init__(convert_charrefs=True); self.lines, self.buf, self.skip, self.head, self.title, self._in_title = [], [], 0, None, None, False
-    def _flush(self):
-        t = normalize_text("".join(self.buf)); self.buf = []
-        if t: self.lines.append(Line(t, None, heading=t if self.head else None))
-    def handle_starttag(self, tag, attrs):
-        if tag in ("script", "style", "noscript", "nav", "footer"): self.skip += 1
-        elif tag == "title": self._in_title = True
-        elif re.fullmatch(r"h[1-6]", tag): self._flush(); self.head = tag
-        elif tag in self.BLOCK: self._flush()
-    def handle_endtag(self, tag):
-        if tag in ("script", "style", "noscript", "nav", "footer"): self.skip = max(0, self.skip - 1)
-        elif tag == "title": self._in_title = False
-        elif re.fullmatch(r"h[1-6]", tag): self._flush(); self.head = None
-        elif tag in self.BLOCK: self._flush()
-    def handle_data(self, data):
-        if self._in_title: self.title = normalize_text((self.title or "") + data)
-        elif not self.skip: self.buf.append(data)
-
-def html_lines(text: str) -> tuple[list[Line], str | None]:
-    "Visible lines of an HTML document (h1-h6 marked as headings) and its `<title>`."
-    p = _HTMLLines(); p.feed(text); p.close(); p._flush()
-    return p.lines, p.title
-
-def markdown_lines(text: str) -> list[Line]:
-    "Lines of a Markdown or plain-text document; `#` headings marked, blank lines kept as paragraph breaks."
-    out = []
-    for raw in text.splitlines():
-        m = re.match(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", raw)
-        if m: out.append(Line(normalize_text(m.group(1)), None, heading=normalize_text(m.group(1))))
-        elif raw.strip(): out.append(Line(raw.rstrip(), None))
-        else: out.append(Line("", None))
-    return out
 
 # %% ../nbs/01_extract.ipynb #197adffe
 _TOKENIZERS: dict[str, Any] = {}
@@ -872,6 +133,7 @@ class ExtractOptions:
     ocr: bool = True
     ocr_lang: str = "eng"
     record_templates: dict = field(default_factory=dict)
+    vocabulary: Vocabulary = DEFAULT_VOCABULARY   # the domain's words (`purpose.domain`)
 
 def _passwords(passwords, name: str) -> list:
     "The passwords to try for file `name`: a sequence applies to every file, a dict maps file-name globs to passwords."
@@ -879,77 +141,6 @@ def _passwords(passwords, name: str) -> list:
         return [p for pat, p in passwords.items() if fnmatch.fnmatch(name, pat)]
     if isinstance(passwords, str): return [passwords]
     return list(passwords or ())
-
-def _is_truncated(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 2048)); return b"%%EOF" not in f.read()
-
-def open_pdf(path: Path, passwords: Sequence[str] = ()):
-    "`(reader, extractor, how)`: a PDFium document, else a pypdf reader, and how an encrypted file was opened (None: not encrypted)."
-    import pypdfium2 as pdfium
-    tried, locked, err = [None, *passwords], False, None
-    for pw in tried:
-        try: doc = pdfium.PdfDocument(str(path), password=pw)
-        except pdfium.PdfiumError as e:
-            err = e
-            if getattr(e, "err_code", None) == 4 or "password" in str(e).lower(): locked = True; continue
-            break
-        if pw is not None: return doc, "pypdfium2", "a supplied password"
-        return doc, "pypdfium2", "the empty password" if pdfium.raw.FPDF_GetSecurityHandlerRevision(doc.raw) >= 0 else None
-    import pypdf, logging
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        r = pypdf.PdfReader(str(path), strict=False)
-        how = None
-        if r.is_encrypted:
-            for pw in ["", *passwords]:
-                try:
-                    if r.decrypt(pw): how = "a supplied password" if pw else "the empty password"; break
-                except Exception: continue
-            else: raise FileProblem("encrypted", "")
-        if len(r.pages) == 0: raise FileProblem("empty", f"{path.name} is a PDF with no pages: replace it with the full document")
-        return r, "pypdf", how
-    except FileProblem as e:
-        if e.status != "encrypted": raise
-        n = len([p for p in passwords if p is not None])
-        raise FileProblem("encrypted", f"{path.name} is password protected and the empty password{' and the ' + str(n) + ' supplied password(s)' if n else ''} "
-                          "did not open it: pass passwords=['...'] to extract_stage (or PURPOSE_PDF_PASSWORDS=pw1,pw2 in the environment), "
-                          "or save an unprotected copy") from None
-    except Exception as e:
-        if locked:
-            raise FileProblem("encrypted", f"{path.name} is password protected ({type(e).__name__}: {e}): pass its password with passwords=[...] "
-                              "or PURPOSE_PDF_PASSWORDS, or save an unprotected copy") from None
-        why = ("is truncated (it ends without %%EOF, probably cut off during download): download it again" if _is_truncated(path) else
-               "is damaged: download it again, or repair it (e.g. `qpdf input.pdf repaired.pdf`) and re-run")
-        raise FileProblem("corrupt", f"{path.name} {why} (PDFium: {err}; pypdf: {type(e).__name__}: {e})") from None
-
-# %% ../nbs/01_extract.ipynb #cd0133c3
-def tesseract_available() -> bool:
-    "Whether the `tesseract` OCR program is on the PATH."
-    return shutil.which("tesseract") is not None
-
-def ocr_pdf_pages(path: Path, pages: Sequence[int], passwords=(), lang: str = "eng", dpi: int = 300) -> dict[int, str]:
-    "Text of the given (1-based) pages by rendering them with PDFium and running Tesseract."
-    import pypdfium2 as pdfium
-    doc, out = None, {}
-    for pw in [None, *passwords]:
-        try: doc = pdfium.PdfDocument(str(path), password=pw); break
-        except pdfium.PdfiumError: continue
-    if doc is None: return out
-    with tempfile.TemporaryDirectory() as d:
-        for p in pages:
-            img = Path(d)/f"p{p}.png"
-            doc[p - 1].render(scale=dpi / 72).to_pil().save(img)
-            r = subprocess.run(["tesseract", str(img), "stdout", "-l", lang], capture_output=True, text=True, timeout=300)
-            out[p] = r.stdout
-    doc.close()
-    return out
-
-def _count_text_objects(page) -> tuple[int, int]:
-    import pypdfium2.raw as R
-    n = R.FPDFPage_CountObjects(page.raw)
-    kinds = [R.FPDFPageObj_GetType(R.FPDFPage_GetObject(page.raw, i)) for i in range(min(n, 5000))]
-    return kinds.count(R.FPDF_PAGEOBJ_TEXT), kinds.count(R.FPDF_PAGEOBJ_IMAGE)
 
 # %% ../nbs/01_extract.ipynb #60549be0
 _NONWORD = re.compile(r"[\W_]+")
@@ -1016,12 +207,14 @@ def _sketch(text: str, k: int = 128) -> list[int]:
     words = re.findall(r"\w+", text.lower())
     ids = {x: zlib.crc32(x.encode()) for x in set(words)}
     w = list(map(ids.__getitem__, words))
-    hs = {hash(t) & 0xFFFFFFFFFFFF for t in zip(w, w[1:], w[2:], w[3:], w[4:])} or {hash(tuple(w)) & 0xFFFFFFFFFFFF}
+    hs = ({hash(t) & 0xFFFFFFFFFFFF for t in zip(w, w[1:], w[2:], w[3:], w[4:])}
+          or {hash(tuple(w)) & 0xFFFFFFFFFFFF})
     return heapq.nsmallest(k, hs)   # hashes of int tuples do not depend on PYTHONHASHSEED: the same in every process
 
 def _doc_row(doc_id, source, kind, status, error=None, **kw) -> dict:
-    row = {"doc_id": doc_id, "source": source, "kind": kind, "status": status, "error": error, "extractor": None, "n_pages": None,
-           "title": None, "authors": [], "year": None, "doi": None, "sections": [], "references": [], "record": None}
+    row = {"doc_id": doc_id, "source": source, "kind": kind, "status": status, "error": error, "extractor": None,
+           "n_pages": None, "title": None, "authors": [], "year": None, "doi": None, "sections": [],
+           "references": [], "record": None}
     row.update(kw)
     return row
 
@@ -1031,93 +224,118 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(2**20), b""): h.update(block)
     return h.hexdigest()
 
+def _ok_row(doc_id, source, kind, base, meta, sections, refs, full, opts, warnings) -> tuple[dict, list[dict]]:
+    "The ok row and chunks of a document with its sections and full text."
+    rec = offline_record(sections, full, opts.vocabulary)
+    chunks = chunk_document(doc_id, source, sections, chunk_tokenizer(opts.tokenizer), opts.chunk_tokens,
+                            opts.chunk_overlap)
+    doc = _doc_row(doc_id, source, kind, "ok", None, **base, **meta, sections=[s.info() for s in sections],
+                   references=refs, record=rec, warnings=warnings, _text=full, _text_key=_text_key(full),
+                   _sketch=_sketch(full))
+    return doc, chunks
+
+def _pdf_lines(path: Path, opts: ExtractOptions, warnings: list) -> tuple[list[Line], dict]:
+    "The cleaned lines of a PDF and its metadata."
+    r = read_pdf(path, opts)
+    first_text = "\n".join(l.text for ls in r["pages"][:2] for l in ls)
+    meta = pdf_metadata(r["info"], r["pages"][0] if r["pages"] else [], first_text)
+    pages = drop_running_lines(r["pages"], r["heights"])
+    meta.update(extractor=r["extractor"], n_pages=r["n_pages"])
+    if r["encrypted"]: meta["encrypted"] = True
+    warnings += r["warnings"]
+    return [l for ls in pages for l in ls], meta
+
+def _record_lines(path: Path, source: str, kind: str, text: str, opts, meta: dict, warnings: list) -> Section:
+    "The one `records` section of a CSV/JSON/JSONL file (a sentence per record); raises `FileProblem`."
+    recs, bad = jsonl_records(path, text) if kind == "jsonl" else (records_of(path, kind, text), [])
+    if bad:
+        meta["bad_lines"] = bad[:1000]
+        warnings.append(f"{len(bad)} line(s) are not valid JSON and were skipped (lines "
+                        f"{', '.join(map(str, bad[:20]))}{', ...' if len(bad) > 20 else ''}): fix or delete them")
+    if not recs: raise FileProblem("empty", f"{source} has no records: add rows or remove it", **meta)
+    tpl = template_for(path.name, opts.record_templates)
+    lines = [render_record(r if isinstance(r, dict) else {"value": r}, tpl) for r in recs]
+    meta.update(extractor="records", n_records=len(recs), template=tpl, title=path.stem.replace("_", " "))
+    return Section("records", "records", None, None, [(None, None, t) for t in lines])
+
+def _text_lines(kind: str, text: str, meta: dict) -> list[Line]:
+    "The lines of a text, Markdown or HTML file, with its title, DOI and year in `meta`."
+    if kind == "html":
+        lines, title = html_lines(text); meta["title"] = title
+    else:
+        lines = markdown_lines(text)
+        meta["title"] = (next((l.heading for l in lines if l.heading), None)
+                         or next((normalize_text(l.text) for l in lines if l.text.strip()), None))
+    first = " ".join(l.text for l in lines[:80])
+    meta.update(doi=find_doi(first), year=find_year(first), authors=[])
+    # blank lines separate paragraphs in text files: mark them with a gap the paragraph builder sees
+    return _text_paragraph_lines(lines)
+
+# %% ../nbs/01_extract.ipynb #39fc00f7
+def _check_head(path: Path, source: str, size: int, head: bytes, kind: str, opts, warnings: list):
+    "Raise `FileProblem` when the size or the first bytes say the file cannot be read."
+    if size == 0: raise FileProblem("empty", f"{source} is empty (0 bytes): replace it with the real file or remove it")
+    if size > opts.max_mb * 2**20:
+        raise FileProblem("too_large", f"{source} is {size / 2**20:.1f} MB, over max_mb={opts.max_mb}: "
+                          "raise max_mb or split the file")
+    ext_kind = KINDS.get(path.suffix.lower())
+    if ext_kind == "pdf" and b"%PDF-" not in head[:1024]:
+        raise FileProblem("not_a_pdf", f"{source} is named .pdf but is {describe_bytes(head)}")
+    if kind == "pdf" and ext_kind not in (None, "pdf"):
+        warnings.append(f"named {path.suffix} but is a PDF: read as a PDF")
+    if kind == "unknown":
+        raise FileProblem("unsupported", f"{source} is {describe_bytes(head)}; supported inputs: PDF, txt, md, "
+                          "html, csv, json, jsonl")
+    if kind != "pdf" and binary_reason(head):
+        what = describe_bytes(head)
+        raise FileProblem("binary", f"{source} is named {path.suffix or 'as text'} but is not text: it is {what}"
+                          + ("" if ":" in what else ": replace it with the real file or remove it"))
+
+def _read_document(path, source, kind, raw, opts, meta: dict, warnings: list) -> tuple[str, Any]:
+    "`(how, content)` of a readable file: 'records' and its `Section`, or 'lines' and its `Line`s."
+    if kind == "pdf":
+        lines, m = _pdf_lines(path, opts, warnings); meta.update(m)
+        return "lines", lines
+    text, encoding = decode_text(raw, source)
+    if encoding not in ("utf-8", "utf-8-sig"): warnings.append(f"decoded as {encoding}: save it as UTF-8 to be sure")
+    if not text.strip():
+        raise FileProblem("empty", f"{source} contains only whitespace: add content or remove it", encoding=encoding)
+    meta.update(extractor="text", n_pages=None, encoding=encoding)
+    if kind in ("csv", "json", "jsonl"): return "records", _record_lines(path, source, kind, text, opts, meta, warnings)
+    return "lines", _text_lines(kind, text, meta)
+
 def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None = None) -> tuple[dict, list[dict]]:
     "`(document, chunks)` for one input file: never raises for bad input, the status and error say what happened."
     path, root, opts = Path(path), Path(root), opts or ExtractOptions()
     source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     if why := not_a_file(path):     # before any open(): opening a named pipe blocks
-        return _doc_row(stable_id(source, "not_a_file"), source, KINDS.get(path.suffix.lower(), "unknown"), "not_a_file",
-                        f"{source} is {why}"), []
+        return _doc_row(stable_id(source, "not_a_file"), source, KINDS.get(path.suffix.lower(), "unknown"),
+                        "not_a_file", f"{source} is {why}"), []
     size = path.stat().st_size
     with open(path, "rb") as f: head = f.read(HEAD_BYTES)
     kind = sniff_kind(path, head)
     # the whole file is read (and hashed) only once the first bytes say it is worth reading
     sha = hashlib.sha256(head).hexdigest() if size <= len(head) else None
     doc_id = stable_id(source, sha or f"size:{size}:{hashlib.sha256(head).hexdigest()}")
-    def fail(status, error, **kw):
-        return _doc_row(doc_id, source, kind, status, error, sha256=sha, bytes=size, **kw), []
+    meta: dict = {}
+    warnings: list[str] = []
     try:
-        if size == 0: return fail("empty", f"{source} is empty (0 bytes): replace it with the real file or remove it")
-        if size > opts.max_mb * 2**20:
-            doc_id = stable_id(source, f"size:{size}")
-            return fail("too_large", f"{source} is {size / 2**20:.1f} MB, over max_mb={opts.max_mb}: raise max_mb or split the file")
-        ext_kind = KINDS.get(path.suffix.lower())
-        warnings = []
-        if ext_kind == "pdf" and b"%PDF-" not in head[:1024]:
-            return fail("not_a_pdf", f"{source} is named .pdf but is {describe_bytes(head)}")
-        if kind == "pdf" and ext_kind not in (None, "pdf"): warnings.append(f"named {path.suffix} but is a PDF: read as a PDF")
-        if kind == "unknown":
-            return fail("unsupported", f"{source} is {describe_bytes(head)}; supported inputs: PDF, txt, md, html, csv, json, jsonl")
-        if kind != "pdf" and binary_reason(head):
-            what = describe_bytes(head)
-            return fail("binary", f"{source} is named {path.suffix or 'as text'} but is not text: it is {what}"
-                        + ("" if ":" in what else ": replace it with the real file or remove it"))
+        if size > opts.max_mb * 2**20: doc_id = stable_id(source, f"size:{size}")
+        _check_head(path, source, size, head, kind, opts, warnings)
         raw = path.read_bytes() if kind != "pdf" else None
         sha = hashlib.sha256(raw).hexdigest() if raw is not None else _sha256_file(path)
-        doc_id = stable_id(source, sha)
-        base = dict(sha256=sha, bytes=size)
-        meta: dict = {}
-        if kind == "pdf":
-            r = read_pdf(path, opts)
-            first_raw = r["pages"][0] if r["pages"] else []
-            first_text = "\n".join(l.text for ls in r["pages"][:2] for l in ls)
-            meta = pdf_metadata(r["info"], first_raw, first_text)
-            pages = drop_running_lines(r["pages"], r["heights"])
-            lines = [l for ls in pages for l in ls]
-            meta.update(extractor=r["extractor"], n_pages=r["n_pages"])
-            if r["encrypted"]: meta["encrypted"] = True
-            warnings += r["warnings"]
-        else:
-            text, encoding = decode_text(raw, source)
-            if encoding not in ("utf-8", "utf-8-sig"): warnings.append(f"decoded as {encoding}: save it as UTF-8 to be sure")
-            if not text.strip(): return fail("empty", f"{source} contains only whitespace: add content or remove it", encoding=encoding)
-            meta = {"extractor": "text", "n_pages": None, "encoding": encoding}
-            if kind in ("csv", "json", "jsonl"):
-                recs, bad = jsonl_records(path, text) if kind == "jsonl" else (records_of(path, kind, text), [])
-                if bad:
-                    meta["bad_lines"] = bad[:1000]
-                    warnings.append(f"{len(bad)} line(s) are not valid JSON and were skipped (lines "
-                                    f"{', '.join(map(str, bad[:20]))}{', ...' if len(bad) > 20 else ''}): fix or delete them")
-                if not recs: return fail("empty", f"{source} has no records: add rows or remove it", **meta)
-                tpl = template_for(path.name, opts.record_templates)
-                lines = [Line(render_record(r if isinstance(r, dict) else {"value": r}, tpl)) for r in recs]
-                sec = Section("records", "records", None, None, [(None, None, l.text) for l in lines])
-                meta.update(extractor="records", n_records=len(recs), template=tpl, title=path.stem.replace("_", " "))
-                full = sec.text
-                rec = offline_record([sec], full)
-                return (_doc_row(doc_id, source, kind, "ok", None, **base, **meta, sections=[sec.info()], record=rec,
-                                 warnings=warnings, _text=full, _text_key=_text_key(full), _sketch=_sketch(full)),
-                        chunk_document(doc_id, source, [sec], chunk_tokenizer(opts.tokenizer), opts.chunk_tokens, opts.chunk_overlap))
-            if kind == "html":
-                lines, title = html_lines(text); meta["title"] = title
-            else:
-                lines = markdown_lines(text)
-                meta["title"] = next((l.heading for l in lines if l.heading), None) or next((normalize_text(l.text) for l in lines if l.text.strip()), None)
-            first = " ".join(l.text for l in lines[:80])
-            meta.update(doi=find_doi(first), year=find_year(first), authors=[])
-            # blank lines separate paragraphs in text files: mark them with a gap the paragraph builder sees
-            lines = _text_paragraph_lines(lines)
-        sections, refs = sectionize(lines)
+        doc_id, base = stable_id(source, sha), dict(sha256=sha, bytes=size)
+        how, content = _read_document(path, source, kind, raw, opts, meta, warnings)
+        if how == "records":
+            return _ok_row(doc_id, source, kind, base, meta, [content], [], content.text, opts, warnings)
+        sections, refs = sectionize(content)
         full = "\n".join(s.text for s in sections)
         if len(re.sub(r"\W", "", full)) < 20:
-            return fail("empty", f"{source} has no readable text after cleaning ({len(full)} characters)", extractor=meta.get("extractor"), n_pages=meta.get("n_pages"))
-        rec = offline_record(sections, full)
-        chunks = chunk_document(doc_id, source, sections, chunk_tokenizer(opts.tokenizer), opts.chunk_tokens, opts.chunk_overlap)
-        doc = _doc_row(doc_id, source, kind, "ok", None, **base, **meta, sections=[s.info() for s in sections], references=refs,
-                       record=rec, warnings=warnings, _text=full, _text_key=_text_key(full), _sketch=_sketch(full))
-        return doc, chunks
+            raise FileProblem("empty", f"{source} has no readable text after cleaning ({len(full)} characters)",
+                              extractor=meta.get("extractor"), n_pages=meta.get("n_pages"))
+        return _ok_row(doc_id, source, kind, base, meta, sections, refs, full, opts, warnings)
     except FileProblem as e:
-        return fail(e.status, e.error)
+        return _doc_row(doc_id, source, kind, e.status, e.error, sha256=sha, bytes=size, **e.info), []
 
 def _text_paragraph_lines(lines: list[Line]) -> list[Line]:
     "Give text-file lines fake tops so blank lines (and headings) end paragraphs in `paragraphs`."
@@ -1127,41 +345,6 @@ def _text_paragraph_lines(lines: list[Line]) -> list[Line]:
         y -= 10
         out.append(Line(l.text, None, 0, 1, y, y - 8, 8, l.heading))
     return out
-
-# %% ../nbs/01_extract.ipynb #6c5d71bd
-def make_test_pdf(path: Path | str, pages: Sequence[Sequence[str]], *, title: str | None = None, user_password: str | None = None,
-                  header: str | None = None, image_only: bool = False) -> Path:
-    "Write a small PDF with fpdf2 (one list of lines per page) for tests and examples; optionally encrypted or image-only."
-    from fpdf import FPDF
-    pdf = FPDF(); pdf.set_auto_page_break(False)
-    if title: pdf.set_title(title)
-    if user_password is not None:
-        from fpdf.enums import EncryptionMethod
-        pdf.set_encryption(owner_password="owner-" + user_password, user_password=user_password, encryption_method=EncryptionMethod.RC4)
-    for i, lines in enumerate(pages, 1):
-        pdf.add_page()
-        if image_only:
-            pdf.set_fill_color(40, 40, 40); pdf.rect(20, 20, 170, 100, style="F")
-            continue
-        if header: pdf.set_font("Helvetica", size=8); pdf.set_xy(10, 5); pdf.cell(0, 5, header); pdf.set_xy(10, 285); pdf.cell(0, 5, str(i))
-        pdf.set_xy(10, 20)
-        for t in lines:
-            big = t.startswith("# ")
-            pdf.set_font("Helvetica", "B" if big else "", 18 if big else 10)
-            pdf.set_x(10); pdf.cell(0, 10 if big else 6, t[2:] if big else t); pdf.ln(10 if big else 6)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    pdf.output(str(path))
-    return path
-
-SAMPLE_PAGES = [["# Heavy sled towing and sprint acceleration", "Ann Smith, Bo Lee", "University of Speed, doi:10.1234/sprint.2024.1",
-                 "Published 2024", "Abstract", "The aim of this study was to compare heavy sled towing (HST) with free sprinting.",
-                 "Twenty sprinters (n = 20) trained for eight weeks. Sprint time improved significantly (p < 0.05).",
-                 "1. Introduction", "Acceleration decides short sprints. Heavy sled towing (HST) overloads the first steps",
-                 "of the sprint and is popular with coaches."],
-                ["2. Methods", "Participants were randomly allocated to HST or free sprinting; 10-m time was measured.",
-                 "3. Results", "The HST group improved 10-m time by 0.08 s (p = 0.01, d = 0.9).",
-                 "4. Discussion", "Heavy sled towing is effective for acceleration in trained sprinters.",
-                 "References", "1. Morin JB. Sprint mechanics. J Sport Sci. 2016;1:1-9.", "2. Cross MR. Sled towing. IJSPP. 2017;2:3-4."]]
 
 # %% ../nbs/01_extract.ipynb #4dccb267
 def _jaccard(a: list[int], b: list[int], k: int = 128) -> float:
@@ -1273,8 +456,8 @@ def run_parallel(fn: Callable, items: Sequence, *, workers: int | None = None, t
     return results
 
 # %% ../nbs/01_extract.ipynb #8b65b228
-_PUBLIC = ("doc_id", "source", "kind", "status", "error", "extractor", "n_pages", "title", "authors", "year", "doi", "sections",
-           "references", "record")
+_PUBLIC = ("doc_id", "source", "kind", "status", "error", "extractor", "n_pages", "title", "authors", "year", "doi",
+           "sections", "references", "record")
 
 def _extract_item(item, opts):
     path, root = item
@@ -1285,7 +468,8 @@ def _failed_item(root, item, status, error):
     source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     try: sha = _sha256_file(path) if not_a_file(path) is None else ""   # never open a FIFO
     except OSError: sha = ""
-    return _doc_row(stable_id(source, sha), source, KINDS.get(path.suffix.lower(), "unknown"), status, f"{source}: {error}"), []
+    kind = KINDS.get(path.suffix.lower(), "unknown")
+    return _doc_row(stable_id(source, sha), source, kind, status, f"{source}: {error}"), []
 
 def _entry_size(path: Path) -> int:
     "The size of a regular file, 0 for anything else (a FIFO, a link loop) and for files that vanished."
@@ -1296,51 +480,75 @@ def load_record_templates(papers_dir: Path | str, record_templates: dict | None 
     "Record templates of a papers folder (`_records.json`: file-name glob -> format string), updated by `record_templates`."
     f = Path(papers_dir)/"_records.json"
     tpl = read_json(f, {}) if f.exists() else {}
-    if not isinstance(tpl, dict): raise PurposeError(f"{f} must map file-name globs to format strings, e.g. {{\"*.csv\": \"Athlete {{name}} ...\"}}")
+    if not isinstance(tpl, dict):
+        raise PurposeError(f"{f} must map file-name globs to format strings, "
+                           "e.g. {\"*.csv\": \"Athlete {name} ...\"}")
     return {**tpl, **(record_templates or {})}
 
 def summary_table(docs: list[dict], chunks: list[dict] | None = None) -> str:
     "A Markdown table: one row per file with kind, status, pages, sections, chunks and the error."
     per = Counter(c["doc_id"] for c in chunks or [])
-    rows = ["| file | kind | status | extractor | pages | sections | chunks | note |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| file | kind | status | extractor | pages | sections | chunks | note |",
+            "|---|---|---|---|---|---|---|---|"]
     for d in docs:
         note = (d.get("error") or "; ".join(d.get("warnings") or [])).replace("|", "/").replace("\n", " ")
-        rows.append(f"| {d['source']} | {d['kind']} | {d['status']} | {d.get('extractor') or ''} | {d.get('n_pages') or ''} | "
-                    f"{len(d.get('sections') or [])} | {per.get(d['doc_id'], 0)} | {note[:200]} |")
-    c = Counter(d["status"] for d in docs)
-    rows.append(""); rows.append(f"{len(docs)} files: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (kv[0] != 'ok', kv[0]))) +
-                                 f"; {len(chunks or [])} chunks")
+        rows.append(f"| {d['source']} | {d['kind']} | {d['status']} | {d.get('extractor') or ''} | "
+                    f"{d.get('n_pages') or ''} | {len(d.get('sections') or [])} | {per.get(d['doc_id'], 0)} | "
+                    f"{note[:200]} |")
+    c = sorted(Counter(d["status"] for d in docs).items(), key=lambda kv: (kv[0] != 'ok', kv[0]))
+    rows.append("")
+    rows.append(f"{len(docs)} files: " + ", ".join(f"{k} {v}" for k, v in c) + f"; {len(chunks or [])} chunks")
     return "\n".join(rows)
 
 _TEACHER_COUNT = {"ok": "teacher_ok", "budget": "teacher_budget_stopped"}
 
-def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100, chunk_tokens: int = 256,
-                      chunk_overlap: int = 32, passwords=(), workers: int | None = None, timeout_s: float = 120,
-                      tokenizer: str = EMBEDDED_STUDENT, record_templates: dict | None = None, ocr: bool = True,
-                      near_dup_threshold: float = 0.8, teacher=None, teacher_retries: int = 2, progress: bool = True,
+def _passwords_of(passwords) -> tuple | dict:
+    "The passwords to try: those given (a dict maps file-name globs to passwords) and `PURPOSE_PDF_PASSWORDS`."
+    if isinstance(passwords, str): passwords = [passwords]
+    env_pw = [p for p in re.split(r"[,\n]", os.environ.get("PURPOSE_PDF_PASSWORDS", "")) if p]
+    return dict(passwords) if isinstance(passwords, dict) else tuple(list(passwords or ()) + env_pw)
+
+def _ask_teacher(docs, counts, teacher, retries, **kw):
+    "Replace the offline record of each ok document by the teacher's, where it gives one."
+    ok = [d for d in docs if d["status"] == "ok"]
+    for d, o in zip(ok, teacher_records(teacher, ok, retries, **kw)):
+        if o["record"] is not None:
+            d.update(record_offline=d["record"], record=o["record"], record_source="teacher")
+        else: d.update(record_source="offline", record_error=o["error"])
+        counts[_TEACHER_COUNT.get(o["status"], "teacher_failed")] += 1
+
+# %% ../nbs/01_extract.ipynb #a3358ce1
+def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100,
+                      chunk_tokens: int = 256, chunk_overlap: int = 32, passwords=(), workers: int | None = None,
+                      timeout_s: float = 120, tokenizer: str = EMBEDDED_STUDENT,
+                      record_templates: dict | None = None, ocr: bool = True, near_dup_threshold: float = 0.8,
+                      teacher=None, teacher_retries: int = 2, progress: bool = True,
                       files: Sequence[Path] | None = None,
                       cache=True,                       # the teacher's response cache (ModelHub)
                       budget_usd: float | None = None,  # stop spending on the teacher above this
                       concurrency: int = 4,             # teacher calls in flight
                       ledger=None,                      # a `modelhub.Ledger` of the teacher's calls
+                      vocabulary: Vocabulary | None = None,  # default: the folder's `_domain.json`
                       ) -> tuple[list[dict], list[dict], dict]:
     "`(documents, chunks, counts)` for every input file of `papers_dir` (the work of the stage, without writing files)."
     papers_dir = Path(papers_dir)
-    if not papers_dir.is_dir(): raise PurposeError(f"papers folder {papers_dir} does not exist: create it and add PDF/CSV/JSON/text files")
+    if not papers_dir.is_dir():
+        raise PurposeError(f"papers folder {papers_dir} does not exist: create it and add PDF/CSV/JSON/text files")
     files = sorted(files) if files is not None else list_inputs(papers_dir)
     if not files: raise PurposeError(f"papers folder {papers_dir} is empty: add PDF/CSV/JSON/text files to it")
-    if isinstance(passwords, str): passwords = [passwords]
-    env_pw = [p for p in re.split(r"[,\n]", os.environ.get("PURPOSE_PDF_PASSWORDS", "")) if p]
-    pw = dict(passwords) if isinstance(passwords, dict) else tuple(list(passwords or ()) + env_pw)
-    opts = ExtractOptions(max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, passwords=pw,
-                          tokenizer=tokenizer, ocr=ocr, record_templates=load_record_templates(papers_dir, record_templates))
-    if chunk_overlap >= chunk_tokens: raise PurposeError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_tokens ({chunk_tokens})")
+    if chunk_overlap >= chunk_tokens:
+        raise PurposeError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_tokens ({chunk_tokens})")
+    opts = ExtractOptions(max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
+                          chunk_overlap=chunk_overlap, passwords=_passwords_of(passwords), tokenizer=tokenizer,
+                          ocr=ocr, record_templates=load_record_templates(papers_dir, record_templates),
+                          vocabulary=vocabulary or domain_vocabulary(papers_dir))
     chunk_tokenizer(tokenizer)   # load once here: forked workers inherit it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     items = [(str(f), str(papers_dir)) for f in files]
     order = sorted(range(len(items)), key=lambda i: -_entry_size(files[i]))    # big files first: better balance
-    res = run_parallel(functools.partial(_extract_item, opts=opts), [items[i] for i in order], workers=workers, timeout_s=timeout_s,
-                       on_fail=functools.partial(_failed_item, papers_dir), desc="extract", progress=progress)
+    res = run_parallel(functools.partial(_extract_item, opts=opts), [items[i] for i in order], workers=workers,
+                       timeout_s=timeout_s, on_fail=functools.partial(_failed_item, papers_dir), desc="extract",
+                       progress=progress)
     out = [None] * len(items)
     for i, r in zip(order, res): out[i] = r
     docs = [d for d, _ in out]
@@ -1349,64 +557,64 @@ def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: f
     chunks = [c for _, cs in out for c in cs if c["doc_id"] in keep]
     counts = Counter(d["status"] for d in docs)
     if teacher is not None:
-        ok = [d for d in docs if d["status"] == "ok"]
-        outs = teacher_records(teacher, ok, teacher_retries, cache=cache, budget_usd=budget_usd,
-                               concurrency=concurrency, ledger=ledger, progress=progress)
-        for d, o in zip(ok, outs):
-            if o["record"] is not None:
-                d.update(record_offline=d["record"], record=o["record"], record_source="teacher")
-            else: d.update(record_source="offline", record_error=o["error"])
-            counts[_TEACHER_COUNT.get(o["status"], "teacher_failed")] += 1
+        _ask_teacher(docs, counts, teacher, teacher_retries, cache=cache, budget_usd=budget_usd,
+                     concurrency=concurrency, ledger=ledger, progress=progress)
     for d in docs:
         d.pop("_text", None); d.pop("_sketch", None); d.pop("_text_key", None)
         d.setdefault("record_source", "offline" if d.get("record") else None)
     counts = {"documents": len(docs), **{k: counts[k] for k in sorted(counts)}, "chunks": len(chunks),
-              "pages": sum(d.get("n_pages") or 0 for d in docs if d["status"] == "ok"), "tokens": sum(c["n_tokens"] for c in chunks)}
+              "pages": sum(d.get("n_pages") or 0 for d in docs if d["status"] == "ok"),
+              "tokens": sum(c["n_tokens"] for c in chunks)}
     return docs, chunks, counts
 
-def extract_stage(papers_dir: Path | str, run_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100, chunk_tokens: int = 256,
-                  chunk_overlap: int = 32, passwords=(), workers: int | None = None, timeout_s: float = 120,
-                  tokenizer: str = EMBEDDED_STUDENT, record_templates: dict | None = None, ocr: bool = True,
-                  near_dup_threshold: float = 0.8, teacher=None, teacher_retries: int = 2, progress: bool = True,
-                  verbose: bool = True, cache=True, budget_usd: float | None = None,
+# %% ../nbs/01_extract.ipynb #30bcafb9
+_FILE_FIELDS = ("source", "kind", "status", "extractor", "n_pages", "error")
+
+def extract_stage(papers_dir: Path | str, run_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100,
+                  chunk_tokens: int = 256, chunk_overlap: int = 32, passwords=(), workers: int | None = None,
+                  timeout_s: float = 120, tokenizer: str = EMBEDDED_STUDENT, record_templates: dict | None = None,
+                  ocr: bool = True, near_dup_threshold: float = 0.8, teacher=None, teacher_retries: int = 2,
+                  progress: bool = True, verbose: bool = True, cache=True, budget_usd: float | None = None,
                   concurrency: int = 4) -> dict:
     "Run the extract stage: `papers_dir` -> `run_dir/extract/{documents,chunks}.jsonl`; returns counts, per-file rows and the table."
-    run = RunDir(run_dir)
-    params = dict(papers_dir=str(papers_dir), max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
-                  workers=workers, timeout_s=timeout_s, tokenizer=tokenizer, record_templates=record_templates, ocr=ocr,
-                  near_dup_threshold=near_dup_threshold, teacher=teacher if isinstance(teacher, (str, type(None))) else type(teacher).__name__,
+    run, vocab = RunDir(run_dir), domain_vocabulary(papers_dir)
+    params = dict(papers_dir=str(papers_dir), max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
+                  chunk_overlap=chunk_overlap, workers=workers, timeout_s=timeout_s, tokenizer=tokenizer,
+                  record_templates=record_templates, ocr=ocr, near_dup_threshold=near_dup_threshold,
+                  teacher=teacher if isinstance(teacher, (str, type(None))) else type(teacher).__name__,
                   teacher_retries=teacher_retries, n_passwords=len(passwords or ()),
+                  vocabulary=vocabulary_fingerprint(vocab),
                   **({"budget_usd": budget_usd} if teacher is not None else {}))
     from purpose.modelhub import Ledger
     ledger = Ledger()
     with stage_run(run, "extract", params) as rec:
-        docs, chunks, counts = extract_documents(papers_dir, max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
-                                                 chunk_overlap=chunk_overlap, passwords=passwords, workers=workers, timeout_s=timeout_s,
-                                                 tokenizer=tokenizer, record_templates=record_templates, ocr=ocr,
-                                                 near_dup_threshold=near_dup_threshold, teacher=teacher, teacher_retries=teacher_retries,
-                                                 progress=progress, cache=cache,
-                                                 concurrency=concurrency, budget_usd=budget_usd,
-                                                 ledger=ledger)
+        docs, chunks, counts = extract_documents(
+            papers_dir, max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap, passwords=passwords, workers=workers, timeout_s=timeout_s,
+            tokenizer=tokenizer, record_templates=record_templates, ocr=ocr,
+            near_dup_threshold=near_dup_threshold, teacher=teacher, teacher_retries=teacher_retries,
+            progress=progress, cache=cache, concurrency=concurrency, budget_usd=budget_usd, ledger=ledger,
+            vocabulary=vocab)
         if teacher is not None: rec.info["teacher_calls"] = ledger.summary()
-        write_jsonl(run.extract/"documents.jsonl", docs)
-        write_jsonl(run.extract/"chunks.jsonl", chunks)
+        write_jsonl(run.documents, docs)
+        write_jsonl(run.chunks, chunks)
+        write_vocabulary(vocab, run.root/RUN_VOCABULARY)
         table = summary_table(docs, chunks)
         rec.counts.update(counts)
         by_status: dict[str, list] = {}
         for d in docs: by_status.setdefault(d["status"], []).append(d["source"])
-        rec.info.update(by_status=by_status, files=[{k: d.get(k) for k in ("source", "kind", "status", "extractor", "n_pages", "error")} for d in docs])
+        rec.info.update(by_status=by_status, vocabulary=vocab.source,
+                        files=[{k: d.get(k) for k in _FILE_FIELDS} for d in docs])
     if verbose: print(table)
     return {"run_dir": str(run.root), "counts": counts, "by_status": by_status,
-            "files": [{k: d.get(k) for k in ("doc_id", "source", "kind", "status", "extractor", "n_pages", "error")} for d in docs],
-            "table": table}
+            "files": [{k: d.get(k) for k in ("doc_id", *_FILE_FIELDS)} for d in docs], "table": table}
 
 # %% ../nbs/01_extract.ipynb #2ce0d644
 def process_folder(data_dir: Path | str, output_dir: Path | str, **kw) -> dict:
     "Extract every file of `data_dir` into `output_dir` (documents, chunks, corpus.jsonl, corpus.txt); prints the summary table."
     out = Path(output_dir)
     s = extract_stage(data_dir, out, **kw)
-    docs = read_jsonl(out/"extract"/"documents.jsonl")
-    chunks = read_chunks(out/"extract"/"chunks.jsonl")
+    docs, chunks = read_jsonl(RunDir(out).documents), read_chunks(RunDir(out).chunks)
     by_doc: dict[str, list] = {}
     for c in chunks: by_doc.setdefault(c["doc_id"], []).append(c)
     corpus = []

@@ -4,14 +4,15 @@
 
 # %% ../nbs/02_graph.ipynb #2a7b2c6a
 from __future__ import annotations
-import json, math, re
+import functools, json, math, re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import networkx as nx
-from .core import read_chunks, PurposeError, RunDir, read_jsonl, stage_run, write_json
+from .core import FILES, read_chunks, PurposeError, RunDir, read_jsonl, stage_run, write_json
 from .modelhub import STOPWORDS, split_sentences
+from .domain import DEFAULT_VOCABULARY, Vocabulary, run_vocabulary
 
 # %% auto #0
 __all__ = ['GENERIC', 'RELATION_VERBS', 'RELATION_TYPES', 'CONCEPT_TYPES', 'EXTRACTION_SCHEMA', 'EXTRACTION_SYSTEM', 'norm_term',
@@ -34,7 +35,7 @@ men women man woman male female age sex year years aim aims purpose question que
 less more most least similar different relative worst good better worse short long shorter longer faster slower
 greater smaller fast slow strong weak strongly weakly almost nearly approximately about range mainly only
 lab laboratory number numbers amount way ways kind type types aspect aspects rather without last set section ability
-fastest highest greatest longest shortest strongest slowest lowest largest smallest closest produce produced differ differed differs note notes wind""".split())
+fastest highest greatest longest shortest strongest slowest lowest largest smallest closest produce produced differ differed differs note notes""".split())
 
 _ADJ_END = re.compile(r".*(ly|ed)$|^(less|more|faster|slower|longer|shorter|higher|lower|greater|larger|smaller|similar|relative|heavy|light|starting)$")
 _DIST = re.compile(r"\b(\d+(?:\.\d+)?)\s?-?(m|km)\b(?=\s+[A-Za-z])")
@@ -50,11 +51,18 @@ def norm_term(phrase: str) -> str:
         words[-1] = words[-1][:-1]
     return " ".join(words)
 
+@functools.lru_cache(maxsize=32)
+def _generic(vocab: Vocabulary) -> frozenset:
+    "Words that never start or continue a concept: stopwords, `GENERIC` and the domain's own."
+    return frozenset(STOPWORDS) | GENERIC | set(vocab.stopwords) | set(vocab.comparisons)
+
 _VERB_WORD = re.compile(r"(increase|improve|enhance|raise|reduce|decrease|impair|lower|worsen|limit|correlate|predict|determine|boost|measure|record|associate|occur|remain|tend|appear|indicate|suggest|reveal|was|were|had|has|have)(s|d|ed)?")
 
-def candidate_phrases(sentence: str, max_words: int = 3) -> list[str]:
+def candidate_phrases(sentence: str, max_words: int = 3,
+                      vocab: Vocabulary = DEFAULT_VOCABULARY,  # its stopwords and comparisons are never concepts
+                      ) -> list[str]:
     "Lower-cased runs of content words in `sentence` (cut at stopwords, verbs, numbers, punctuation), as 1..max_words-grams."
-    out, run = [], []
+    out, run, generic = [], [], _generic(vocab)
     def flush():
         for n in range(1, max_words + 1):
             for i in range(len(run) - n + 1):
@@ -68,7 +76,8 @@ def candidate_phrases(sentence: str, max_words: int = 3) -> list[str]:
         if not piece or piece.isspace(): continue
         w = piece.lower()
         if re.fullmatch(r"\d+(?:\.\d+)?k?m", w): flush(); run.append(w); continue
-        if _TOKEN.fullmatch(piece) and w not in STOPWORDS and w not in GENERIC and len(w) > 2 and not _VERB_WORD.fullmatch(w):
+        if _TOKEN.fullmatch(piece) and w not in generic and len(w) > 2 \
+                and not _VERB_WORD.fullmatch(w):
             run.append(w)
         else: flush()
     flush()
@@ -112,7 +121,8 @@ def content_chunks(chunks: list[dict]) -> list[dict]:
     "Chunks that carry research content (not front matter, references, acknowledgements)."
     return [c for c in chunks if not _FRONT.search(c.get("section") or "")]
 
-def extract_concepts(chunks: list[dict], documents: list[dict] = (), max_concepts: int = 120, min_docs: int = 1, min_freq: int = 2) -> dict[str, Concept]:
+def extract_concepts(chunks: list[dict], documents: list[dict] = (), max_concepts: int = 120, min_docs: int = 1,
+                     min_freq: int = 2, vocab: Vocabulary = DEFAULT_VOCABULARY) -> dict[str, Concept]:
     "The `max_concepts` most salient recurring phrases of `chunks` (plus document terminology and abbreviations), keyed by `norm_term`."
     chunks = content_chunks(chunks)
     abbrs = find_abbreviations([c["text"] for c in chunks])
@@ -121,7 +131,7 @@ def extract_concepts(chunks: list[dict], documents: list[dict] = (), max_concept
         forms[k][surface] += 1; freq[k] += 1; docs[k].add(c["doc_id"]); chunk_ids[k].add(c["chunk_id"])
     for c in chunks:
         for s in split_sentences(c["text"]):
-            keys = {norm_term(p): p for p in sorted(set(candidate_phrases(s)))}
+            keys = {norm_term(p): p for p in sorted(set(candidate_phrases(s, vocab=vocab)))}
             low = " " + s.lower().replace("-", " ") + " "
             for a, long in abbrs.items():
                 if re.search(rf"\b{re.escape(a)}\b", s) or f" {long} " in low: keys[long] = long
@@ -312,9 +322,11 @@ def merge_llm(concepts: dict[str, Concept], chunks: list[dict], llm: dict) -> tu
     return concepts, claims
 
 def build_graph(chunks: list[dict], documents: list[dict] = (), max_concepts: int = 120, seed: int = 0,
-                llm: dict | None = None) -> tuple[nx.MultiDiGraph, dict]:
+                llm: dict | None = None,
+                vocab: Vocabulary = DEFAULT_VOCABULARY,   # the domain's words (`purpose.domain`)
+                ) -> tuple[nx.MultiDiGraph, dict]:
     "The concept graph (co-occurrence and relation edges) and its analysis: communities, centrality, contradictions."
-    concepts = extract_concepts(chunks, documents, max_concepts=max_concepts)
+    concepts = extract_concepts(chunks, documents, max_concepts=max_concepts, vocab=vocab)
     if not concepts: raise PurposeError("no concepts found: the extracted chunks are empty or too short; check extract/documents.jsonl statuses")
     llm_claims = []
     if llm: concepts, llm_claims = merge_llm(concepts, chunks, llm)
@@ -410,15 +422,16 @@ def plot_graph(G: nx.MultiDiGraph, path: Path | str | None = None, top: int = 40
 def save_graph(G: nx.MultiDiGraph, analysis: dict, out_dir: Path | str, documents: list[dict] = (), chunks: list[dict] = ()) -> dict:
     "Write GraphML, node/edge JSON, taxonomy, contradictions, evolution, method patterns and the figure to `out_dir`."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    nx.write_graphml(G, out/"graph.graphml")
-    write_json(out/"nodes.json", [{"id": n, **d} for n, d in G.nodes(data=True)])
-    write_json(out/"edges.json", [{"source": u, "target": v, **d} for u, v, d in G.edges(data=True)])
-    write_json(out/"taxonomy.json", {"communities": analysis["taxonomy"], "central": analysis["central"]})
-    write_json(out/"contradictions.json", analysis["contradictions"])
-    write_json(out/"claims.json", analysis["claims"])
-    write_json(out/"evolution.json", evolution_by_year(G, documents))
-    write_json(out/"methods.json", method_patterns(G, documents, chunks, analysis["claims"]))
-    plot_graph(G, out/"graph.png")
+    f = lambda key: out/Path(FILES[key][1]).name                   # the registry's file names
+    nx.write_graphml(G, f("graphml"))
+    write_json(f("nodes"), [{"id": n, **d} for n, d in G.nodes(data=True)])
+    write_json(f("edges"), [{"source": u, "target": v, **d} for u, v, d in G.edges(data=True)])
+    write_json(f("taxonomy"), {"communities": analysis["taxonomy"], "central": analysis["central"]})
+    write_json(f("contradictions"), analysis["contradictions"])
+    write_json(f("claims"), analysis["claims"])
+    write_json(f("evolution"), evolution_by_year(G, documents))
+    write_json(f("methods"), method_patterns(G, documents, chunks, analysis["claims"]))
+    plot_graph(G, f("graph_png"))
     return {"concepts": G.number_of_nodes(), "edges": G.number_of_edges(), "communities": len(analysis["taxonomy"]),
             "relations": len(analysis["claims"]), "contradictions": len(analysis["contradictions"]),
             "llm_relations": sum(c.get("extractor") == "llm" for c in analysis["claims"])}
@@ -428,18 +441,19 @@ def graph_stage(run_dir: Path | str, max_concepts: int = 120, seed: int = 0, gra
                 budget_usd: float | None = None, concurrency: int = 4, cache=True) -> dict:
     "Build the knowledge graph of a run folder's extracted chunks (offline, plus an LLM extractor when `graph_model` is set) and write `graph/`."
     run = RunDir(run_dir)
-    run.require("extract/chunks.jsonl", "extract/documents.jsonl")
+    run.require("chunks", "documents")
     if not isinstance(max_concepts, int) or max_concepts < 1:
         raise PurposeError(f"max_concepts={max_concepts!r}: keep at least 1 concept (default 120)")
     params = {"max_concepts": max_concepts, "seed": seed, "graph_model": graph_model, "budget_usd": budget_usd}
     with stage_run(run, "graph", params) as rec:
-        chunks, documents = read_chunks(run.extract/"chunks.jsonl"), read_jsonl(run.extract/"documents.jsonl")
+        chunks, documents = read_chunks(run.chunks), read_jsonl(run.documents)
         llm = None
         if graph_model:
             llm = llm_extract(chunks, graph_model, cache=cache, budget_usd=budget_usd, concurrency=concurrency)
-            write_json(run.graph/"llm_extraction.json", llm)
+            write_json(run.graph_llm, llm)
             rec.info["llm_calls"] = llm["calls"]
             rec.counts.update({"llm_rejected_relations": len(llm["rejected"]), "llm_failed_batches": len(llm["failed"])})
-        G, analysis = build_graph(chunks, documents, max_concepts=max_concepts, seed=seed, llm=llm)
+        G, analysis = build_graph(chunks, documents, max_concepts=max_concepts, seed=seed, llm=llm,
+                                  vocab=run_vocabulary(run.root))
         rec.counts.update(save_graph(G, analysis, run.graph, documents, chunks))
     return rec.counts

