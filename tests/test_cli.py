@@ -33,9 +33,27 @@ def test_all_domains_continue_past_failure(small_papers):
     assert "IPKernelApp" not in r.stderr and "KeyboardInterrupt" not in r.stderr     # no kernel noise
 
 def test_process_command(small_papers, tmp_path):
+    "The corpus holds every readable document once: each chunk's text, the overlaps not repeated, the sections as headings."
+    from purpose.core import read_jsonl
     r = purpose_cli("process", "--data-dir", small_papers/"sprint", "--output-dir", tmp_path/"out", "--workers", "1")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path/"out"/"documents.jsonl").exists() and (tmp_path/"out"/"chunks.jsonl").exists()
+    out = tmp_path/"out"
+    docs, chunks, corpus = (read_jsonl(out/f"{n}.jsonl") for n in ("documents", "chunks", "corpus"))
+    assert sorted(d["source"] for d in docs if d["status"] == "ok") == sorted(p.name for p in (small_papers/"sprint").iterdir())
+    assert [c["doc_id"] for c in corpus] == [d["doc_id"] for d in docs if d["status"] == "ok"]
+    norm = lambda s: " ".join(s.split())
+    text = {c["doc_id"]: norm(c["text"]) for c in corpus}
+    for ch in chunks:
+        t = text[ch["doc_id"]]
+        assert norm(ch["text"]) in t, (ch["chunk_id"], ch["text"][:80])
+        assert t.count(norm(ch["text"])[:80]) == 1, ("overlap repeated", ch["chunk_id"])
+    for c in corpus:                                     # a paper's sections, in order, as headings
+        sections = [ch["section"] for ch in chunks if ch["doc_id"] == c["doc_id"] and ch["section"] not in ("records", "")]
+        heads = [line[3:] for line in c["text"].splitlines() if line.startswith("## ")]
+        assert heads == [s for i, s in enumerate(sections) if i == 0 or sections[i - 1] != s], c["source"]
+    assert sum(bool(c["title"]) for c in corpus) == 3 and any("## 3. Results" in c["text"] for c in corpus)
+    txt = (out/"corpus.txt").read_text(encoding="utf-8")
+    assert txt == "\n\n".join(c["text"] for c in corpus) + "\n" and "athlete id: SPR001" in txt
 
 def test_train_and_generate(tmp_path):
     "`purpose train` on a messages.jsonl folder, then `purpose generate` with the trained adapter."

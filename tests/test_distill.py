@@ -68,6 +68,20 @@ def test_two_teachers_consensus_judge_and_resume(tmp_path):
         assert len(read_jsonl(run/"distill"/"answers.jsonl")) == 8
 
 
+def test_rerun_of_distill_asks_no_teacher_again(tmp_path, monkeypatch):
+    "A finished distill stage, run again with an empty reply cache: every answer comes from answers.jsonl, none from the teacher."
+    from purpose.core import Manifest
+    run = make_run(tmp_path)
+    with WireServer(reply=teacher_reply, models=("agree",)) as ws:
+        distill_stage(run, domain="sprint", teachers=ws.spec("agree"), judge_threshold=1.0)
+        first = Manifest(run).stage("distill")["asked"]
+        assert ws.counts()["agree"] == 4 and first["answered"] == 4
+        monkeypatch.setenv("PURPOSE_CACHE", str(tmp_path/"empty-cache"))     # a re-ask would reach the server
+        distill_stage(run, domain="sprint", teachers=ws.spec("agree"), judge_threshold=1.0)
+        assert len(ws.requests()) == 4, "the re-run asked the teacher again"
+    asked = Manifest(run).stage("distill")["asked"]
+    assert asked["answered"] == 0 and asked["skipped"] == 4, asked
+
 def test_broken_judge_replies_are_rejected_with_the_reason(tmp_path):
     run = make_run(tmp_path)
     with WireServer(reply=lambda req: "no json here" if req.json_schema else teacher_reply(req), models=("agree", "judge")) as ws:

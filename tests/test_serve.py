@@ -76,10 +76,31 @@ def client(server): return openai.OpenAI(base_url=server + "/v1", api_key="x", m
 
 ASK = [{"role": "user", "content": "What is the stride length of athlete 3?"}]
 
+def _lan_address() -> str:
+    "This machine's address on its network (not loopback), or skip: the probe a neighbour would use."
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try: s.connect(("10.254.254.254", 9)); ip = s.getsockname()[0]     # routing only: nothing is sent
+        except OSError: ip = ""
+    if not ip or ip.startswith("127.") or ip == "0.0.0.0": pytest.skip("this machine has no non-loopback address")
+    return ip
+
+def _reachable(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=3): return True
+    except OSError: return False
+
 def test_binds_to_localhost_by_default(inference):
+    "Another machine cannot connect to a default server; the same probe reaches one bound to all addresses."
+    ip = _lan_address()
     srv = make_server(inference, port=0)
-    try: assert srv.server_address[0] == "127.0.0.1"
+    try:
+        port = srv.server_address[1]
+        assert _reachable("127.0.0.1", port)
+        assert not _reachable(ip, port), f"a default server accepts connections on {ip}"
     finally: srv.server_close()
+    open_srv = make_server(inference, host="0.0.0.0", port=0)
+    try: assert _reachable(ip, open_srv.server_address[1])      # the probe itself works
+    finally: open_srv.server_close()
 
 def test_models(client):
     assert [m.id for m in client.models.list()] == [MODEL]
@@ -170,6 +191,8 @@ def test_purpose_serve_command(run_dir):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120)
         with pytest.raises(openai.NotFoundError): client.chat.completions.create(model="other", messages=ASK)
         assert client.chat.completions.create(model="m", messages=ASK, max_tokens=3).choices[0].message.role == "assistant"
+        ip = _lan_address()
+        assert not _reachable(ip, port), f"`purpose serve` without --host accepts connections on {ip}"
     finally:
         proc.terminate(); proc.wait(30)
 
