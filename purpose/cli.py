@@ -8,7 +8,8 @@ import ast, json, math, re, sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 import typer
-from .core import EMBEDDED_STUDENT, Manifest, PurposeError, RunDir, read_jsonl, resolve_papers_dir
+from .core import (EMBEDDED_STUDENT, STAGES, Manifest, PurposeError, RunDir, read_json, read_jsonl,
+                          resolve_papers_dir)
 
 # %% auto #0
 __all__ = ['app', 'LOG_LEVELS', 'PapersDir', 'ModelName', 'NumQA', 'Epochs', 'Judge', 'Budget', 'UseLlama', 'LlamaPath',
@@ -125,32 +126,25 @@ def student_settings(model_name: str, use_llama: bool = False, llama_path: Path 
 
 def distill_pipeline(papers_dir: Path, run_dir: Path, domain: str, student: str, num_qa_pairs: int, epochs: int,
                      teachers: str = "offline", heldout_fraction: float = 0.2, evaluate: bool = True, log=print,
-                     mode: str = "enhanced", judge: str | None = None, budget_usd: float | None = None, train_kw: dict | None = None) -> dict:
-    "Every stage in-process for one papers folder (`mode` 'enhanced' or 'standard'); returns the evaluation report (or the training result)."
-    from purpose.extract import extract_stage
-    from purpose.graph import graph_stage
-    from purpose.queries import queries_stage
-    from purpose.distill import distill_stage, standard_distill_stage
-    from purpose.train import train_stage
-    from purpose.evaluate import evaluate_stage
-    papers = resolve_papers_dir(domain, papers_dir)
+                     mode: str = "enhanced", judge: str | None = None, budget_usd: float | None = None,
+                     train_kw: dict | None = None) -> dict:
+    "`distill` and `enhanced-distill`: the stages through the one driver (`run_domain`), with the notebooks' defaults."
+    from purpose.pipeline import run_domain
     if mode not in ("enhanced", "standard"): raise PurposeError(f"mode={mode!r}: use 'enhanced' or 'standard'")
-    if num_qa_pairs < 16 and mode == "enhanced": raise PurposeError(f"--num-qa-pairs {num_qa_pairs}: ask for at least 16 (one per dimension × depth cell)")
+    if num_qa_pairs < 16 and mode == "enhanced":
+        raise PurposeError(f"--num-qa-pairs {num_qa_pairs}: ask for at least 16 (one per dimension × depth cell)")
     if num_qa_pairs < 1: raise PurposeError(f"--num-qa-pairs {num_qa_pairs}: ask for at least 1")
-    log(f"extract: {extract_stage(papers, run_dir)}")
-    if mode == "enhanced":
-        log(f"graph: {graph_stage(run_dir)}")
-        log(f"queries: {queries_stage(run_dir, per_cell=math.ceil(num_qa_pairs / 16), heldout_fraction=heldout_fraction)}")
-        log(f"distill: {distill_stage(run_dir, domain=domain, teachers=teachers, judge=judge, budget_usd=budget_usd)}")
-    else:
-        specs = [t.strip() for t in teachers.split(",") if t.strip()]
-        log(f"distill (standard): {standard_distill_stage(run_dir, domain=domain, generator=specs[0], enhancer=specs[1] if len(specs) > 1 else None, num_qa_pairs=num_qa_pairs, heldout_fraction=heldout_fraction, judge=judge, budget_usd=budget_usd)}")
-    res = train_stage(run_dir, student=student, epochs=epochs, **(train_kw or {}))
-    log(f"train: {res}")
-    if not evaluate: return res
-    report = evaluate_stage(run_dir, domain=domain, systems="base,tuned")
-    log((RunDir(run_dir).eval/"report.md").read_text())
-    return report
+    params = {"teachers": teachers, "judge": judge, "budget_usd": budget_usd, "student": student, "epochs": epochs,
+              "heldout_fraction": heldout_fraction, **(train_kw or {})}
+    if mode == "enhanced": params["per_cell"] = math.ceil(num_qa_pairs / 16)
+    else: params.update(mode="standard", num_qa_pairs=num_qa_pairs)
+    stages = [s for s in STAGES if mode == "enhanced" or s not in ("graph", "queries", "augment")]
+    stages = [s for s in stages if evaluate or s != "evaluate"]
+    run_domain(domain, papers_dir, run_dir, {k: v for k, v in params.items() if v is not None}, stages=stages, log=log)
+    run = RunDir(run_dir)
+    if not evaluate: return read_json(run.train_config) or {}
+    log(run.report_md.read_text())
+    return read_json(run.report)
 
 # the options `distill` and `enhanced-distill` share
 PapersDir = Annotated[Path, typer.Option(help="folder of papers")]

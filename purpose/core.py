@@ -217,18 +217,19 @@ class Stage:
 
 REGISTRY = (
     Stage("extract", "01_extract.ipynb", "extract",
-          {"documents": "extract/documents.jsonl", "chunks": "extract/chunks.jsonl"}),
+          {"documents": "extract/documents.jsonl", "chunks": "extract/chunks.jsonl"},
+          {"domain": "extract/domain.json"}),              # the domain vocabulary the run used
     Stage("graph", "02_graph.ipynb", "graph",
           {"graphml": "graph/graph.graphml", "graph_png": "graph/graph.png", "nodes": "graph/nodes.json",
            "edges": "graph/edges.json", "claims": "graph/claims.json", "taxonomy": "graph/taxonomy.json",
            "contradictions": "graph/contradictions.json", "methods": "graph/methods.json",
            "evolution": "graph/evolution.json"},
           {"graph_llm": "graph/llm_extraction.json"},
-          reads=("chunks", "documents")),
+          reads=("chunks", "documents", "domain")),
     Stage("queries", "03_queries.ipynb", "queries",
           {"queries_file": "queries/queries.jsonl", "coverage": "queries/coverage.json",
            "coverage_png": "queries/coverage.png"},
-          reads=("chunks", "nodes", "edges", "claims", "contradictions", "taxonomy", "methods")),
+          reads=("chunks", "nodes", "edges", "claims", "contradictions", "taxonomy", "methods", "domain")),
     Stage("distill", "05_distill.ipynb", "distill",
           {"qa": "distill/qa.jsonl", "dataset": "distill/dataset", "answers": "distill/answers.jsonl",
            "card": "distill/card.md", "exports": "distill/exports"},

@@ -173,7 +173,7 @@ def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures
                  cache=True, budget_usd: float | None = None, retries: int = 4) -> dict:
     "Answer each `{'query_id', 'messages'}` item with every teacher, skipping answers already in `answers_path` for the same prompt."
     done = {stored_answer_key(a) for a in (read_jsonl(answers_path) if answers_path.exists() else [])}
-    stats, spent, calls = Counter(skipped=0), 0.0, {}
+    stats, spent, calls = Counter(skipped=0, answered=0, failed=0), 0.0, {}   # every count present, 0 too
     for t in teachers:
         name = teacher_name(t)
         todo = [it for it in items if (it["query_id"], name, prompt_fingerprint(it["messages"])) not in done]

@@ -8,7 +8,7 @@ import contextlib, math, random, re, statistics, string, time, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
-from .core import (read_chunks, Manifest, PurposeError, RunDir, chat_messages, load_student, load_tokenizer, read_json, read_jsonl,
+from .core import (STAGES, read_chunks, Manifest, PurposeError, RunDir, chat_messages, load_student, load_tokenizer, read_json, read_jsonl,
                           stable_id, stage_done, stage_run, write_json, write_jsonl)
 from .distill import grounding_score, llm_judge
 from .modelhub import STOPWORDS, content_words, get_teacher, offline_embed, split_sentences
@@ -1022,10 +1022,6 @@ def external_eval(run_dir: Path | str, dataset: str = "pubmedqa", path: Path | s
                   student: str = "smollm2-135m", epochs: int = 1, max_len: int = 384, systems: str = "base,tuned,base+rag,tuned+rag",
                   max_new_tokens: int = 48, seed: int = 0, progress: bool = True, train_kw: dict | None = None, **eval_kw) -> dict:
     "Run the whole pipeline on an external QA set (`pubmedqa`, `squad` or `jsonl`) and evaluate on its held-out questions."
-    from purpose.distill import distill_stage
-    from purpose.graph import graph_stage
-    from purpose.queries import queries_stage
-    from purpose.train import train_stage
     if dataset not in LOADERS: raise PurposeError(f"unknown dataset '{dataset}': choose from {', '.join(LOADERS)}")
     if path is None: raise PurposeError(f"external_eval needs `path`: the {dataset} file (e.g. ../shared/data/qa/pubmedqa/ori_pqal.json)")
     run = RunDir(run_dir)
@@ -1043,12 +1039,13 @@ def external_eval(run_dir: Path | str, dataset: str = "pubmedqa", path: Path | s
             rec.counts.update(write_corpus(records, run.root, dataset))
     write_jsonl(run.external, items)
     Manifest(run).update(domain=domain, external={"dataset": dataset, "path": str(path), "n_contexts": len(records), "n_eval": len(items)})
-    graph_stage(run.root, seed=seed)                      # each stage is cheap next to training; train resumes by fingerprint
-    queries_stage(run.root, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
-    distill_stage(run.root, domain=domain, teachers=teachers)
-    train_stage(run.root, progress=progress, **{"student": student, "epochs": epochs, "max_len": max_len, **(train_kw or {})})
-    return evaluate_stage(run.root, domain=domain, systems=systems, eval_set=run.external, max_new_tokens=max_new_tokens,
-                          seed=seed, **eval_kw)
+    params = {"per_cell": per_cell, "heldout_fraction": heldout_fraction, "teachers": teachers, "student": student,
+              "epochs": epochs, "max_len": max_len, "systems": systems, "max_new_tokens": max_new_tokens, "seed": seed,
+              "eval_set": str(run.external), **(train_kw or {}), **eval_kw}
+    from purpose.pipeline import run_domain         # the one driver, as `purpose run` uses it
+    run_domain(domain, run_dir=run.root, params=params, stages=[s for s in STAGES if s != "extract"],
+               log=print if progress else (lambda *a: None))
+    return read_json(run.report)
 
 # %% ../nbs/07_evaluate.ipynb #8baddea8
 class DomainInference:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, re, time, traceback
 from pathlib import Path
 import purpose
-from .core import REGISTRY, _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
+from .core import REGISTRY, cache_dir, _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
 
 # %% auto #0
 __all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'KERNEL_QUIET', 'notebooks_dir', 'stage_parameters',
@@ -128,11 +128,13 @@ def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path 
                kernel: str = "python3", log=print, wait: bool | None = None) -> dict:
     "Run the stage notebooks for `domain` with papermill; returns per-stage status and seconds."
     params = dict(params or {})
-    papers = resolve_papers_dir(check_domain(domain), papers_dir, papers_root).resolve()
-    run = RunDir(Path(run_dir or Path(runs_root)/domain).resolve())
     stages = list(stages or [s for s, _ in STAGE_NOTEBOOKS])
     bad = [s for s in stages if s not in dict(STAGE_NOTEBOOKS)]
     if bad: raise PurposeError(f"unknown stage(s) {bad}: choose from {', '.join(s for s, _ in STAGE_NOTEBOOKS)}")
+    check_domain(domain)
+    papers = (resolve_papers_dir(domain, papers_dir, papers_root).resolve()
+              if "extract" in stages or papers_dir is not None else None)  # later stages read the run only
+    run = RunDir(Path(run_dir or Path(runs_root)/domain).resolve())
     declared = stage_parameters()
     check_parameters(params, declared)
     params = check_values(params, {s: d for s, d in declared.items() if s in stages})
@@ -146,14 +148,17 @@ KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]
 
 def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> dict:
     import papermill as pm
+    # torch's compiler keeps its cache in the temporary folder unless told: the kernels keep it with the models
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()/"torchinductor"))
     run.notebooks.mkdir(parents=True, exist_ok=True)
-    Manifest(run).update(domain=domain, papers_dir=str(papers), parameters=params)
+    Manifest(run).update(domain=domain, parameters=params, **({"papers_dir": str(papers)} if papers else {}))
     nbs, summary = notebooks_dir(), {}
     for stage, nb in STAGE_NOTEBOOKS:
         if stage not in stages: continue
         accepted = declared[stage]
         p = {k: v for k, v in params.items() if k in accepted}
-        p.update({k: v for k, v in (("domain", domain), ("papers_dir", str(papers)), ("run_dir", str(run.root))) if k in accepted})
+        given = {"domain": domain, "run_dir": str(run.root), **({"papers_dir": str(papers)} if papers else {})}
+        p.update({k: v for k, v in given.items() if k in accepted})
         out = run.notebooks/nb
         t0 = time.perf_counter()
         log(f"[{domain}] {stage} ...")
