@@ -119,3 +119,21 @@ def test_domain_is_a_plain_name_never_a_path(small_papers):
     _one_error_line(purpose_cli("enhanced-distill", "--papers-dir", small_papers/"sprint", "--domain", "../x", cwd=work),
                     "a domain is a plain name")
     assert sorted(p.name for p in work.iterdir()) == ["papers"] and not (work.parent.parent/"trav_escape").exists()
+
+
+def test_distill_commands_go_through_the_one_driver(small_papers, tmp_path):
+    "`purpose distill` (standard) runs the stage notebooks with papermill like `purpose run`, with their defaults."
+    import nbformat
+    from purpose.core import Manifest
+    run = tmp_path/"run"
+    r = purpose_cli("distill", "--papers-dir", small_papers/"sprint", "--model-name", "tiny-random", "--num-qa-pairs", 24,
+                    "--epochs", 1, "--run-dir", run, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stages = Manifest(run).load()["stages"]
+    assert all(stages[s]["status"] == "done" for s in ("extract", "queries", "distill", "train", "evaluate"))
+    assert "graph" not in stages and "augment" not in stages           # standard mode: questions straight from chunks
+    nb = nbformat.read(run/"notebooks"/"05_distill.ipynb", as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'mode = "standard"' in injected.source and "num_qa_pairs = 24" in injected.source
+    assert stages["queries"]["params"]["mode"] == "standard"
+    assert (run/"notebooks"/"07_evaluate.ipynb").exists() and "| tuned" in r.stdout   # the report is printed
