@@ -22,8 +22,8 @@ __all__ = ['YESNO', 'YESNO_INSTRUCTION', 'LOADERS', 'SYSTEMS', 'COMPARISONS', 'C
            'wilson_ci', 'bca_ci', 'paired_bootstrap', 'number_spans', 'mc_items', 'encode_options', 'options_logprobs',
            'mc_scores', 'reply_scores', 'general_text', 'text_perplexity', 'load_pubmedqa', 'load_squad',
            'load_eval_jsonl', 'chunk_text', 'write_corpus', 'score_item', 'evaluate_systems', 'compare_systems',
-           'gap_closure', 'headline', 'headline_lines', 'verdict_lines', 'report_markdown', 'plot_report', 'load_tuned',
-           'eval_items', 'evaluate_stage', 'external_eval', 'DomainInference']
+           'gap_closure', 'headline', 'headline_lines', 'verdict_lines', 'report_markdown', 'plot_report', 'eval_cost',
+           'budget_items', 'load_tuned', 'eval_items', 'evaluate_stage', 'external_eval', 'DomainInference']
 
 # %% ../nbs/07_evaluate.ipynb #861bc9dd
 def norm_words(text: str) -> list[str]:
@@ -844,6 +844,13 @@ def _mc_line(mc: dict) -> str:
             f"mean log-likelihood per token wins (by summed log-likelihood: mc_accuracy_sum in report.json); chance "
             f"{_pc(mc['chance'])}; {mc['n']} of {mc['eligible']} items (the rest had too few distractors of their kind).")
 
+def _budget_lines(report: dict) -> list[str]:
+    b = report.get("budget")
+    if not b or b["items"] >= b["of"]: return []
+    return [f"**Sized to a time budget:** {b['items']} of {b['of']} held-out items scored, to fit {b['seconds']:.0f} s "
+            f"at the rates measured at run time ({b['prefill_tokens_per_s']:.0f} prompt tokens/s, "
+            f"{b['decode_step_s']:.3f} s per decode step); intervals are wide: run without `time_budget_s` for all."]
+
 def report_markdown(report: dict) -> str:
     "The report as markdown: the headline first, one row per system with intervals, the contamination count and a verdict."
     has_mc = any("mc_accuracy" in m for m in report["systems"].values())
@@ -867,7 +874,7 @@ def report_markdown(report: dict) -> str:
     hl = headline_lines(report.get("headline") or {}, mc.get("chance"))
     head = [f"# Evaluation: {report['domain']}", "", *hl, *([""] if hl else []),
             f"{report['n_heldout']} held-out questions ({report.get('eval_set') or 'distill/qa.jsonl heldout split'}), "
-            f"never trained on; accuracy = {how}.", *([_mc_line(mc)] if mc.get("n") else []),
+            f"never trained on; accuracy = {how}.", *([_mc_line(mc)] if mc.get("n") else []), *_budget_lines(report),
             f"Contamination check against {con.get('train_items', 0)} training QA: {con.get('checked', 0)} checked, "
             f"{len(con.get('flagged', []))} flagged ({con.get('ngram', 13)}-gram overlap or near-duplicate question) and "
             f"{'removed' if con.get('removed') else 'kept'}; see eval/contamination.json.", *_training_lines(report.get("training") or {}), ""]
@@ -899,6 +906,34 @@ def plot_report(report: dict, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+# %% ../nbs/07_evaluate.ipynb #99c2687d
+def _prompt_tokens(tok, it: dict, domain: str, rag: bool) -> int:
+    return len(tok.apply_chat_template(system_messages(it, domain, rag), add_generation_prompt=True, tokenize=True))
+
+def eval_cost(model, tok, items: list[dict], domain: str) -> dict:
+    "This machine's prefill rate (tokens/s) and decode step (s, one batch), measured on the first items."
+    t0 = time.perf_counter()
+    ex = encode_reply(tok, system_messages(items[0], domain, True), items[0]["answer"])
+    reply_logprobs(model, tok, [ex])
+    rate = len(ex["input_ids"]) / max(1e-6, time.perf_counter() - t0)
+    msgs = [system_messages(it, domain, False) for it in items[:8]]
+    t0 = time.perf_counter()
+    generate(model, tok, msgs, 8, 8)
+    step = max(0.0, time.perf_counter() - t0 - sum(_prompt_tokens(tok, it, domain, False) for it in items[:8]) / rate) / 8
+    return {"prefill_tokens_per_s": round(rate, 1), "decode_step_s": round(step, 4)}
+
+# %% ../nbs/07_evaluate.ipynb #20c2c197
+def budget_items(items: list[dict], tok, domain: str, systems: list[str], cost: dict, budget_s: float,
+                 max_new_tokens: int = 64, batch_size: int = 8, latency_samples: int = 5) -> tuple[int, float]:
+    "`(n, seconds)`: how many of `items` (in order) the systems can score within `budget_s`, and the estimate."
+    rate, step = cost["prefill_tokens_per_s"], cost["decode_step_s"]
+    per_item = [sum(2 * _prompt_tokens(tok, it, domain, s.endswith("+rag")) / rate + max_new_tokens * step / batch_size
+                    for s in systems) for it in items]
+    fixed = len(systems) * latency_samples * max_new_tokens * step + 2 * 3000 / rate   # latency, forgetting
+    n, total = 0, fixed
+    while n < len(items) and total + per_item[n] <= budget_s: total += per_item[n]; n += 1
+    return max(n, min(2, len(items))), round(total, 1)
 
 # %% ../nbs/07_evaluate.ipynb #9ca37cbd
 def load_tuned(adapter_dir: Path | str,     # an adapter folder, a merged/full model folder or a run folder
@@ -945,6 +980,7 @@ def evaluate_stage(run_dir: Path | str,
                    mc: bool = True,                    # closed-book multiple choice by option log-likelihood
                    mc_options: int = 4,                # options per MC item: the reference and mc_options-1 distractors
                    seed: int = 0,
+                   time_budget_s: float | None = None, # seconds for scoring: fewer items on a slow machine (said so)
                   ) -> dict:
     "Evaluate base vs tuned (closed-book and with retrieval) on the held-out questions; write `eval/`."
     run = RunDir(run_dir)
@@ -956,7 +992,8 @@ def evaluate_stage(run_dir: Path | str,
     params = dict(domain=domain, systems=systems, max_items=max_items, rag_k=rag_k, f1_threshold=f1_threshold, max_new_tokens=max_new_tokens,
                   batch_size=batch_size, latency_samples=latency_samples, eval_set=str(eval_set) if eval_set else None, judge=judge,
                   retriever=retriever, ngram=ngram, dup_threshold=dup_threshold, decontaminate=decontaminate, bootstrap=bootstrap,
-                  mc=mc, mc_options=mc_options, seed=seed)
+                  mc=mc, mc_options=mc_options, seed=seed,
+                  time_budget_s=time_budget_s)
     with stage_run(run, "evaluate", params) as rec:
         items = eval_items(run, eval_set)
         train_qa = [q for q in read_jsonl(run.qa) if q["split"] == "train"]
@@ -981,6 +1018,13 @@ def evaluate_stage(run_dir: Path | str,
         if run.adapter.exists(): model, tok = load_tuned(run.adapter, student)
         else: model, tok = load_student(student)
         judge_obj = get_teacher(judge) if judge else None
+        budget = None
+        if time_budget_s:
+            cost = eval_cost(model, tok, scored, domain)
+            n, est = budget_items(scored, tok, domain, systems, cost, time_budget_s, max_new_tokens, batch_size,
+                                  latency_samples)
+            budget = {"seconds": time_budget_s, "items": n, "of": len(scored), "estimate_s": est, **cost}
+            scored = scored[:n]
         mc_set = mc_items(scored, chunks, mc_options, seed) if mc else []
         results, answers = evaluate_systems(model, tok, scored, domain, systems, f1_threshold, max_new_tokens, batch_size, latency_samples,
                                             judge_obj, bootstrap, forgetting, seed, mc=mc_set)
@@ -1004,7 +1048,7 @@ def evaluate_stage(run_dir: Path | str,
                   "kinds": dict(kinds), "f1_threshold": f1_threshold, "accuracy_definition": how, "retriever": retriever,
                   "majority_baseline": round(labels.most_common(1)[0][1] / sum(labels.values()), 4) if labels else None,
                   "contamination": {k: v for k, v in contamination.items() if k != "flagged"} | {"flagged": [f["qa_id"] for f in flagged]},
-                  "systems": results, "comparisons": compare_systems(answers, bootstrap, seed)}
+                  "systems": results, "comparisons": compare_systems(answers, bootstrap, seed), "budget": budget}
         write_json(run.report, report)
         run.report_md.write_text(report_markdown({**report, "contamination": contamination}))
         write_jsonl(run.eval_answers, answers)
