@@ -9,9 +9,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+from .text import count_tokens   # re-exported: tests import it from here
+
 
 # %% auto #0
-__all__ = ['WireRequest', 'count_tokens', 'sample_json', 'default_reply', 'Faults', 'error_body', 'WireServer']
+__all__ = ['WireRequest', 'sample_json', 'default_reply', 'Faults', 'error_body', 'WireServer']
 
 # %% ../nbs/10_wire.ipynb #ac62337b
 @dataclass
@@ -42,10 +44,6 @@ class WireRequest:
         if rf.get("type") == "json_schema": return (rf.get("json_schema") or {}).get("schema")
         fmt = (self.body.get("output_config") or {}).get("format") or {}
         return fmt.get("schema") if fmt.get("type") == "json_schema" else None
-
-def count_tokens(text: str) -> int:
-    "A rough token count (about 4 characters a token), used for `usage` fields."
-    return max(1, (len(text) + 3) // 4)
 
 def sample_json(schema: dict) -> Any:
     "The smallest value that satisfies a simple JSON schema (objects, arrays, enums, scalars)."

@@ -8,6 +8,14 @@ from purpose.modelhub import KEY_VARS, models_app
 from purpose.wire import WireServer
 
 runner = CliRunner()
+
+
+def purpose(capsys, *args) -> tuple[int, str, str]:
+    "Run `purpose models ARGS` through the console script's `main`: `(exit status, stdout, stderr)`."
+    from purpose.cli import main
+    with pytest.raises(SystemExit) as e: main(["models", *args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
 KEYS = sorted({v for vs in KEY_VARS.values() for v in vs} | {"PURPOSE_GENERAL_MODELS"})
 
 
@@ -27,12 +35,24 @@ def test_list_and_filters():
                    "IBM/Legal-Universe-Llama-2-7b"}
 
 
-def test_info():
+def test_info(capsys):
     r = runner.invoke(models_app, ["info", "MathLLMs/MathCoder-CL-34B"])
     d = json.loads(r.stdout)
     assert r.exit_code == 0 and d["context_window"] == 16384 and d["domains"] == ["math"] and "not available offline" in d["available_here"]
-    r = runner.invoke(models_app, ["info", "epfl-llm/meditron-8b"])
-    assert r.exit_code == 1 and "did you mean epfl-llm/meditron-7b" in r.stderr
+    code, out, err = purpose(capsys, "info", "epfl-llm/meditron-8b")
+    assert code == 2 and err.startswith("error: model 'epfl-llm/meditron-8b' is not in the registry")
+    assert "did you mean epfl-llm/meditron-7b" in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_models_errors_are_one_error_line_and_exit_2(capsys):
+    "Issue 12: the models commands printed `Error:` themselves (exit 1 for `info`); now `main` says `error:`."
+    for args, says in [(["info", "no-such-model"], "'no-such-model' is not in the registry"),
+                       (["process-domain-text", "sport", "summarization", "x"], "unknown domain 'sport'"),
+                       (["check", "openai:gpt-4o-mini"], "set the environment variable OPENAI_API_KEY"),
+                       (["check", "gemini:pro"], "unknown teacher provider 'gemini'")]:
+        code, _, err = purpose(capsys, *args)
+        assert (code, err.count("\n")) == (2, 1) and err.startswith("error: ") and says in err, (args, err)
+        assert "Error:" not in err
 
 
 def test_setup_config_prompts_writes_0600_and_never_prints_keys(tmp_path):
@@ -67,7 +87,7 @@ def test_process_text_with_model_and_fallback(monkeypatch):
         assert r.exit_code == 0 and r.stdout.startswith("Wire reply from wire-fallback:")
 
 
-def test_process_domain_text(monkeypatch):
+def test_process_domain_text(monkeypatch, capsys):
     with WireServer() as ws:
         monkeypatch.setenv("PURPOSE_GENERAL_MODELS", ws.spec())
         r = runner.invoke(models_app, ["process-domain-text", "medical", "knowledge_extraction", "Explain the pathophysiology of type 2 diabetes.",
@@ -75,8 +95,8 @@ def test_process_domain_text(monkeypatch):
         assert r.exit_code == 0 and "epfl-llm/meditron-7b: skipped" in r.stderr and "stanford-crfm/BioMedLM-2.7B: skipped" in r.stderr
         r = runner.invoke(models_app, ["process-domain-text", "auto", "code_generation", "Write a Python function for the Sieve of Eratosthenes."])
         assert r.exit_code == 0 and "WizardLM/WizardCoder-Python-34B: skipped" in r.stderr
-    r = runner.invoke(models_app, ["process-domain-text", "sport", "knowledge_extraction", "x"])
-    assert r.exit_code == 2 and "unknown domain 'sport'" in r.stderr
+    code, _, err = purpose(capsys, "process-domain-text", "sport", "knowledge_extraction", "x")
+    assert code == 2 and "unknown domain 'sport'" in err
 
 
 def test_process_text_model_asked_for_is_tried_before_a_cached_fallback(monkeypatch):
@@ -95,12 +115,30 @@ def test_process_text_model_asked_for_is_tried_before_a_cached_fallback(monkeypa
         assert ws.counts() == {"wire-model": 1, "claude-wire": 1}
 
 
-def test_check_command(monkeypatch):
+def test_check_command(monkeypatch, capsys):
     with WireServer() as ws:
         r = runner.invoke(models_app, ["check", "offline", ws.spec(), "openai:gpt-4o-mini|offline"])
         assert r.exit_code == 0, r.output
         assert f"{ws.spec()}: ok (model listed (2 on the server))" in r.stdout and "offline: ok (nothing to check)" in r.stdout
-        r = runner.invoke(models_app, ["check", ws.spec("nope")])
-        assert r.exit_code == 2 and "model 'nope' not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = runner.invoke(models_app, ["check", "openai:gpt-4o-mini"])
-    assert r.exit_code == 2 and "set the environment variable OPENAI_API_KEY" in r.stderr
+        code, _, err = purpose(capsys, "check", ws.spec("nope"))
+        assert code == 2 and "model 'nope' not found" in err and len(err.strip().splitlines()) == 1
+    code, _, err = purpose(capsys, "check", "openai:gpt-4o-mini")
+    assert code == 2 and "set the environment variable OPENAI_API_KEY" in err
+
+
+def test_save_config_creates_the_key_file_0600_even_under_umask_0(tmp_path):
+    "Issue 12: `save_config` wrote the file with the umask's mode, then chmod-ed it: a world-readable window."
+    import subprocess, sys
+    watch = """
+import os, sys, purpose.modelhub as M
+os.umask(0); os.environ["PURPOSE_CONFIG"] = sys.argv[1]
+write = M.save_config.__globals__["write_json"]           # where save_config looks it up
+def spy(p, obj, **kw):
+    out = write(p, obj, **kw); print(oct(os.stat(p).st_mode & 0o777)); return out
+M.save_config.__globals__["write_json"] = spy
+M.save_config({"keys": {"OPENAI_API_KEY": "sk-secret-00000000"}})
+print(oct(os.stat(sys.argv[1]).st_mode & 0o777))
+"""
+    r = subprocess.run([sys.executable, "-c", watch, str(tmp_path/"config.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0o600", "0o600"]      # as created, and as left
