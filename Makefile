@@ -20,7 +20,7 @@ $(STAMP): settings.ini setup.py
 	touch $@
 
 demo: install
-	$(BIN)/purpose run --domain sprint -p augment_size=0.5 -p time_budget_s=240 -p eval_budget_s=180   # small augmentation; training and scoring sized to the rates measured at run time
+	$(BIN)/purpose run --domain sprint -p augment_size=0.5 -p time_budget_s=240 -p latency_samples=2 -p eval_budget_s=240   # small augmentation; training and scoring sized to the rates measured at run time
 
 sync-check: install
 	$(BIN)/python .ci/sync_check.py
