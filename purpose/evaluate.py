@@ -909,7 +909,8 @@ def plot_report(report: dict, path: Path):
 
 # %% ../nbs/07_evaluate.ipynb #99c2687d
 def _prompt_tokens(tok, it: dict, domain: str, rag: bool) -> int:
-    return len(tok.apply_chat_template(system_messages(it, domain, rag), add_generation_prompt=True, tokenize=True))
+    text = tok.apply_chat_template(system_messages(it, domain, rag), add_generation_prompt=True, tokenize=False)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
 
 def eval_cost(model, tok, items: list[dict], domain: str) -> dict:
     "This machine's prefill rate (tokens/s) and decode step (s, one batch), measured on the first items."
