@@ -849,7 +849,7 @@ def _budget_lines(report: dict) -> list[str]:
     if not b or b["items"] >= b["of"]: return []
     return [f"**Sized to a time budget:** {b['items']} of {b['of']} held-out items scored, to fit {b['seconds']:.0f} s "
             f"at the rates measured at run time ({b['prefill_tokens_per_s']:.0f} prompt tokens/s, "
-            f"{b['decode_step_s']:.3f} s per decode step); intervals are wide: run without `time_budget_s` for all."]
+            f"{b['decode_step_s']:.3f} s per decode step); intervals are wide: run without a budget (`eval_budget_s`) to score them all."]
 
 def report_markdown(report: dict) -> str:
     "The report as markdown: the headline first, one row per system with intervals, the contamination count and a verdict."
