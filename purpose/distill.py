@@ -139,7 +139,8 @@ def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x
     sketch = lambda f: MinHash.bulk([_shingle_bytes(f(x)) for x in items], num_perm=num_perm,
                                     seed=seed)
     qs, ans = sketch(key), sketch(answer_key)
-    lsh = lambda: MinHashLSH(threshold, num_perm, weights=(0.1, 0.9))   # favour recall
+    # candidates only (each is checked against `threshold` below): a threshold near 1 leaves the index one band
+    lsh = lambda: MinHashLSH(min(threshold, 0.9), num_perm, weights=(0.1, 0.9))   # favour recall
     lsh_q, lsh_a = lsh(), lsh()
     kept, sigs, dups, compared = [], [], [], 0
     for it, q, a in zip(items, qs, ans):
