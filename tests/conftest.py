@@ -10,6 +10,14 @@ SAMPLE = ROOT/"papers"/"sprint"
 TINY = {"student": "tiny-random", "epochs": 1, "augment_size": 0.5, "per_cell": 2, "max_items": 6, "max_new_tokens": 8,
         "systems": "base,tuned", "latency_samples": 2, "workers": 1}
 
+@pytest.fixture(scope="module")
+def one_thread():
+    "Tiny models run many tiny ops: one thread avoids OpenMP spin-waits that make them crawl on a shared, busy CPU."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture
 def small_papers(tmp_path):
     "A papers root with a small sprint domain: two sample PDFs and the CSV records."

@@ -11,12 +11,7 @@ from purpose.train import TrainConfig, load_adapter, train, train_stage, write_m
 
 PROMPT = "What is the stride length at phase 3?"
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models run many tiny ops: one thread avoids OpenMP spin-waits on a shared, busy CPU."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run best on one thread
 
 def qa_rows(n: int, offset: int = 0) -> list[dict]:
     return [{"messages": chat_messages(f"Question {i}: what is the stride length at phase {i}?", "sprint",

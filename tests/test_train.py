@@ -9,12 +9,7 @@ from purpose.core import TINY_STUDENT, chat_messages, load_student, read_jsonl
 from purpose.train import (VARLEN_ATTN, TrainConfig, answer_loss, collate, encode_example, evaluate_loss, pack,
                            register_varlen_attention, train, train_stage)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models run many tiny ops: one thread avoids OpenMP spin-waits that make them crawl on a shared, busy CPU."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run best on one thread
 
 def qa_rows(n: int, offset: int = 0) -> list[dict]:
     "Chat rows of varied length (answers from 1 to ~25 words)."
