@@ -4,9 +4,10 @@
 
 # %% ../nbs/00b_config.ipynb #2a571535
 from __future__ import annotations
-import re, typing
-from dataclasses import dataclass, field, fields, replace, MISSING
+import re
+from dataclasses import dataclass, fields, replace
 from fastcore.docments import docments
+from .core import PurposeError
 
 # %% auto #0
 __all__ = ['RUN_DIR_LINE', 'CONFIGS', 'ConfigError', 'field_range', 'field_kind', 'check_value', 'StageConfig', 'field_docs',
@@ -14,7 +15,7 @@ __all__ = ['RUN_DIR_LINE', 'CONFIGS', 'ConfigError', 'field_range', 'field_kind'
            'QueriesConfig', 'DistillConfig', 'AugmentConfig', 'TrainConfig', 'EvaluateConfig', 'shared_fields']
 
 # %% ../nbs/00b_config.ipynb #1257e530
-class ConfigError(ValueError):
+class ConfigError(PurposeError, ValueError):
     "A stage setting of unknown name, wrong type or out of range (the message names the stage and the field)."
 
 _RANGE = re.compile(r"\((?:min (?P<min>-?[\d.e]+)|> (?P<gt>-?[\d.e]+)|(?P<lo>-?[\d.e]+) to (?P<hi>-?[\d.e]+)"

@@ -215,6 +215,12 @@ class Stage:
     @property
     def files(self) -> dict: return {**self.writes, **self.extras}
 
+    @property
+    def config(self) -> type:
+        "The stage's config class (in `purpose.config`): its settings, their defaults and ranges."
+        from purpose.config import CONFIGS
+        return CONFIGS[self.name]
+
 REGISTRY = (
     Stage("extract", "01_extract.ipynb", "extract",
           {"documents": "extract/documents.jsonl", "chunks": "extract/chunks.jsonl"},

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os, re, time, traceback
 from pathlib import Path
 import purpose
-from .core import REGISTRY, cache_dir, _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains, resolve_papers_dir, run_lock
+from .core import (REGISTRY, cache_dir, _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains,
+                          resolve_papers_dir, run_lock)
+from .config import cell_fields, check_value, field_docs, field_kind
 
 # %% auto #0
 __all__ = ['STAGE_NOTEBOOKS', 'PIPELINE_PARAMS', 'TEACHER_PARAMS', 'KERNEL_QUIET', 'notebooks_dir', 'stage_parameters',
-           'check_parameters', 'check_value', 'check_values', 'check_run_teachers', 'check_domain', 'stage_notebook',
-           'run_domain', 'run_domains']
+           'check_parameters', 'check_values', 'check_run_teachers', 'check_domain', 'stage_notebook', 'run_domain',
+           'run_domains']
 
 # %% ../nbs/08_pipeline.ipynb #779bee39
 STAGE_NOTEBOOKS = tuple((s.name, s.notebook) for s in REGISTRY)   # from the registry in core
@@ -22,61 +24,45 @@ def notebooks_dir() -> Path:
     "The folder of the stage notebooks (the repository's `nbs/`, next to the installed package)."
     d = Path(purpose.__file__).resolve().parent.parent/"nbs"
     if not (d/STAGE_NOTEBOOKS[0][1]).exists():
-        raise PurposeError(f"stage notebooks not found in {d}: install Purpose from its repository with `pip install -e .`")
+        raise PurposeError(f"stage notebooks not found in {d}: install Purpose from its repository "
+                           "with `pip install -e .`")
     return d
 
+# %% ../nbs/08_pipeline.ipynb #d38771fa
 def stage_parameters(stages=None) -> dict[str, dict]:
-    "For each stage, the parameters its notebook declares (name -> papermill's description with the default)."
-    import papermill as pm
-    d = notebooks_dir()
-    return {s: pm.inspect_notebook(str(d/nb)) for s, nb in STAGE_NOTEBOOKS if stages is None or s in stages}
+    "For each stage, the parameters it takes: name -> (type, docments comment), from its config."
+    out = {}
+    for s in REGISTRY:
+        if stages is not None and s.name not in stages: continue
+        docs = field_docs(s.config)
+        out[s.name] = {"run_dir": ("str", "run folder"),
+                       **{f.name: (str(f.type), docs.get(f.name)) for f in cell_fields(s.config)}}
+    return out
 
 def check_parameters(params: dict, declared: dict[str, dict]) -> None:
     "Refuse parameters no stage declares and parameters that look like secrets."
     for k in params:
         if _SECRET_NAME.search(k):
-            raise PurposeError(f"parameter '{k}' looks like a credential: set it as an environment variable instead "
-                               "(parameters are written into the output notebooks)")
+            raise PurposeError(f"parameter '{k}' looks like a credential: set it as an environment variable "
+                               "instead (parameters are written into the output notebooks)")
     known = sorted({k for ps in declared.values() for k in ps})
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise PurposeError(f"unknown parameter(s) {', '.join(unknown)}: the stage notebooks accept {', '.join(known)}")
+        raise PurposeError(f"unknown parameter(s) {', '.join(unknown)}: the stages' configs take "
+                           f"{', '.join(known)}")
 
 # %% ../nbs/08_pipeline.ipynb #eb087140
-_RANGE = re.compile(r"\((?:min (?P<min>-?[\d.e]+)|> (?P<gt>-?[\d.e]+)|(?P<lo>-?[\d.e]+) to (?P<hi>-?[\d.e]+)"
-                    r"|one of (?P<choices>[^)]+))\)\s*$")
-_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-def check_value(stage: str, name: str, value, decl: dict):
-    "`value` checked (and a string parameter's value given back as a string) against the stage's declaration."
-    t = decl.get("inferred_type_name", "None")
-    optional = t.startswith("Optional[")
-    base = t[len("Optional["):-1] if optional else t
-    where = f"stage '{stage}' parameter {name}={value!r}"
-    if base not in _KINDS: return value                                  # undeclared type: papermill's own rules
-    if value is None:
-        if optional: return None
-        if base == "str": return "none"
-        raise PurposeError(f"{where}: expected {base}; {decl.get('help') or 'see the notebook'}")
-    if base == "str" and not isinstance(value, str): value = str(value).lower() if isinstance(value, bool) else str(value)
-    if not isinstance(value, _KINDS[base]) or (base != "bool" and isinstance(value, bool)):
-        raise PurposeError(f"{where}: expected {base}" + (" or None" if optional else "")
-                           + (f" ({decl['help']})" if decl.get("help") else ""))
-    m = _RANGE.search(decl.get("help") or "")
-    if m and base != "bool":
-        g = m.groupdict()
-        bad = ((g["min"] is not None and value < float(g["min"])) or (g["gt"] is not None and value <= float(g["gt"]))
-               or (g["lo"] is not None and not float(g["lo"]) <= value <= float(g["hi"]))
-               or (g["choices"] is not None and str(value) not in [c.strip() for c in g["choices"].split(",")]))
-        if bad: raise PurposeError(f"{where}: out of range: {decl['help']}")
-    return value
-
-def check_values(params: dict, declared: dict[str, dict]) -> dict:
-    "Every parameter checked against every stage that declares it; returns the params with string values restored."
+def check_values(params: dict,           # name -> value, as given with `-p`
+                 declared: dict[str, dict]) -> dict:  # `stage_parameters()` of the stages that run
+    "Every parameter checked against every stage that takes it; returns the params with string values restored."
     out = dict(params)
     for stage, decls in declared.items():
         for k, v in params.items():
-            if k in decls: out[k] = check_value(stage, k, v, decls[k])
+            if k not in decls: continue
+            annotation, doc = decls[k]
+            base, optional = field_kind(annotation)
+            if v is None and base == "str" and not optional: v = "none"
+            out[k] = check_value(stage, k, v, annotation, doc)
     return out
 
 # %% ../nbs/08_pipeline.ipynb #d3cf4fd2
