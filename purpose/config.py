@@ -148,7 +148,7 @@ class ExtractConfig(StageConfig):
     passwords: tuple = ()              # passwords to try on encrypted PDFs (library callers only)
     record_templates: dict | None = None  # field -> description for records (library callers only)
     cache: object = True               # True, False or a response cache (library callers only)
-    progress: bool = False             # progress bars
+    progress: bool = False             # progress bars on the terminal
     verbose: bool = False              # print the summary table
 
 # %% ../nbs/00b_config.ipynb #2e0ef25e
@@ -181,7 +181,7 @@ class DistillConfig(StageConfig):
     domain: str | None = None          # domain name in the prompts; default the run's (its manifest)
     mode: str = "enhanced"             # graph queries, or questions per chunk (one of enhanced, standard)
     teachers: str = "offline"          # comma-separated teacher specs; several give consensus
-    judge: str | None = None           # LLM judge spec; default the offline judge
+    judge: str | None = None           # LLM judge spec for 1-5 scores; default the offline judge
     judge_threshold: float = 3.0       # minimum judge score, 1 to 5 (0 to 5)
     min_grounding: float = 0.5         # minimum share of the answer found in its cited chunks (0 to 1)
     dedup_threshold: float = 0.85      # questions this similar are duplicates (0 to 1)
@@ -252,7 +252,7 @@ class TrainConfig(StageConfig):
     seed: int = 0                      # seed of every random choice (same seed, same result)
     merge: bool = False                # also save the adapter merged into the student
     augment: bool = True               # also train augment/texts.jsonl when the augment stage ran
-    progress: bool = True              # progress bar
+    progress: bool = True              # progress bars on the terminal
 
 # %% ../nbs/00b_config.ipynb #dd293bba
 @dataclass
@@ -267,7 +267,7 @@ class EvaluateConfig(StageConfig):
     batch_size: int = 8                # answers generated together (min 1)
     latency_samples: int = 5           # answers timed one at a time for latency (min 1)
     eval_set: str | None = None        # a JSONL of question/answer rows instead of the held-out split
-    judge: str | None = None           # LLM judge spec for 1-5 scores
+    judge: str | None = None           # LLM judge spec for 1-5 scores; default none
     retriever: str = "bm25"            # retrieval for the +rag systems: bm25 or hf:PATH of an embedder
     rag_k: int = 3                     # passages retrieved per question (min 1)
     f1_threshold: float = 0.5          # token F1 that counts an answer as acceptable (0 to 1)

@@ -1,7 +1,10 @@
-"""The stage registry is the run-folder contract: README lists every file it declares, and no stage module spells a
-registered file's path out (stages name files by key: `run.chunks`)."""
-import re
+"""The stage registry is the run-folder contract and each stage's config is its one list of settings: README lists
+every registered file, no library module spells a registered file out (stages name files by key: `run.chunks`),
+and every stage notebook's parameters cell is generated from its config."""
+import ast, json, re
+from dataclasses import fields
 from conftest import ROOT
+from purpose.config import CONFIGS, field_docs, parameters_source, shared_fields
 from purpose.core import FILES, REGISTRY, STAGES, CONTRACT, STAGE_READS
 
 def test_readme_lists_every_registered_file():
@@ -14,11 +17,48 @@ def test_contract_and_reads_come_from_the_registry():
     assert list(CONTRACT) == list(STAGES) == [s.name for s in REGISTRY]
     assert all(p in [q for _, q in FILES.values()] for ps in STAGE_READS.values() for p in ps)
 
-MIGRATED = ("distill", "augment", "train", "evaluate", "pipeline")   # modules that name files by key only
+def _file_literals() -> set[str]:
+    "Registered paths, and their file names that have an extension (`chunks.jsonl`, `graph.png`)."
+    paths = {p for _, p in FILES.values()}
+    return paths | {p.rsplit("/", 1)[1] for p in paths if "." in p.rsplit("/", 1)[1]}
 
-def test_migrated_stage_modules_name_files_by_key():
-    for m in MIGRATED:
-        src = (ROOT/"purpose"/f"{m}.py").read_text()
-        found = [p for _, p in FILES.values() if f'"{p}"' in src]
-        found += re.findall(r'run\.(?:extract|graph|queries|distill|augment|train|eval)/"[\w.]+"', src)
-        assert not found, f"purpose/{m}.py spells out {found}: use the registry's keys"
+def test_no_library_module_spells_a_registered_file():
+    names, found = _file_literals(), {}
+    for py in sorted((ROOT/"purpose").glob("*.py")):
+        if py.stem in ("core", "_modidx"): continue          # core holds the registry itself
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.setdefault(py.name, []).append(f"{node.value} (line {node.lineno})")
+    assert not found, f"registered files spelled out (use the registry's keys): {found}"
+
+def _cells(nb: str) -> list[dict]:
+    return [c for c in json.loads((ROOT/"nbs"/nb).read_text())["cells"] if c["cell_type"] == "code"]
+
+def _src(c) -> str: return "".join(c["source"])
+
+def test_parameters_cells_are_generated_from_the_configs():
+    for s in REGISTRY:
+        cells = _cells(s.notebook)
+        at = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(at) == 1, f"{s.notebook}: expected one cell tagged 'parameters'"
+        assert _src(cells[at[0]]) == parameters_source(s.config), \
+            f"{s.notebook}: the parameters cell differs from parameters_source({s.config.__name__})"
+        run = "\n".join(_src(c) for c in cells[at[0] + 1:])
+        assert f"from_cell({s.config.__name__}, globals())" in run, f"{s.notebook}: the run cell builds no config"
+
+def test_run_cells_name_files_by_key():
+    names = _file_literals()
+    for s in REGISTRY:
+        cells = _cells(s.notebook)
+        at = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+        run = "\n".join(_src(c) for c in cells[at + 1:])
+        lits = {n.value for n in ast.walk(ast.parse(run)) if isinstance(n, ast.Constant)}
+        assert not lits & names, f"{s.notebook}'s run cells spell out {sorted(lits & names)}"
+
+def test_a_shared_parameter_means_one_thing():
+    for name, stages in shared_fields().items():
+        types = {str(next(f for f in fields(CONFIGS[s]) if f.name == name).type) for s in stages}
+        assert len(types) == 1, f"{name} has types {types} in {stages}"
+        # the meaning is the comment up to its first ';' or range: what follows may be the stage's own default
+        docs = {re.split(r";| \(", field_docs(CONFIGS[s])[name] or "")[0] for s in stages}
+        assert len(docs) == 1, f"{name} is documented differently in {stages}: {docs}"
