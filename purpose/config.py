@@ -12,7 +12,8 @@ from .core import PurposeError
 # %% auto #0
 __all__ = ['RUN_DIR_LINE', 'CONFIGS', 'ConfigError', 'field_range', 'field_kind', 'check_value', 'StageConfig', 'field_docs',
            'make_config', 'from_cell', 'cell_fields', 'parameters_source', 'ExtractConfig', 'GraphConfig',
-           'QueriesConfig', 'DistillConfig', 'AugmentConfig', 'TrainConfig', 'EvaluateConfig', 'shared_fields']
+           'QueriesConfig', 'DistillConfig', 'AugmentConfig', 'TrainConfig', 'EvaluateConfig', 'shared_fields',
+           'readme_table']
 
 # %% ../nbs/00b_config.ipynb #1257e530
 class ConfigError(PurposeError, ValueError):
@@ -290,3 +291,12 @@ def shared_fields() -> dict[str, list[str]]:
     for s, c in CONFIGS.items():
         for f in fields(c): seen.setdefault(f.name, []).append(s)
     return {k: v for k, v in seen.items() if len(v) > 1}
+
+# %% ../nbs/00b_config.ipynb #d15b8b35
+def readme_table(driver=("domain", "papers_dir")) -> str:  # fields the driver sets (`--domain`, `--papers-dir`)
+    "The markdown table of every stage's parameters and defaults, as README shows it."
+    rows = ["| stage | parameters and defaults (`purpose run -p name=value`) |", "|---|---|"]
+    for s, c in CONFIGS.items():
+        ps = [f"`{f.name}={_literal(f.default)}`" for f in cell_fields(c) if f.name not in driver]
+        rows.append(f"| {s} | " + ", ".join(ps) + " |")
+    return "\n".join(rows)

@@ -62,3 +62,8 @@ def test_a_shared_parameter_means_one_thing():
         # the meaning is the comment up to its first ';' or range: what follows may be the stage's own default
         docs = {re.split(r";| \(", field_docs(CONFIGS[s])[name] or "")[0] for s in stages}
         assert len(docs) == 1, f"{name} is documented differently in {stages}: {docs}"
+
+def test_readme_parameter_table_is_the_configs():
+    from purpose.config import readme_table
+    assert readme_table() in (ROOT/"README.md").read_text(), \
+        "README's stage parameter table differs from the configs: paste purpose.config.readme_table()"
