@@ -28,7 +28,8 @@ setuptools.setup(
                  'Intended Audience :: ' + cfg['audience'].title(),
                  'License :: ' + lic[1],
                  'Natural Language :: ' + cfg['language'].title()]
-                + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
+                + ['Programming Language :: Python :: ' + o
+                   for o in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['purpose', 'purpose.*']),
     include_package_data=True,
@@ -40,5 +41,6 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     zip_safe=False,
-    entry_points={'console_scripts': console_scripts, 'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']},
+    entry_points={'console_scripts': console_scripts,
+                  'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']},
 )

@@ -1,4 +1,6 @@
-"""Fail when `nbdev_clean` or `nbdev_export` would change the tree: notebooks, library and cleaned notebooks in sync."""
+"""Fail when `nbdev_clean` or `nbdev_export` would change the tree.
+
+Notebooks, library and cleaned notebooks must be in sync."""
 import hashlib, subprocess, sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ for step in ("nbdev_clean", "nbdev_export"):
     after = snapshot()
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:
-        print(f"{step} changed {', '.join(changed)}: run `{step}` and commit the result", file=sys.stderr)
+        print(f"{step} changed {', '.join(changed)}: run `{step}` and commit the result",
+              file=sys.stderr)
         sys.exit(1)
 print("sync check: notebooks clean, library in sync with notebooks")

@@ -1,15 +1,16 @@
-"""Knowledge that sticks: recipes side by side on real third-party papers, closed-book, on held-out questions.
+"""Knowledge that sticks: recipes side by side on real third-party papers, closed-book, on held-out
+questions.
 
-For each set (PubMedQA: abstracts as the corpus, their questions held out; COVID-QA: full papers as the corpus, their
-expert questions held out) one run folder is prepared (extract, graph, queries, distill with the offline teacher),
-then every recipe trains its own student from it and is evaluated with the four systems (base, tuned, base+rag,
-tuned+rag): gap closed [95 % CI] in perplexity and MC accuracy, MC accuracy vs base and chance, forgetting,
-training tokens and minutes.
+For each set (PubMedQA: abstracts as the corpus, their questions held out; COVID-QA: full papers
+as the corpus, their expert questions held out) one run folder is prepared (extract, graph, queries,
+distill with the offline teacher), then every recipe trains its own student from it and is
+evaluated with the four systems (base, tuned, base+rag, tuned+rag): gap closed [95 % CI] in
+perplexity and MC accuracy, MC accuracy vs base and chance, forgetting, training tokens and minutes.
 
     python bench/bench_knowledge.py                 # CPU-sized default (about an hour on 2 cores)
     python bench/bench_knowledge.py --full          # every question of both sets
     python bench/bench_knowledge.py --student PATH  # a bigger student (a GPU recommended)
-    python bench/bench_knowledge.py --teacher openai:gpt-4o-mini   # adds an LLM augmentation recipe
+    python bench/bench_knowledge.py --teacher openai:gpt-4o-mini   # adds an LLM augmentation
 
 Run it on a quiet machine: the training minutes are part of the result.
 """
@@ -21,7 +22,9 @@ sys.path.insert(0, str(ROOT))
 from purpose.augment import augment_stage
 from purpose.core import Manifest, RunDir, read_json, read_jsonl, write_json, write_jsonl
 from purpose.distill import distill_stage
-from purpose.evaluate import LOADERS, evaluate_stage, headline, write_corpus
+from purpose.external import LOADERS, write_corpus
+from purpose.evaluate import evaluate_stage
+from purpose.metrics import headline
 from purpose.graph import graph_stage
 from purpose.queries import queries_stage
 from purpose.train import train_stage
@@ -29,13 +32,16 @@ from purpose.train import train_stage
 DATA = ROOT.parent/"shared"/"data"/"qa"
 SETS = {"pubmedqa": ("pubmedqa", DATA/"pubmedqa"/"ori_pqal.json", "biomedical"),
         "covidqa": ("squad", DATA/"covid_qa_deepset"/"200423_covidQA.json", "COVID-19")}
-# recipe: (augmentation size as a multiple of the corpus tokens, 0 = none; QA-only epochs first (pre-instruction-tuning))
-RECIPES = {"passages": dict(size=0, qa_first_epochs=0), "augment-1x": dict(size=1.0, qa_first_epochs=0),
-           "augment-3x": dict(size=3.0, qa_first_epochs=0), "augment-1x+pit": dict(size=1.0, qa_first_epochs=1)}
+# recipe: augmentation size as a multiple of the corpus tokens (0 = none); QA-only epochs first
+# (pre-instruction-tuning)
+RECIPES = {"passages": dict(size=0, qa_first_epochs=0),
+           "augment-1x": dict(size=1.0, qa_first_epochs=0),
+           "augment-3x": dict(size=3.0, qa_first_epochs=0),
+           "augment-1x+pit": dict(size=1.0, qa_first_epochs=1)}
 
 
 def prepare(name: str, out: Path, n_contexts: int, n_eval: int, seed: int) -> Path:
-    "The shared run folder of a set: corpus, graph, queries and distilled QA; the set's questions in eval/external.jsonl."
+    "The shared run folder of a set: corpus, graph, queries, distilled QA; its questions held out."
     kind, path, domain = SETS[name]
     run = out/name/"base"
     records = [r for r in LOADERS[kind](path) if r["contexts"] and r["items"]]
@@ -47,7 +53,8 @@ def prepare(name: str, out: Path, n_contexts: int, n_eval: int, seed: int) -> Pa
     if not (run/"distill"/"dataset").exists():
         RunDir(run).root.mkdir(parents=True, exist_ok=True)
         write_corpus(records, run, kind)
-        Manifest(run).update(domain=domain, external={"dataset": name, "n_contexts": len(records), "n_eval": len(items)})
+        external = {"dataset": name, "n_contexts": len(records), "n_eval": len(items)}
+        Manifest(run).update(domain=domain, external=external)
         graph_stage(run, seed=seed)
         queries_stage(run, per_cell=8, heldout_fraction=0.1, seed=seed)
         distill_stage(run, domain=domain, teachers="offline")
@@ -56,13 +63,14 @@ def prepare(name: str, out: Path, n_contexts: int, n_eval: int, seed: int) -> Pa
 
 
 def run_recipe(base: Path, recipe: str, spec: dict, args, reference: Path | None = None) -> dict:
-    """Train and evaluate one recipe in its own copy of the set's run folder; returns the row of the table.
+    """Train and evaluate one recipe in its own copy of the set's run folder; returns its table row.
 
-    `reference`: the run folder of the set's first recipe, whose base and base+rag answers (the same untuned student on
-    the same items) are reused, so later recipes only score tuned and tuned+rag."""
+    `reference`: the run folder of the set's first recipe, whose base and base+rag answers (the same
+    untuned student on the same items) are reused: later recipes only score tuned and tuned+rag."""
     run = base.parent/recipe
     if not run.exists():
-        top = lambda d, names: [n for n in names if Path(d) == base and n in ("train", "eval", "augment", ".lock")]
+        skip = ("train", "eval", "augment", ".lock")
+        top = lambda d, names: [n for n in names if Path(d) == base and n in skip]
         shutil.copytree(base, run, ignore=top)
     (run/"eval").mkdir(exist_ok=True)
     shutil.copy(base/"eval"/"external.jsonl", run/"eval"/"external.jsonl")
@@ -70,35 +78,42 @@ def run_recipe(base: Path, recipe: str, spec: dict, args, reference: Path | None
     t0 = time.perf_counter()
     aug = {}
     if spec["size"] > 0:
-        aug = augment_stage(run, size=spec["size"], teachers=spec.get("teacher", "offline"), seed=args.seed)
+        aug = augment_stage(run, augment_size=spec["size"],
+                            augment_teachers=spec.get("teacher", "offline"), seed=args.seed)
     elif (run/"augment").exists(): shutil.rmtree(run/"augment")
     t_aug = time.perf_counter() - t0
-    res = train_stage(run, progress=False, student=args.student, epochs=args.epochs, max_len=args.max_len,
-                      qa_first_epochs=spec["qa_first_epochs"], seed=args.seed)
+    res = train_stage(run, progress=False, student=args.student, epochs=args.epochs,
+                      max_len=args.max_len, qa_first_epochs=spec["qa_first_epochs"], seed=args.seed)
     t_train = time.perf_counter() - t0 - t_aug
     done = read_json(run/"eval"/"bench.json") or {}
     systems = "tuned,tuned+rag" if reference else "base,tuned,base+rag,tuned+rag"
     tokens = round((res.get("tokens_per_s") or 0) * res.get("train_seconds", 0))
-    if done.get("train_fingerprint") != res["data_fingerprint"] or done.get("systems") != systems:   # else: scored already
-        evaluate_stage(run, domain=domain, eval_set=run/"eval"/"external.jsonl", systems=systems,
-                       max_new_tokens=args.max_new_tokens, latency_samples=1, seed=args.seed)
+    # else: scored already
+    if done.get("train_fingerprint") != res["data_fingerprint"] or done.get("systems") != systems:
+        evaluate_stage(run, domain=domain, eval_set=str(run/"eval"/"external.jsonl"),
+                       systems=systems, max_new_tokens=args.max_new_tokens, latency_samples=1,
+                       seed=args.seed)
         minutes = {"augment": round(t_aug / 60, 2), "train": round(t_train / 60, 2),
                    "evaluate": round((time.perf_counter() - t0 - t_aug - t_train) / 60, 2)}
-        done = {"train_fingerprint": res["data_fingerprint"], "systems": systems, "minutes": minutes, "train_tokens": tokens}
+        done = {"train_fingerprint": res["data_fingerprint"], "systems": systems,
+                "minutes": minutes, "train_tokens": tokens}
         write_json(run/"eval"/"bench.json", done)
     rep = read_json(run/"eval"/"report.json")
-    if reference:                                    # the untuned systems come from the reference run
+    if reference:                                  # the untuned systems come from the reference run
         ref = read_json(reference/"eval"/"report.json")
-        answers = [a for a in read_jsonl(reference/"eval"/"answers.jsonl") if not a["system"].startswith("tuned")]
+        answers = [a for a in read_jsonl(reference/"eval"/"answers.jsonl")
+                   if not a["system"].startswith("tuned")]
         answers += read_jsonl(run/"eval"/"answers.jsonl")
-        rep["systems"] = {**{k: v for k, v in ref["systems"].items() if not k.startswith("tuned")}, **rep["systems"]}
+        untuned = {k: v for k, v in ref["systems"].items() if not k.startswith("tuned")}
+        rep["systems"] = {**untuned, **rep["systems"]}
         rep["headline"] = headline(answers, seed=args.seed)
     log = [r for r in read_jsonl(run/"train"/"train_log.jsonl") if "loss" in r]
-    return {"recipe": recipe, "headline": rep.get("headline"), "systems": rep["systems"], "chance": (rep.get("mc") or {}).get("chance"),
-            "n": rep["n_heldout"], "train_examples": res["examples"] + res.get("augment_examples", 0),
+    return {"recipe": recipe, "headline": rep.get("headline"), "systems": rep["systems"],
+            "chance": (rep.get("mc") or {}).get("chance"), "n": rep["n_heldout"],
+            "train_examples": res["examples"] + res.get("augment_examples", 0),
             "train_tokens": done.get("train_tokens", tokens), "train_steps": len(log),
             "augment_tokens": aug.get("synthetic_tokens") if isinstance(aug, dict) else None,
-            "minutes": done.get("minutes") or {}}     # of the run that trained and scored this adapter
+            "minutes": done.get("minutes") or {}}    # of the run that trained and scored it
 
 
 def pct(v) -> str: return "n/a" if v is None or v != v else f"{v * 100:+.0f} %"
@@ -113,21 +128,23 @@ def closure(g: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| set | recipe | gap closed: perplexity | gap closed: MC accuracy | MC accuracy base / tuned / base+rag (chance) "
-           "| tuned+rag − base+rag, MC | general ppl base → tuned | train tokens | minutes aug / train / eval |",
+    out = ["| set | recipe | gap closed: perplexity | gap closed: MC accuracy "
+           "| MC accuracy base / tuned / base+rag (chance) | tuned+rag − base+rag, MC "
+           "| general ppl base → tuned | train tokens | minutes aug / train / eval |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, h = r["systems"], r.get("headline") or {}
         mc = h.get("mc_accuracy") or {}
-        acc = (f"{mc['base']:.1%} / {mc['tuned']:.1%} / {mc['base+rag']:.1%} ({r['chance']:.0%})" if mc and r.get("chance")
-               else "n/a")
+        acc = (f"{mc['base']:.1%} / {mc['tuned']:.1%} / {mc['base+rag']:.1%} ({r['chance']:.0%})"
+               if mc and r.get("chance") else "n/a")
         d = (h.get("tuned+rag - base+rag") or {}).get("mc_accuracy")
         rag = f"{pct(d['diff'])} [{pct(d['ci'][0])}, {pct(d['ci'][1])}]" if d else "n/a"
         gp = (f"{s['base']['general_perplexity']:.2f} → {s['tuned']['general_perplexity']:.2f}"
-              if "general_perplexity" in s.get("base", {}) and "general_perplexity" in s.get("tuned", {}) else "n/a")
+              if all("general_perplexity" in s.get(k, {}) for k in ("base", "tuned")) else "n/a")
         m = {"augment": "?", "train": "?", "evaluate": "?", **r["minutes"]}
-        out.append(f"| {r['set']} | {r['recipe']} | {closure(h.get('log_perplexity'))} | {closure(mc)} | {acc} | {rag} | {gp} "
-                   f"| {r['train_tokens']} | {m['augment']} / {m['train']} / {m['evaluate']} |")
+        out.append(f"| {r['set']} | {r['recipe']} | {closure(h.get('log_perplexity'))} "
+                   f"| {closure(mc)} | {acc} | {rag} | {gp} | {r['train_tokens']} "
+                   f"| {m['augment']} / {m['train']} / {m['evaluate']} |")
     return "\n".join(out)
 
 
@@ -136,7 +153,8 @@ def main():
     ap.add_argument("--sets", default="pubmedqa,covidqa")
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--student", default="smollm2-135m")
-    ap.add_argument("--teacher", default=None, help="ModelHub spec: adds an LLM augmentation recipe (EntiGraph kinds)")
+    ap.add_argument("--teacher", default=None,
+                    help="ModelHub spec: adds an LLM augmentation recipe (EntiGraph kinds)")
     ap.add_argument("--full", action="store_true", help="every document and question of both sets")
     ap.add_argument("--pubmedqa-contexts", type=int, default=50)
     ap.add_argument("--covidqa-papers", type=int, default=2)
@@ -147,12 +165,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT/"bench"/"results"/"knowledge")
     args = ap.parse_args()
-    if not DATA.exists(): sys.exit(f"skipped: {DATA} is absent (the benchmark needs ../shared/data/qa)")
+    if not DATA.exists():
+        sys.exit(f"skipped: {DATA} is absent (the benchmark needs ../shared/data/qa)")
     recipes = {k: RECIPES[k] for k in args.recipes.split(",")}
-    if args.teacher: recipes["llm-augment-1x"] = dict(size=1.0, qa_first_epochs=0, teacher=args.teacher)
+    if args.teacher:
+        recipes["llm-augment-1x"] = dict(size=1.0, qa_first_epochs=0, teacher=args.teacher)
     rows, t0 = [], time.perf_counter()
     for name in args.sets.split(","):
-        n_ctx = 10**6 if args.full else (args.pubmedqa_contexts if name == "pubmedqa" else args.covidqa_papers)
+        sized = args.pubmedqa_contexts if name == "pubmedqa" else args.covidqa_papers
+        n_ctx = 10**6 if args.full else sized
         n_eval = 10**6 if args.full else args.n_eval
         base, reference = prepare(name, args.out, n_ctx, n_eval, args.seed), None
         for recipe, spec in recipes.items():
@@ -160,8 +181,9 @@ def main():
             row = {"set": name, **run_recipe(base, recipe, spec, args, reference)}
             reference = reference or base.parent/recipe
             rows.append(row)
-            write_json(args.out/"results.json", {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                                 "minutes": round((time.perf_counter() - t0) / 60, 1)})
+            write_json(args.out/"results.json",
+                       {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                        "minutes": round((time.perf_counter() - t0) / 60, 1)})
             print(table([row]).splitlines()[-1], flush=True)
     md = table(rows)
     (args.out/"table.md").write_text(md + "\n")

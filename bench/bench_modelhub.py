@@ -1,10 +1,12 @@
-"""ModelHub throughput over the real wire: N requests at simulated latency, concurrent vs sequential.
+"""ModelHub throughput over the real wire: N requests at simulated latency, concurrent vs serial.
 
-    python bench/bench_modelhub.py                      # 1000 requests, 200 ms latency, concurrency 32, sequential baseline on all 1000
-    python bench/bench_modelhub.py --sequential-n 100   # baseline on 100 requests, extrapolated (reported as such)
+    # 1000 requests, 200 ms latency, concurrency 32, sequential baseline on all 1000
+    python bench/bench_modelhub.py
+    # baseline on 100 requests, extrapolated (reported as such)
+    python bench/bench_modelhub.py --sequential-n 100
 
-The server is `purpose.wire.WireServer` on 127.0.0.1; the client is the official openai SDK (async) inside
-`purpose.modelhub.complete_many`, cache off, so every request is a real HTTP round trip.
+The server is `purpose.wire.WireServer` on 127.0.0.1; the client is the official openai SDK (async)
+inside `purpose.modelhub.complete_many`, cache off, so every request is a real HTTP round trip.
 Results go to bench/results/modelhub.json.
 """
 import argparse, json, os, platform, sys, time
@@ -23,8 +25,9 @@ def run(n: int, latency: float, concurrency: int, tag: str) -> dict:
         served = sum(ws.counts().values())
     ok = sum(r.ok for r in res)
     assert ok == n and served == n, (ok, served)
-    return {"requests": n, "concurrency": concurrency, "latency_s": latency, "wall_s": round(wall, 3),
-            "requests_per_s": round(n / wall, 1), "ideal_wall_s": round(n * latency / concurrency, 3)}
+    return {"requests": n, "concurrency": concurrency, "latency_s": latency,
+            "wall_s": round(wall, 3), "requests_per_s": round(n / wall, 1),
+            "ideal_wall_s": round(n * latency / concurrency, 3)}
 
 
 def main():
@@ -32,7 +35,8 @@ def main():
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--sequential-n", type=int, default=None, help="requests for the sequential baseline (default: --n)")
+    ap.add_argument("--sequential-n", type=int, default=None,
+                    help="requests for the sequential baseline (default: --n)")
     a = ap.parse_args()
     seq_n = a.sequential_n or a.n
     conc = run(a.n, a.latency, a.concurrency, "concurrent")
@@ -40,9 +44,10 @@ def main():
     seq = run(seq_n, a.latency, 1, "sequential")
     seq["extrapolated_wall_s_for_n"] = round(seq["wall_s"] * a.n / seq_n, 3)
     print(f"sequential: {seq}", flush=True)
-    out = {"bench": "modelhub complete_many over the wire", "python": platform.python_version(), "cpus": os.cpu_count(),
-           "concurrent": conc, "sequential": seq, "speedup_vs_sequential": round(seq["extrapolated_wall_s_for_n"] / conc["wall_s"], 2),
-           "sequential_extrapolated": seq_n != a.n}
+    speedup = round(seq["extrapolated_wall_s_for_n"] / conc["wall_s"], 2)
+    out = {"bench": "modelhub complete_many over the wire", "python": platform.python_version(),
+           "cpus": os.cpu_count(), "concurrent": conc, "sequential": seq,
+           "speedup_vs_sequential": speedup, "sequential_extrapolated": seq_n != a.n}
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/modelhub.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

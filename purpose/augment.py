@@ -4,359 +4,44 @@
 
 # %% ../nbs/05a_augment.ipynb #b3bc80a1
 from __future__ import annotations
-import hashlib, itertools, json, math, random, re, time
+import hashlib, itertools, json, math, re, time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
-from typing import Callable, Iterable, Iterator
-from .core import (FILES, stage_of, read_chunks, PurposeError, RunDir, append_jsonl, read_json, read_jsonl, repair_jsonl, stable_id, stage_run,
-                          write_json, write_jsonl)
-from .graph import Concept, _find_mentions, content_chunks
-from .modelhub import Ledger, complete_many, estimate, parse_json_reply, parse_spec, split_sentences
+from typing import Callable, Iterable, Optional
+from .config import AugmentConfig, make_config
+from .core import (FILES, PurposeError, RunDir, append_jsonl, read_chunks, read_json,
+                          read_jsonl, repair_jsonl, stable_id, stage_of, stage_run, write_json,
+                          write_jsonl)
+from .engine import Ledger, complete_many, estimate, parse_json_reply
+from .concepts import _find_mentions
+from .providers import parse_spec
+from .restate import (KINDS, OFFLINE_GENERATORS, QA_KINDS, Corpus, attribution,
+                             chunk_sentences, norm_text, round_robin, seeded, shuffled, title_of,
+                             token_counter)
 
 # %% auto #0
-__all__ = ['ENTITY_FRAMINGS', 'PAIR_FRAMINGS', 'CONTRADICTION_FRAMING', 'PERMUTED_FRAMINGS', 'CLAIM_QUESTIONS',
-           'CONCEPT_QUESTIONS', 'BLANK', 'KINDS', 'LLM_KINDS', 'QA_KINDS', 'OFFLINE_GENERATORS', 'ENTITY_SCHEMA',
-           'ENTITY_SYSTEM', 'RELATION_SYSTEM', 'REWRITE_SYSTEM', 'PARAPHRASE_STYLES', 'PARAPHRASE_SYSTEM',
-           'EXPECTED_TOKENS', 'AUGMENT_VERSION', 'INPUT_FILES', 'chunk_sentences', 'corpus_sentences', 'concepts_of',
-           'tag_mentions', 'attribution', 'compile_sentences', 'entity_compilation', 'pair_compilation',
-           'permuted_restatement', 'claim_question', 'cloze_spans', 'cloze', 'render_qa', 'rounds', 'Corpus',
-           'entity_candidates', 'pair_candidates', 'permuted_candidates', 'qa_candidates', 'cloze_candidates',
-           'token_counter', 'round_robin', 'doc_context', 'entity_listing_messages', 'relation_messages',
-           'rewrite_messages', 'paraphrase_messages', 'parse_citations', 'doc_entities', 'plan_llm', 'ask_llm',
-           'augment_stage']
-
-# %% ../nbs/05a_augment.ipynb #5b07971d
-_START = re.compile(r"^[A-Z0-9(\[\"'\u201c]")
-_END = re.compile(r"[.!?][\"')\]\u201d]*$")
-
-def _norm(text: str) -> str: return " ".join(text.split()).lower()
-
-_WORDY = re.compile(r"[A-Za-z][A-Za-z'\-]+[,;:.)]?$")
-
-def _sentence_like(s: str, min_words: int) -> bool:
-    toks = s.split()
-    return (len(toks) >= min_words and bool(_START.match(s)) and bool(_END.search(s))
-            and sum(bool(_WORDY.match(t)) for t in toks) >= 0.5 * len(toks))
-
-def chunk_sentences(text: str, min_words: int = 4) -> list[str]:
-    "The complete sentences of a chunk's `text` (of at least `min_words` words, mostly words), paragraph by paragraph."
-    return [s for para in text.split("\n") for s in split_sentences(para) if _sentence_like(s, min_words)]
-
-def corpus_sentences(chunks: list[dict], min_words: int = 4) -> list[dict]:
-    "Each distinct sentence of the content chunks once (from the first chunk holding it), tails of longer ones dropped."
-    rows, seen = [], set()
-    for c in content_chunks(chunks):
-        for s in chunk_sentences(c["text"], min_words):
-            if (k := _norm(s)) in seen: continue
-            seen.add(k)
-            rows.append({"text": s, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"], "section": c.get("section") or ""})
-    by_doc = defaultdict(list)
-    for r in rows: by_doc[r["doc_id"]].append(_norm(r["text"]))
-    # a chunk that starts inside a sentence can leave a capitalised tail ("Ground contact ... fell."): drop it
-    keep = [r for r in rows if not any(t.endswith(" " + _norm(r["text"])) for t in by_doc[r["doc_id"]])]
-    return [{"sid": i, **r} for i, r in enumerate(keep)]
-
-# %% ../nbs/05a_augment.ipynb #13a39c66
-def concepts_of(nodes: list[dict]) -> dict[str, Concept]:
-    "The graph's concepts with labels and aliases, most central first."
-    ns = sorted(nodes, key=lambda n: (-float(n.get("centrality") or 0), n["id"]))
-    aliases = lambda n: set(filter(None, str(n.get("aliases") or "").split("|")))
-    return {n["id"]: Concept(n["id"], n.get("label") or n["id"], aliases=aliases(n)) for n in ns}
-
-def tag_mentions(sentences: list[dict], concepts: dict[str, Concept]) -> list[dict]:
-    "The sentences with `concepts`: the sorted keys of the concepts each one mentions."
-    return [{**s, "concepts": sorted({k for _, _, k in _find_mentions(s["text"], concepts)})} for s in sentences]
-
-def attribution(doc: dict) -> str:
-    "How a text names its source: 'Vance et al. (2024)', 'Vance and Oduya (2024)', else the title or the file name."
-    authors = [a.split()[-1] for a in doc.get("authors") or [] if a.strip()]
-    year = f" ({doc['year']})" if doc.get("year") else ""
-    if len(authors) > 2: return f"{authors[0]} et al.{year}"
-    if authors: return " and ".join(authors) + year
-    if doc.get("title"): return f'"{doc["title"]}"{year}'
-    return doc.get("source") or doc.get("doc_id") or "the corpus"
-
-def _title(doc: dict) -> str: return doc.get("title") or doc.get("source") or doc.get("doc_id") or "the corpus"
-
-# %% ../nbs/05a_augment.ipynb #223d64fd
-ENTITY_FRAMINGS = ("What the papers say about {x}:", "{X}: findings across studies.",
-                   "Everything the corpus reports on {x}, from {n} sources:", "Notes on {x}, gathered across documents.")
-PAIR_FRAMINGS = ("How {a} and {b} relate across the papers:", "{A} and {b}: what the studies report.",
-                 "Findings that connect {a} with {b}:", "Evidence on {a} together with {b}, from {n} sources:")
-CONTRADICTION_FRAMING = "The papers disagree about {a} and {b}:"
-
-def _cap(s: str) -> str: return s[:1].upper() + s[1:]
-
-def _est_tokens(text: str) -> int: return math.ceil(len(text.split()) * 1.3)
-
-def compile_sentences(header: str, sentences: list[dict], attr: dict[str, str] | None = None, max_tokens: int = 384) -> dict:
-    "`header`, then `sentences` in order, one a line (prefixed by their source when `attr`), up to `max_tokens`."
-    used, n = [], _est_tokens(header)
-    for s in sentences:
-        w = (s.get("n_tokens") or _est_tokens(s["text"])) + (_est_tokens(attr[s["doc_id"]]) + 1 if attr else 0)
-        if used and n + w > max_tokens: continue          # a shorter one further on may still fit
-        used.append(s)
-        n += w
-    lines = [f"{attr[s['doc_id']]}: {s['text']}" if attr else s["text"] for s in used]
-    docs = sorted({s["doc_id"] for s in used})
-    return {"text": "\n".join([header.format(n=len(docs))] + lines), "chunk_ids": sorted({s["chunk_id"] for s in used}),
-            "doc_ids": docs}
-
-def entity_compilation(label: str, sentences: list[dict], framing: int = 0, attr: dict | None = None,
-                       max_tokens: int = 384) -> dict:
-    "All `sentences` about concept `label` (in the order given) under entity framing number `framing`."
-    header = ENTITY_FRAMINGS[framing % len(ENTITY_FRAMINGS)].replace("{x}", label).replace("{X}", _cap(label))
-    return compile_sentences(header, sentences, attr, max_tokens)
-
-def pair_compilation(a: str, b: str, sentences: list[dict], framing: int = 0, attr: dict | None = None,
-                     max_tokens: int = 384, contradiction: bool = False) -> dict:
-    "The `sentences` that mention concepts `a` and `b` under pair framing number `framing` (or the disagreement framing)."
-    f = CONTRADICTION_FRAMING if contradiction else PAIR_FRAMINGS[framing % len(PAIR_FRAMINGS)]
-    header = f.replace("{a}", a).replace("{A}", _cap(a)).replace("{b}", b)
-    return compile_sentences(header, sentences, attr, max_tokens)
-
-# %% ../nbs/05a_augment.ipynb #993bb5ef
-PERMUTED_FRAMINGS = ('From "{title}" ({section}), in another order:',
-                     "{attr}, {section}: the passage with its sentences reordered.", 'Statements of "{title}" ({section}):')
-
-def permuted_restatement(sentences: list[str], order: list[int], title: str, section: str, attr: str = "",
-                         framing: int = 0) -> str:
-    "A passage's `sentences` in `order` (a permutation of their indices) under a framing that names its paper and section."
-    f = PERMUTED_FRAMINGS[framing % len(PERMUTED_FRAMINGS)]
-    header = f.format(title=title, section=section or "text", attr=attr or title)
-    return "\n".join([header] + [sentences[i] for i in order])
-
-def _permutation(n: int, rng: random.Random) -> list[int]:
-    order = list(range(n))
-    rng.shuffle(order)
-    return order[1:] + order[:1] if order == sorted(order) else order
-
-# %% ../nbs/05a_augment.ipynb #f5b482e1
-CLAIM_QUESTIONS = ("According to {attr}, how does {s} relate to {t}?", "What did {attr} find about {s} and {t}?",
-                   'What does "{title}" report on the link between {s} and {t}?',
-                   "Which finding of {attr} concerns the effect of {s} on {t}?")
-CONCEPT_QUESTIONS = ("What does {attr} report about {x}?", "What did the study by {attr} find regarding {x}?",
-                     'Summarise what "{title}" says about {x}.')
-BLANK = "____"
-_NUM = re.compile(r"(?<![\w.\[\-−])[-−]?\d+(?:[.,]\d+)?(?![\w\]])")
-
-def claim_question(claim: dict, labels: dict[str, str], attr: str, title: str, template: int = 0) -> tuple[str, str]:
-    "`(question, answer)` for a graph claim in wording number `template`: the answer is the claim's own sentence."
-    q = CLAIM_QUESTIONS[template % len(CLAIM_QUESTIONS)]
-    s, t = labels.get(claim["source"], claim["source"]), labels.get(claim["target"], claim["target"])
-    return q.format(attr=attr, title=title, s=s, t=t), claim["sentence"]
-
-def cloze_spans(sentence: str, concepts: dict[str, Concept], first: tuple[str, ...] = ()) -> list[tuple[int, int]]:
-    "Spans of `sentence` worth blanking: mentions of the concepts in `first`, then each number, then other concepts."
-    mentions = _find_mentions(sentence, concepts)
-    spans = [(a, b) for k in first for a, b, m in mentions if m == k][:len(first)]
-    spans += [m.span() for m in _NUM.finditer(sentence)]
-    spans += [(a, b) for a, b, k in mentions if k not in first]
-    return list(dict.fromkeys(spans))
-
-def cloze(sentence: str, span: tuple[int, int], attr: str) -> tuple[str, str]:
-    "`(question, answer)`: `sentence` with `span` blanked, to be filled in; the answer is the blanked words."
-    a, b = span
-    return f'Fill in the blank, from {attr}: "{sentence[:a]}{BLANK}{sentence[b:]}"', sentence[a:b]
-
-def render_qa(question: str, answer: str) -> str:
-    "The plain-text rendering of a question and answer row (its `text`)."
-    return f"Question: {question}\nAnswer: {answer}"
-
-# %% ../nbs/05a_augment.ipynb #fa965c7a
-KINDS = ("entity", "pair", "permuted", "qa", "cloze")
-LLM_KINDS = ("entigraph_pair", "entigraph_triple", "entity_rewrite", "paraphrase")
-QA_KINDS = ("qa", "cloze")
-
-def _rng(*parts) -> random.Random: return random.Random(":".join(map(str, parts)))
-
-def rounds(items: list, make: Callable, max_rounds: int = 64) -> Iterator[dict]:
-    "Candidates `make(item, r)` for every item, round `r` after round, until a round brings nothing new."
-    seen = set()
-    for r in range(max_rounds):
-        new = 0
-        for it in items:
-            for row in make(it, r):
-                if (k := _norm(row["text"])) in seen: continue
-                seen.add(k)
-                new += 1
-                yield row
-        if not new: return
-
-def _shuffled(xs: list, rng: random.Random) -> list:
-    xs = list(xs)
-    rng.shuffle(xs)
-    return xs
-
-# %% ../nbs/05a_augment.ipynb #1dc66161
-class Corpus:
-    "What the offline generators draw on: sentences with their concepts, chunks, documents, claims, pairs."
-    def __init__(self, chunks: list[dict], documents: list[dict], nodes: list[dict], edges: list[dict] = (),
-                 claims: list[dict] = (), contradictions: list[dict] = (), min_words: int = 4,
-                 count: Callable[[str], int] | None = None):
-        self.chunks = {c["chunk_id"]: c for c in content_chunks(chunks)}
-        self.docs = {d["doc_id"]: d for d in documents}
-        for c in self.chunks.values(): self.docs.setdefault(c["doc_id"], {"doc_id": c["doc_id"], "source": c.get("source")})
-        self.concepts = concepts_of(nodes)
-        self.labels = {k: c.label for k, c in self.concepts.items()}
-        count = count or _est_tokens
-        self.sentences = [{**s, "n_tokens": count(s["text"])}
-                          for s in tag_mentions(corpus_sentences(list(self.chunks.values()), min_words), self.concepts)]
-        self.attr = {d: attribution(doc) for d, doc in sorted(self.docs.items())}
-        self.about = defaultdict(list)
-        for s in self.sentences:
-            for k in s["concepts"]: self.about[k].append(s)
-        self.claims = [c for c in claims if c.get("chunk_id") in self.chunks and c.get("sentence")
-                       and c["source"] in self.concepts and c["target"] in self.concepts]
-        self.contradictions = contradictions
-        self.edges = edges
-        self.min_words = min_words
-    def title(self, doc_id: str) -> str: return _title(self.docs.get(doc_id, {}))
-
-# %% ../nbs/05a_augment.ipynb #ed471ba3
-def _pairs(cp: Corpus) -> list[tuple[tuple[str, str], bool]]:
-    "Concept pairs `(pair, is_contradiction)`: contradictions, stated relations (most first), co-occurrence by weight."
-    score, contra = defaultdict(lambda: [0, 0.0]), set()
-    for c in cp.contradictions: contra.add(tuple(sorted((c["source"], c["target"]))))
-    for e in cp.edges:
-        if e["source"] == e["target"] or e["source"] not in cp.concepts or e["target"] not in cp.concepts: continue
-        p = tuple(sorted((e["source"], e["target"])))
-        if e.get("kind") == "relation": score[p][0] += 1
-        else: score[p][1] += float(e.get("weight") or 0)
-    ranked = sorted(set(score) | contra, key=lambda p: (p not in contra, -score[p][0], -score[p][1], p))
-    return [(p, p in contra) for p in ranked]
-
-def entity_candidates(cp: Corpus, seed: int = 0, max_tokens: int = 384) -> Iterator[dict]:
-    "Entity compilations of every concept with two or more sentences, most central first, round by round."
-    def make(k, r):
-        ss = cp.about[k]
-        if len(ss) < 2: return []
-        order = _shuffled(ss, _rng(seed, "entity", k, r))
-        row = entity_compilation(cp.labels[k], order, r, cp.attr if r % 3 == 1 else None, max_tokens)
-        return [{**row, "kind": "entity", "entities": [k]}]
-    return rounds(list(cp.concepts), make)
-
-def pair_candidates(cp: Corpus, seed: int = 0, max_tokens: int = 384) -> Iterator[dict]:
-    "Pair compilations: for each graph pair, the sentences that mention both (one is enough in the first round)."
-    both = {}
-    for (a, b), _ in _pairs(cp):
-        ids = {s["sid"] for s in cp.about[a]} & {s["sid"] for s in cp.about[b]}
-        both[(a, b)] = [s for s in cp.about[a] if s["sid"] in ids]
-    def make(item, r):
-        (a, b), contra = item
-        ss = both[(a, b)]
-        if not ss or (r and len(ss) < 2): return []
-        row = pair_compilation(cp.labels[a], cp.labels[b], _shuffled(ss, _rng(seed, "pair", a, b, r)), r,
-                               cp.attr if contra or r % 3 == 1 else None, max_tokens, contradiction=contra and r == 0)
-        return [{**row, "kind": "pair", "entities": [a, b]}]
-    return rounds(_pairs(cp), make)
-
-def permuted_candidates(cp: Corpus, seed: int = 0) -> Iterator[dict]:
-    "Permuted restatements of every content chunk with three or more sentences, in corpus order, round by round."
-    def make(cid, r):
-        c = cp.chunks[cid]
-        ss = chunk_sentences(c["text"], cp.min_words)
-        if len(ss) < 3: return []
-        text = permuted_restatement(ss, _permutation(len(ss), _rng(seed, "permuted", cid, r)), cp.title(c["doc_id"]),
-                                    c.get("section") or "", cp.attr.get(c["doc_id"], ""), r)
-        ents = sorted({k for s in ss for _, _, k in _find_mentions(s, cp.concepts)})
-        return [{"kind": "permuted", "text": text, "chunk_ids": [cid], "doc_ids": [c["doc_id"]], "entities": ents}]
-    return rounds(list(cp.chunks), make)
-
-def _qa_row(kind, question, answer, sents: list[dict], entities) -> dict:
-    return {"kind": kind, "text": render_qa(question, answer), "question": question, "answer": answer, "entities": entities,
-            "chunk_ids": sorted({s["chunk_id"] for s in sents}), "doc_ids": sorted({s["doc_id"] for s in sents})}
-
-def qa_candidates(cp: Corpus, seed: int = 0) -> Iterator[dict]:
-    "Questions on each claim (its sentence answers), then on each (document, concept) (up to 3 of its sentences answer)."
-    per_doc = defaultdict(list)
-    for k in cp.concepts:
-        for s in cp.about[k]: per_doc[(s["doc_id"], k)].append(s)
-    rank = {k: i for i, k in enumerate(cp.concepts)}
-    items = [("claim", c) for c in cp.claims] + [("concept", dk) for dk in sorted(per_doc, key=lambda dk: (rank[dk[1]], dk[0]))]
-    def make(item, r):
-        what, x = item
-        if what == "claim":
-            if r >= len(CLAIM_QUESTIONS): return []
-            q, a = claim_question(x, cp.labels, cp.attr[x["doc_id"]], cp.title(x["doc_id"]), r)
-            src = [{"chunk_id": x["chunk_id"], "doc_id": x["doc_id"]}]
-            return [_qa_row("qa", q, a, src, sorted({x["source"], x["target"]}))]
-        if r >= len(CONCEPT_QUESTIONS): return []
-        d, k = x
-        ss = per_doc[x][:3]
-        q = CONCEPT_QUESTIONS[r].format(attr=cp.attr[d], title=cp.title(d), x=cp.labels[k])
-        return [_qa_row("qa", q, " ".join(s["text"] for s in ss), ss, [k])]
-    return rounds(items, make)
-
-def cloze_candidates(cp: Corpus, seed: int = 0) -> Iterator[dict]:
-    "Cloze forms of each claim's sentence (object, numbers, subject), then of each sentence with a concept and a number."
-    claim_keys = {_norm(c["sentence"]) for c in cp.claims}
-    stats = [s for s in cp.sentences if s["concepts"] and _NUM.search(s["text"]) and _norm(s["text"]) not in claim_keys]
-    items = [(c["sentence"], {"chunk_id": c["chunk_id"], "doc_id": c["doc_id"]}, (c["target"],), [c["source"], c["target"]])
-             for c in cp.claims] + [(s["text"], s, (), s["concepts"]) for s in stats]
-    def make(item, r):
-        sentence, src, first, ents = item
-        spans = cloze_spans(sentence, cp.concepts, first)
-        if r >= len(spans): return []
-        q, a = cloze(sentence, spans[r], cp.attr[src["doc_id"]])
-        return [_qa_row("cloze", q, a, [src], sorted(set(ents)))]
-    return rounds(items, make)
-
-OFFLINE_GENERATORS = {"entity": entity_candidates, "pair": pair_candidates, "permuted": permuted_candidates,
-                      "qa": qa_candidates, "cloze": cloze_candidates}
-
-# %% ../nbs/05a_augment.ipynb #2375e6ba
-def token_counter() -> tuple[Callable[[str], int], str]:
-    "`(count, name)`: the student's tokenizer (SmolLM2, as extract counts chunks), or words × 1.3 when it cannot be loaded."
-    try:
-        from purpose.extract import chunk_tokenizer
-        tok = chunk_tokenizer()
-        return (lambda t: len(tok.encode(t, add_special_tokens=False).ids)), "smollm2-135m"
-    except (ImportError, OSError, PurposeError, ValueError):
-        return (lambda t: math.ceil(len(t.split()) * 1.3)), "words*1.3"
-
-def round_robin(streams: dict[str, Iterable[dict]], target_tokens: int, count: Callable[[str], int],
-                max_texts: int | None = None) -> list[dict]:
-    "Take one text from each stream in turn (skipping texts already taken) until `target_tokens` or `max_texts` is reached."
-    its = {k: iter(v) for k, v in streams.items()}
-    out, seen, total = [], set(), 0
-    while its and total < target_tokens and (max_texts is None or len(out) < max_texts):
-        for kind in list(its):
-            row = next(its[kind], None)
-            while row is not None and _norm(row["text"]) in seen: row = next(its[kind], None)
-            if row is None:
-                del its[kind]
-                continue
-            seen.add(_norm(row["text"]))
-            row = {"n_tokens": count(row["text"]), **row}
-            out.append(row)
-            total += row["n_tokens"]
-            if total >= target_tokens or (max_texts is not None and len(out) >= max_texts): break
-    return out
+__all__ = ['LLM_KINDS', 'ENTITY_SCHEMA', 'ENTITY_SYSTEM', 'RELATION_SYSTEM', 'REWRITE_SYSTEM', 'PARAPHRASE_STYLES',
+           'PARAPHRASE_SYSTEM', 'EXPECTED_TOKENS', 'AUGMENT_VERSION', 'INPUT_FILES', 'doc_chunks', 'doc_context',
+           'entity_listing_messages', 'relation_messages', 'rewrite_messages', 'paraphrase_messages', 'parse_citations',
+           'doc_entities', 'listing_prompts', 'plan_llm', 'ask_llm', 'teacher_chain', 'TextPlan', 'plan_texts',
+           'plan_llm_calls', 'llm_texts', 'make_texts', 'texts_summary', 'augment_stage']
 
 # %% ../nbs/05a_augment.ipynb #507f184b
-ENTITY_SCHEMA = {"type": "object", "required": ["entities"],
-                 "properties": {"entities": {"type": "array", "items": {"type": "string"}}}}
-ENTITY_SYSTEM = ("You read a research document and list its salient entities: the concepts, variables, measures, "
-                 "methods, interventions, populations and outcomes it discusses, each named as the document names it. "
-                 "Reply with JSON only.")
-RELATION_SYSTEM = ("You help a student learn a research corpus. Using only the document below, write one self-contained "
-                   "paragraph on how the given entities relate in it: what the document reports about them together "
-                   "(directions of effects, numbers, conditions) and which paper found it. Cite every statement with its "
-                   "[chunk_id]. Add nothing the document does not say; if it does not connect them, say what it reports "
-                   "about each.")
-REWRITE_SYSTEM = ("You help a student learn a research corpus. Using only the document below, rewrite everything it says about "
-                  "the given entity as a self-contained passage that names the paper: definitions, numbers, findings, methods. "
-                  "Cite every statement with its [chunk_id]. Add nothing the document does not say.")
-PARAPHRASE_STYLES = ("as a paragraph of a textbook", "as concise lecture notes in full sentences",
-                     "in plain language for a student", "as a reviewer's summary that names the paper")
-PARAPHRASE_SYSTEM = "Paraphrase the passage {style}. Keep every fact, number and name; add nothing; name the source paper."
+LLM_KINDS = ("entigraph_pair", "entigraph_triple", "entity_rewrite", "paraphrase")
 
-def doc_context(doc: dict, chunks: list[dict], max_tokens: int = 3000, first: Iterable[str] = ()) -> tuple[str, list[str]]:
-    "`(text, chunk_ids)`: a document for a prompt, chunks tagged `[chunk_id: …]`; those naming most of `first` go first."
+def doc_chunks(cp: Corpus) -> dict[str, list[dict]]:
+    "Each document's content chunks in corpus order, documents sorted by id."
+    out = {d: [] for d in sorted({c["doc_id"] for c in cp.chunks.values()})}
+    for c in cp.chunks.values(): out[c["doc_id"]].append(c)
+    return out
+
+def doc_context(doc: dict, chunks: list[dict], max_tokens: int = 3000,
+                first: Iterable[str] = ()) -> tuple[str, list[str]]:
+    "`(text, chunk_ids)`: a document for a prompt, chunks tagged with their ids, `first`'s first."
     low = [t.lower() for t in first]
-    ranked = sorted(enumerate(chunks), key=lambda ic: (-sum(t in ic[1]["text"].lower() for t in low), ic[0]))
+    hits = lambda c: sum(t in c["text"].lower() for t in low)
+    ranked = sorted(enumerate(chunks), key=lambda ic: (-hits(ic[1]), ic[0]))
     picked, n = [], 0
     for i, c in ranked:
         size = c.get("n_tokens") or len(c["text"]) // 4
@@ -364,22 +49,49 @@ def doc_context(doc: dict, chunks: list[dict], max_tokens: int = 3000, first: It
         picked.append((i, c))
         n += size
     picked = [c for _, c in sorted(picked, key=lambda ic: ic[0])]
-    body = "\n\n".join(f"[chunk_id: {c['chunk_id']}]\n{' '.join(c['text'].split())}" for c in picked)
-    return f'Document: "{_title(doc)}" ({attribution(doc)})\n\n{body}', [c["chunk_id"] for c in picked]
+    body = "\n\n".join(f"[chunk_id: {c['chunk_id']}]\n{' '.join(c['text'].split())}"
+                       for c in picked)
+    head = f'Document: "{title_of(doc)}" ({attribution(doc)})'
+    return f"{head}\n\n{body}", [c["chunk_id"] for c in picked]
+
+# %% ../nbs/05a_augment.ipynb #032a9875
+ENTITY_SCHEMA = {"type": "object", "required": ["entities"],
+                 "properties": {"entities": {"type": "array", "items": {"type": "string"}}}}
+ENTITY_SYSTEM = ("You read a research document and list its salient entities: the concepts, "
+                 "variables, measures, methods, interventions, populations and outcomes it "
+                 "discusses, each named as the document names it. Reply with JSON only.")
+RELATION_SYSTEM = ("You help a student learn a research corpus. Using only the document below, "
+                   "write one self-contained paragraph on how the given entities relate in it: "
+                   "what the document reports about them together (directions of effects, "
+                   "numbers, conditions) and which paper found it. Cite every statement with its "
+                   "[chunk_id]. Add nothing the document does not say; if it does not connect "
+                   "them, say what it reports about each.")
+REWRITE_SYSTEM = ("You help a student learn a research corpus. Using only the document below, "
+                  "rewrite everything it says about the given entity as a self-contained passage "
+                  "that names the paper: definitions, numbers, findings, methods. Cite every "
+                  "statement with its [chunk_id]. Add nothing the document does not say.")
+PARAPHRASE_STYLES = ("as a paragraph of a textbook", "as concise lecture notes in full sentences",
+                     "in plain language for a student",
+                     "as a reviewer's summary that names the paper")
+PARAPHRASE_SYSTEM = ("Paraphrase the passage {style}. Keep every fact, number and name; "
+                     "add nothing; name the source paper.")
 
 def entity_listing_messages(doc: dict, chunks: list[dict], max_tokens: int = 3000) -> list[dict]:
     "EntiGraph's first step: ask for a document's salient entities (JSON)."
+    ctx = doc_context(doc, chunks, max_tokens)[0]
     return [{"role": "system", "content": ENTITY_SYSTEM},
-            {"role": "user", "content": doc_context(doc, chunks, max_tokens)[0] + "\n\nList the document's entities."}]
+            {"role": "user", "content": ctx + "\n\nList the document's entities."}]
 
 def relation_messages(doc: dict, chunks: list[dict], entities: list[str],
                       max_tokens: int = 3000) -> tuple[list[dict], list[str]]:
-    "`(messages, context chunk ids)` asking how `entities` (a pair or a triple) relate in the document."
+    "`(messages, context chunk ids)` asking how `entities` (a pair or triple) relate in the doc."
     ctx, ids = doc_context(doc, chunks, max_tokens, entities)
     return [{"role": "system", "content": RELATION_SYSTEM},
-            {"role": "user", "content": f"{ctx}\n\nEntities: {'; '.join(entities)}\nParagraph:"}], ids
+            {"role": "user",
+             "content": f"{ctx}\n\nEntities: {'; '.join(entities)}\nParagraph:"}], ids
 
-def rewrite_messages(doc: dict, chunks: list[dict], entity: str, max_tokens: int = 3000) -> tuple[list[dict], list[str]]:
+def rewrite_messages(doc: dict, chunks: list[dict], entity: str,
+                     max_tokens: int = 3000) -> tuple[list[dict], list[str]]:
     "`(messages, context chunk ids)` asking for an entity-centred rewrite of the document."
     ctx, ids = doc_context(doc, chunks, max_tokens, [entity])
     return [{"role": "system", "content": REWRITE_SYSTEM},
@@ -388,14 +100,17 @@ def rewrite_messages(doc: dict, chunks: list[dict], entity: str, max_tokens: int
 def paraphrase_messages(doc: dict, chunk: dict, style: int = 0) -> list[dict]:
     "Ask for a paraphrase of one chunk in style number `style`."
     sys = PARAPHRASE_SYSTEM.format(style=PARAPHRASE_STYLES[style % len(PARAPHRASE_STYLES)])
-    where = f'"{_title(doc)}" ({attribution(doc)})' + (f", {chunk['section']}" if chunk.get("section") else "")
+    section = f", {chunk['section']}" if chunk.get("section") else ""
+    where = f'"{title_of(doc)}" ({attribution(doc)}){section}'
+    text = " ".join(chunk["text"].split())
     return [{"role": "system", "content": sys},
-            {"role": "user", "content": f"Passage from {where}:\n{' '.join(chunk['text'].split())}\n\nParaphrase:"}]
+            {"role": "user", "content": f"Passage from {where}:\n{text}\n\nParaphrase:"}]
 
+# %% ../nbs/05a_augment.ipynb #a94950b2
 _CITE = re.compile(r"\s*\[(?:chunk_id:\s*)?([0-9a-z]+(?:\s*[,;]\s*(?:chunk_id:\s*)?[0-9a-z]+)*)\]")
 
 def parse_citations(text: str, allowed: list[str]) -> tuple[str, list[str]]:
-    "The reply without its `[chunk_id]` markers, and the `allowed` chunk ids it cites (all of `allowed` when it cites none)."
+    "The reply without its `[chunk_id]` markers, and the `allowed` ids it cites (all: none cited)."
     cited = []
     def cut(m):
         ids = [x.split(":")[-1].strip() for x in re.split(r"[,;]", m.group(1))]
@@ -409,79 +124,114 @@ def parse_citations(text: str, allowed: list[str]) -> tuple[str, list[str]]:
 EXPECTED_TOKENS = {"entigraph_pair": 220, "entigraph_triple": 280, "entity_rewrite": 300}
 
 def _prompt_id(chain: list[str], kind: str, messages: list[dict]) -> str:
-    return stable_id("augment", kind, *chain, json.dumps(messages, sort_keys=True, ensure_ascii=False), n=16)
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return stable_id("augment", kind, *chain, text, n=16)
 
 def doc_entities(cp: Corpus, doc_id: str, reply: str | None, max_entities: int = 12) -> list[str]:
-    "A document's entities: the teacher's listing (names found in the document), else the graph concepts it mentions."
-    text = " ".join(_norm(c["text"]) for c in cp.chunks.values() if c["doc_id"] == doc_id)
+    "A document's entities: the teacher's names found in it, else the graph's concepts it mentions."
+    text = " ".join(norm_text(c["text"]) for c in cp.chunks.values() if c["doc_id"] == doc_id)
     names = []
     if reply:
         try: listed = parse_json_reply(reply, ENTITY_SCHEMA)["entities"]
         except PurposeError: listed = []
         for e in listed:
             e = " ".join(str(e).split())
-            if len(e) > 1 and _norm(e) in text and _norm(e) not in {_norm(x) for x in names}: names.append(e)
+            known = {norm_text(x) for x in names}
+            if len(e) > 1 and norm_text(e) in text and norm_text(e) not in known: names.append(e)
     if len(names) < 2:
-        names = [cp.labels[k] for k in cp.concepts if any(s["doc_id"] == doc_id for s in cp.about[k])]
+        mentions = lambda k: any(s["doc_id"] == doc_id for s in cp.about[k])
+        names = [cp.labels[k] for k in cp.concepts if mentions(k)]
     return names[:max_entities]
 
-def plan_llm(cp: Corpus, chain: list[str], kinds: list[str], n_per_kind: int, listings: dict[str, str | None], seed: int = 0,
-             paraphrases: int = 3, max_entities: int = 12, context_tokens: int = 3000) -> list[dict]:
-    "The LLM text prompts (`prompt_id`, `kind`, `messages`, `doc_ids`, `chunk_ids`, `entities`), in the order used."
-    docs = sorted({c["doc_id"] for c in cp.chunks.values()})
-    dchunks = {d: [c for c in cp.chunks.values() if c["doc_id"] == d] for d in docs}
-    ents = {d: doc_entities(cp, d, listings.get(d), max_entities) for d in docs}
-    def interleave(per_doc: dict[str, list]) -> list:
-        return [x for group in itertools.zip_longest(*[per_doc[d] for d in docs]) for x in group if x is not None]
+def listing_prompts(cp: Corpus, chain: list[str], kinds: list[str],
+                    context_tokens: int = 3000) -> list[dict]:
+    "One entity-listing prompt per document when a kind needs the lists (LLM kinds but paraphrase)."
+    if not set(kinds) & (set(LLM_KINDS) - {"paraphrase"}): return []
     out = []
-    def add(kind, doc, msgs, ids, entities):
-        out.append({"prompt_id": _prompt_id(chain, kind, msgs), "kind": kind, "messages": msgs, "doc_ids": [doc],
-                    "chunk_ids": ids, "entities": entities})
+    for d, chunks in doc_chunks(cp).items():
+        m = entity_listing_messages(cp.docs[d], chunks, context_tokens)
+        out.append({"prompt_id": _prompt_id(chain, "entities", m), "kind": "entities", "doc_id": d,
+                    "messages": m})
+    return out
+
+# %% ../nbs/05a_augment.ipynb #9ecfaa26
+def _interleave(per_doc: dict[str, list]) -> list:
+    "The documents' items in turn: each document's first, then each one's second, ..."
+    return [x for group in itertools.zip_longest(*per_doc.values()) for x in group if x is not None]
+
+def _entigraph_jobs(cp, kind, ents, n, seed, context_tokens):
+    r, chunks = (2 if kind == "entigraph_pair" else 3), doc_chunks(cp)
+    per = {}
+    for d, names in ents.items():
+        combos = shuffled(itertools.combinations(names, r), seeded(seed, kind, d))
+        order = lambda c: shuffled(c, seeded(seed, kind, d, *c)) if r == 3 else list(c)
+        per[d] = [(d, order(c)) for c in combos]
+    for d, es in _interleave(per)[:n]:
+        yield (d, *relation_messages(cp.docs[d], chunks[d], es, context_tokens), es)
+
+def _rewrite_jobs(cp, ents, n, context_tokens):
+    chunks = doc_chunks(cp)
+    for d, e in _interleave({d: [(d, e) for e in es] for d, es in ents.items()})[:n]:
+        yield (d, *rewrite_messages(cp.docs[d], chunks[d], e, context_tokens), [e])
+
+def _paraphrase_jobs(cp, n, seed, paraphrases):
+    order = shuffled(sorted(cp.chunks), seeded(seed, "paraphrase"))
+    for style, cid in [(s, c) for s in range(paraphrases) for c in order][:n]:
+        c = cp.chunks[cid]
+        mentions = lambda s: {k for _, _, k in _find_mentions(s, cp.concepts)}
+        ents = sorted(set().union(*map(mentions, chunk_sentences(c["text"]))))
+        yield c["doc_id"], paraphrase_messages(cp.docs[c["doc_id"]], c, style), [cid], ents
+
+# %% ../nbs/05a_augment.ipynb #d1d6e1df
+def plan_llm(cp: Corpus, chain: list[str], kinds: list[str], n_per_kind: int,
+             listings: dict[str, str | None], seed: int = 0, paraphrases: int = 3,
+             max_entities: int = 12, context_tokens: int = 3000) -> list[dict]:
+    "The LLM text prompts (`prompt_id`, `kind`, `messages`, `doc_ids`, `chunk_ids`, `entities`)."
+    ents = {d: doc_entities(cp, d, listings.get(d), max_entities) for d in doc_chunks(cp)}
+    out = []
     for kind in kinds:
-        before = len(out)
         if kind in ("entigraph_pair", "entigraph_triple"):
-            r = 2 if kind == "entigraph_pair" else 3
-            per = {}
-            for d in docs:
-                combos = _shuffled(list(itertools.combinations(ents[d], r)), _rng(seed, kind, d))
-                per[d] = [(d, _shuffled(c, _rng(seed, kind, d, *c)) if r == 3 else list(c)) for c in combos]
-            for d, es in interleave(per)[:n_per_kind]:
-                msgs, ids = relation_messages(cp.docs[d], dchunks[d], es, context_tokens)
-                add(kind, d, msgs, ids, es)
-        elif kind == "entity_rewrite":
-            for d, e in interleave({d: [(d, e) for e in ents[d]] for d in docs})[:n_per_kind]:
-                msgs, ids = rewrite_messages(cp.docs[d], dchunks[d], e, context_tokens)
-                add(kind, d, msgs, ids, [e])
-        elif kind == "paraphrase":
-            order = _shuffled(sorted(cp.chunks), _rng(seed, "paraphrase"))
-            for style, cid in [(s, c) for s in range(paraphrases) for c in order][:n_per_kind]:
-                c = cp.chunks[cid]
-                ents_c = sorted({k for s in chunk_sentences(c["text"]) for _, _, k in _find_mentions(s, cp.concepts)})
-                add(kind, c["doc_id"], paraphrase_messages(cp.docs[c["doc_id"]], c, style), [cid], ents_c)
-        assert len({p["prompt_id"] for p in out[before:]}) == len(out) - before
+            jobs = _entigraph_jobs(cp, kind, ents, n_per_kind, seed, context_tokens)
+        elif kind == "entity_rewrite": jobs = _rewrite_jobs(cp, ents, n_per_kind, context_tokens)
+        elif kind == "paraphrase": jobs = _paraphrase_jobs(cp, n_per_kind, seed, paraphrases)
+        else: raise PurposeError(f"{kind!r} is not an LLM kind: use one of {', '.join(LLM_KINDS)}")
+        rows = [{"prompt_id": _prompt_id(chain, kind, m), "kind": kind, "messages": m,
+                 "doc_ids": [d], "chunk_ids": ids, "entities": es} for d, m, ids, es in jobs]
+        assert len({p["prompt_id"] for p in rows}) == len(rows)
+        out += rows
     return out
 
 # %% ../nbs/05a_augment.ipynb #2524144a
-def ask_llm(chain: list[str], prompts: list[dict], answers_path: Path, failures_path: Path, ledger: Ledger,
-            json_schema: dict | None = None, budget_usd: float | None = None, **kw) -> dict:
-    "Ask the prompts not yet answered in `answers_path`, appending each reply as it arrives; failures go to `failures_path`."
-    repair_jsonl(answers_path)
-    done = {a["prompt_id"] for a in read_jsonl(answers_path)} if answers_path.exists() else set()
-    todo = [p for p in prompts if p["prompt_id"] not in done]
-    stats = {"asked": len(todo), "skipped": len(prompts) - len(todo), "answered": 0, "failed": 0, "budget_stopped": 0}
-    if not todo: return stats
+def _llm_recorder(todo: list[dict], answers_path: Path, failures_path: Path,
+                  stats: dict) -> Callable:
+    "The `on_result` callback: each reply (or failure) appended to its file the moment it arrives."
     def on_result(r):
         p = todo[r.index]
         if r.ok:
-            append_jsonl(answers_path, {"prompt_id": p["prompt_id"], "kind": p["kind"], "model": r.model, "text": r.text,
-                                        "cached": r.cached, "cost_usd": r.cost_usd})
+            append_jsonl(answers_path, {"prompt_id": p["prompt_id"], "kind": p["kind"],
+                                        "model": r.model, "text": r.text, "cached": r.cached,
+                                        "cost_usd": r.cost_usd})
             stats["answered"] += 1
         else:
-            append_jsonl(failures_path, {"prompt_id": p["prompt_id"], "kind": p["kind"], "error": r.error, "status": r.status})
+            append_jsonl(failures_path, {"prompt_id": p["prompt_id"], "kind": p["kind"],
+                                         "error": r.error, "status": r.status})
             stats["budget_stopped" if r.status == "budget" else "failed"] += 1
+    return on_result
+
+def ask_llm(chain: list[str], prompts: list[dict], answers_path: Path, failures_path: Path,
+            ledger: Ledger, json_schema: dict | None = None, budget_usd: float | None = None,
+            **kw) -> dict:
+    "Ask the prompts not yet answered in `answers_path`, appending each reply; failures to theirs."
+    repair_jsonl(answers_path)
+    done = {a["prompt_id"] for a in read_jsonl(answers_path)} if answers_path.exists() else set()
+    todo = [p for p in prompts if p["prompt_id"] not in done]
+    stats = {"asked": len(todo), "skipped": len(prompts) - len(todo), "answered": 0, "failed": 0,
+             "budget_stopped": 0}
+    if not todo: return stats
     left = None if budget_usd is None else max(0.0, budget_usd - ledger.cost_usd)
-    complete_many(chain, [p["messages"] for p in todo], json_schema=json_schema, budget_usd=left, ledger=ledger,
-                  on_result=on_result, **kw)
+    complete_many(chain, [p["messages"] for p in todo], json_schema=json_schema, budget_usd=left,
+                  ledger=ledger, on_result=_llm_recorder(todo, answers_path, failures_path, stats),
+                  **kw)
     return stats
 
 def _answers(path: Path) -> dict[str, dict]:
@@ -490,57 +240,150 @@ def _answers(path: Path) -> dict[str, dict]:
 
 # %% ../nbs/05a_augment.ipynb #a5c45712
 AUGMENT_VERSION = 1
-INPUT_FILES = tuple(FILES[k][1] for k in stage_of("augment").reads)   # the registry says what augment reads
+# the registry says what augment reads
+INPUT_FILES = tuple(FILES[k][1] for k in stage_of("augment").reads)
 
 def _inputs_fingerprint(run: RunDir, params: dict) -> str:
     "sha256 of the augmentation's version, its parameters and the bytes of every input file."
-    h = hashlib.sha256(json.dumps({"version": AUGMENT_VERSION, "params": params}, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps({"version": AUGMENT_VERSION, "params": params}, sort_keys=True,
+                                  default=str).encode())
     for rel in INPUT_FILES:
         p = run.root/rel
-        h.update(f"\n{rel}\n".encode()); h.update(p.read_bytes() if p.exists() else b"<missing>")
+        h.update(f"\n{rel}\n".encode())
+        h.update(p.read_bytes() if p.exists() else b"<missing>")
     return h.hexdigest()
 
-def _kinds(kinds: str | list, llm: bool) -> list[str]:
+def _kinds(kinds: str, llm: bool) -> list[str]:
     "The kinds asked for, in canonical order: 'all', 'offline', 'llm' or a comma-separated list."
-    names = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
     out = set()
-    for k in names:
+    for k in (k.strip() for k in kinds.split(",")):
         if k == "all": out |= set(KINDS) | (set(LLM_KINDS) if llm else set())
         elif k == "offline": out |= set(KINDS)
         elif k == "llm": out |= set(LLM_KINDS)
         elif k in KINDS or k in LLM_KINDS: out.add(k)
-        else: raise PurposeError(f"kinds={kinds!r}: unknown kind {k!r}; use 'all', 'offline', 'llm' or some of "
-                                 f"{', '.join(KINDS + LLM_KINDS)}")
+        else: raise PurposeError(f"augment_kinds={kinds!r}: unknown kind {k!r}; use 'all', "
+                                 f"'offline', 'llm' or some of {', '.join(KINDS + LLM_KINDS)}")
     if not llm and out & set(LLM_KINDS):
-        raise PurposeError(f"kinds={kinds!r} include {', '.join(sorted(out & set(LLM_KINDS)))}, which need an LLM teacher: "
-                           "pass teachers='openai:gpt-4o-mini' (any ModelHub spec) or use kinds='offline'")
-    if not out: raise PurposeError(f"kinds={kinds!r}: name at least one kind, e.g. 'all'")
+        llm_only = ", ".join(sorted(out & set(LLM_KINDS)))
+        raise PurposeError(f"augment_kinds={kinds!r} include {llm_only}, which need an LLM "
+                           "teacher: pass augment_teachers='openai:gpt-4o-mini' (any ModelHub "
+                           "spec) or use augment_kinds='offline'")
+    if not out: raise PurposeError(f"augment_kinds={kinds!r}: name at least one kind, e.g. 'all'")
     return [k for k in KINDS + LLM_KINDS if k in out]
 
-def _row(r: dict, teacher: str) -> dict:
-    "A texts.jsonl row in the fixed field order."
-    fmt = "qa" if r["kind"] in QA_KINDS else "text"
-    return {"text_id": stable_id("augment", r["kind"], r["text"]), "kind": r["kind"], "format": fmt, "text": r["text"],
-            "question": r.get("question"), "answer": r.get("answer"), "chunk_ids": r["chunk_ids"], "doc_ids": r["doc_ids"],
-            "entities": r["entities"], "n_tokens": r["n_tokens"], "teacher": r.get("teacher", teacher)}
+def teacher_chain(cfg: AugmentConfig) -> tuple[list[str], list[str]]:
+    "`(chain, names)` of the LLM teacher (both empty offline); refuses a size that is not positive."
+    if cfg.augment_size <= 0:
+        raise PurposeError(f"augment_size={cfg.augment_size!r}: use a positive multiple of the "
+                           "corpus tokens, e.g. 2.0")
+    t = cfg.augment_teachers.strip()
+    if not t or "," in t:
+        raise PurposeError(f"augment_teachers={cfg.augment_teachers!r}: use 'offline' or one "
+                           "ModelHub spec (a fallback chain as 'a|b'), e.g. 'openai:gpt-4o-mini'")
+    chain = [] if t == "offline" else [s.strip() for s in t.split("|")]
+    return chain, [parse_spec(s).name for s in chain]            # names without server addresses
 
-# %% ../nbs/05a_augment.ipynb #6d8cc9dd
-def _estimate_llm(chain, names, listing, plan, answers, listed, max_tokens, cache) -> dict:
-    "Calls, tokens and worst-case cost of the listings and text prompts not yet answered (`modelhub.estimate`)."
-    todo = lambda ps: [p["messages"] for p in ps if p["prompt_id"] not in answers]
-    e1 = estimate(chain, todo(listing), max_tokens=max_tokens, json_schema=ENTITY_SCHEMA, cache=cache)
-    e2 = estimate(chain, todo(plan), max_tokens=max_tokens, cache=cache)
-    kinds = list(dict.fromkeys(p["kind"] for p in plan))
-    pending = any(v is None for v in listed.values())
-    return {"teacher": "|".join(names), "calls": e1["calls"] + e2["calls"], "entity_listing_calls": e1["calls"],
-            "text_calls": {k: sum(p["kind"] == k and p["prompt_id"] not in answers for p in plan) for k in kinds},
-            "already_answered": sum(p["prompt_id"] in answers for p in listing + plan),
-            "cached": e1["cached"] + e2["cached"], "input_tokens": e1["input_tokens"] + e2["input_tokens"],
+# %% ../nbs/05a_augment.ipynb #a683f2e0
+@dataclass
+class TextPlan:
+    "What the stage will make: the corpus, the token target and, for an LLM teacher, its prompts."
+    corpus: Corpus
+    count: Callable[[str], int]          # tokens of a text
+    tokenizer: str                       # which tokenizer counts them
+    kinds: list[str]                     # the kinds asked for, in canonical order
+    corpus_tokens: int                   # the chunks' tokens
+    target: int                          # synthetic tokens asked for
+    n_per_kind: int                      # texts asked of each kind
+    typical: dict                        # mean tokens of a text of each kind
+    chain: list = field(default_factory=list)     # the LLM teacher's specs (a fallback chain)
+    names: list = field(default_factory=list)     # their names, without server addresses
+    listing: list = field(default_factory=list)   # the entity-listing prompts
+    prompts: list = field(default_factory=list)   # the LLM text prompts
+    estimate: dict | None = None                  # calls, tokens and cost, made before any call
+    @property
+    def llm_kinds(self) -> list[str]: return [k for k in self.kinds if k in LLM_KINDS]
+
+def _typical_tokens(cp: Corpus, kinds: list[str], seed: int, text_tokens: int, count,
+                    sample: int = 20) -> dict[str, float]:
+    "Mean tokens of a text of each kind: of its first `sample` offline candidates, else a reply's."
+    out = {}
+    for k in kinds:
+        if k in OFFLINE_GENERATORS:
+            f = OFFLINE_GENERATORS[k]
+            args = (cp, seed, text_tokens) if k in ("entity", "pair") else (cp, seed)
+            rows = list(itertools.islice(f(*args), sample))
+            out[k] = sum(count(r["text"]) for r in rows) / len(rows) if rows else 0.0
+        elif k == "paraphrase":
+            out[k] = sum(c["n_tokens"] for c in cp.chunks.values()) / max(1, len(cp.chunks))
+        else: out[k] = EXPECTED_TOKENS[k]
+    return out
+
+# %% ../nbs/05a_augment.ipynb #9ce8020d
+def plan_texts(run: RunDir, cfg: AugmentConfig, chain: list[str], names: list[str],
+               kinds: list[str]) -> TextPlan:
+    "Read the corpus and its graph, count its tokens, size the target and the texts of each kind."
+    docs = read_jsonl(run.documents) if run.documents.exists() else []
+    chunks = read_chunks(run.chunks)
+    graph = [read_json(getattr(run, k), []) for k in ("nodes", "edges", "claims", "contradictions")]
+    count, tokenizer = token_counter()
+    cp = Corpus(chunks, docs, *graph, count=count)
+    corpus_tokens = sum(int(c.get("n_tokens") or 0) for c in chunks)
+    target = math.ceil(cfg.augment_size * corpus_tokens)
+    typical = _typical_tokens(cp, kinds, cfg.seed, cfg.text_tokens, count)
+    n_per_kind = math.ceil(target / max(1.0, sum(typical.values())) * 1.15)
+    return TextPlan(cp, count, tokenizer, kinds, corpus_tokens, target, n_per_kind, typical, chain,
+                    names)
+
+def _listed(p: TextPlan, answers: dict) -> dict[str, str | None]:
+    "Each document's entity listing from the replies that arrived (None while it has none)."
+    return {q["doc_id"]: answers.get(q["prompt_id"], {}).get("text") for q in p.listing}
+
+def _plan_prompts(p: TextPlan, cfg: AugmentConfig, answers: dict) -> list[dict]:
+    return plan_llm(p.corpus, p.names, p.llm_kinds, p.n_per_kind, _listed(p, answers), cfg.seed,
+                    cfg.paraphrases, cfg.max_entities, cfg.context_tokens)
+
+# %% ../nbs/05a_augment.ipynb #2bd0caf0
+def _estimate_llm(p: TextPlan, answers: dict, max_tokens: int, cache) -> dict:
+    "Calls, tokens and worst-case cost of the prompts not answered yet (`engine.estimate`)."
+    todo = lambda ps: [q["messages"] for q in ps if q["prompt_id"] not in answers]
+    e1 = estimate(p.chain, todo(p.listing), max_tokens=max_tokens, json_schema=ENTITY_SCHEMA,
+                  cache=cache)
+    e2 = estimate(p.chain, todo(p.prompts), max_tokens=max_tokens, cache=cache)
+    kinds = list(dict.fromkeys(q["kind"] for q in p.prompts))
+    pending = any(v is None for v in _listed(p, answers).values())
+    text_calls = {k: sum(q["kind"] == k and q["prompt_id"] not in answers for q in p.prompts)
+                  for k in kinds}
+    return {"teacher": "|".join(p.names), "calls": e1["calls"] + e2["calls"],
+            "entity_listing_calls": e1["calls"], "text_calls": text_calls,
+            "already_answered": sum(q["prompt_id"] in answers for q in p.listing + p.prompts),
+            "cached": e1["cached"] + e2["cached"],
+            "input_tokens": e1["input_tokens"] + e2["input_tokens"],
             "max_output_tokens": e1["max_output_tokens"] + e2["max_output_tokens"],
-            "max_cost_usd": round(e1["max_cost_usd"] + e2["max_cost_usd"], 6), "price_per_mtok": e1["price_per_mtok"],
-            "note": "pair/triple prompts planned with the graph's concepts until the teacher's entity lists exist"
-                    if pending else "planned from the teacher's entity lists"}
+            "max_cost_usd": round(e1["max_cost_usd"] + e2["max_cost_usd"], 6),
+            "price_per_mtok": e1["price_per_mtok"],
+            "note": "pair/triple prompts planned with the graph's concepts until the teacher's "
+                    "entity lists exist" if pending else "planned from the teacher's entity lists",
+            "target_tokens": p.target, "texts_per_kind": p.n_per_kind}
 
+def plan_llm_calls(p: TextPlan, cfg: AugmentConfig, answers_path: Path) -> None:
+    "Add the entity listings, the text prompts and the estimate to the plan; print the estimate."
+    answers = _answers(answers_path)
+    p.listing = listing_prompts(p.corpus, p.names, p.llm_kinds, cfg.context_tokens)
+    p.prompts = _plan_prompts(p, cfg, answers)
+    p.estimate = e = _estimate_llm(p, answers, cfg.max_tokens, cfg.cache)
+    print(f"augment estimate ({e['teacher']}, size {cfg.augment_size}): {e['calls']} calls "
+          f"({e['entity_listing_calls']} entity listings, {e['text_calls']}), "
+          f"{e['input_tokens']} input + up to "
+          f"{e['max_output_tokens']} output tokens, up to ${e['max_cost_usd']:.4f}; "
+          f"{e['already_answered']} already answered, {e['cached']} cached")
+
+def _offline_estimate(p: TextPlan, cfg: AugmentConfig) -> dict:
+    print(f"augment estimate (offline, size {cfg.augment_size}): no model calls; about "
+          f"{p.target} tokens in {p.n_per_kind * len(p.kinds)} texts")
+    return {"teacher": "offline", "target_tokens": p.target, "texts_per_kind": p.n_per_kind,
+            "calls": 0, "input_tokens": 0, "max_output_tokens": 0, "max_cost_usd": 0.0}
+
+# %% ../nbs/05a_augment.ipynb #217fcb93
 def _llm_streams(cp: Corpus, plan: list[dict], answers: dict[str, dict]) -> dict[str, list[dict]]:
     "The LLM kinds' texts, in plan order, from the replies that arrived."
     out = defaultdict(list)
@@ -550,144 +393,138 @@ def _llm_streams(cp: Corpus, plan: list[dict], answers: dict[str, dict]) -> dict
         text, cited = parse_citations(a["text"], p["chunk_ids"])
         if not text: continue
         ids = p["chunk_ids"] if p["kind"] == "paraphrase" else cited
-        out[p["kind"]].append({"kind": p["kind"], "text": text, "chunk_ids": ids, "doc_ids": p["doc_ids"],
-                               "entities": p["entities"], "teacher": a["model"]})
+        out[p["kind"]].append({"kind": p["kind"], "text": text, "chunk_ids": ids,
+                               "doc_ids": p["doc_ids"], "entities": p["entities"],
+                               "teacher": a["model"]})
     return out
 
-def _typical_tokens(cp: Corpus, kinds: list[str], seed: int, text_tokens: int, count, sample: int = 20) -> dict[str, float]:
-    "Mean tokens of a text of each kind: the first `sample` offline candidates, or the expected reply of an LLM kind."
-    out = {}
-    for k in kinds:
-        if k in OFFLINE_GENERATORS:
-            f = OFFLINE_GENERATORS[k]
-            rows = list(itertools.islice(f(cp, seed, text_tokens) if k in ("entity", "pair") else f(cp, seed), sample))
-            out[k] = sum(count(r["text"]) for r in rows) / len(rows) if rows else 0.0
-        elif k == "paraphrase": out[k] = sum(c["n_tokens"] for c in cp.chunks.values()) / max(1, len(cp.chunks))
-        else: out[k] = EXPECTED_TOKENS[k]
-    return out
+def llm_texts(run: RunDir, p: TextPlan, cfg: AugmentConfig, ledger: Ledger, asked: dict) -> dict:
+    "Ask the listings, re-plan from them, ask the text prompts: each LLM kind's texts."
+    kw = dict(cache=cfg.cache, concurrency=cfg.concurrency, max_tokens=cfg.max_tokens, retries=4,
+              backoff=0.2)
+    ask = lambda prompts, schema: ask_llm(p.chain, prompts, run.augment_answers,
+                                          run.augment_failures, ledger, schema, cfg.budget_usd,
+                                          **kw)
+    if p.listing:
+        asked["entities"] = ask(p.listing, ENTITY_SCHEMA)
+        p.prompts = _plan_prompts(p, cfg, _answers(run.augment_answers))
+    asked["texts"] = ask(p.prompts, None)
+    llm = _llm_streams(p.corpus, p.prompts, _answers(run.augment_answers))
+    return {k: llm.get(k, []) for k in p.llm_kinds}
+
+def _row(r: dict, teacher: str) -> dict:
+    "A texts.jsonl row in the fixed field order."
+    fmt = "qa" if r["kind"] in QA_KINDS else "text"
+    return {"text_id": stable_id("augment", r["kind"], r["text"]), "kind": r["kind"], "format": fmt,
+            "text": r["text"], "question": r.get("question"), "answer": r.get("answer"),
+            "chunk_ids": r["chunk_ids"], "doc_ids": r["doc_ids"], "entities": r["entities"],
+            "n_tokens": r["n_tokens"], "teacher": r.get("teacher", teacher)}
+
+def make_texts(run: RunDir, p: TextPlan, cfg: AugmentConfig,
+               ledger: Ledger) -> tuple[list[dict], dict]:
+    "`(rows, asked)`: the texts of every kind in turn up to the target, and the LLM calls' stats."
+    extra = lambda k: (cfg.text_tokens,) if k in ("entity", "pair") else ()
+    streams = {k: OFFLINE_GENERATORS[k](p.corpus, cfg.seed, *extra(k))
+               for k in p.kinds if k in KINDS}
+    asked = {}
+    if p.llm_kinds: streams.update(llm_texts(run, p, cfg, ledger, asked))
+    streams = {k: streams[k] for k in p.kinds}
+    rows = round_robin(streams, p.target, p.count, cfg.max_texts)
+    return [_row(r, "offline") for r in rows], asked
+
+# %% ../nbs/05a_augment.ipynb #c9be7d9e
+_SOURCES = {"read": list(INPUT_FILES), "never_read": ["queries/", "distill/"],
+            "heldout": "texts are built from the corpus (chunks) and its graph only, never from "
+                       "queries/ or distill/ questions or answers: held-out questions stay held "
+                       "out"}
+
+def texts_summary(p: TextPlan, cfg: AugmentConfig, rows: list[dict], asked: dict, fp: str,
+                  params: dict, t0: float) -> dict:
+    "The summary of a run: texts and tokens per kind, the multiple reached, whether it finished."
+    per_kind = {k: {"texts": sum(r["kind"] == k for r in rows),
+                    "tokens": sum(r["n_tokens"] for r in rows if r["kind"] == k)} for k in p.kinds}
+    total = sum(r["n_tokens"] for r in rows)
+    unfinished = sum(a.get("budget_stopped", 0) + a.get("failed", 0) for a in asked.values())
+    counts = {"texts": len(rows), "synthetic_tokens": total, "corpus_tokens": p.corpus_tokens,
+              **{f"{k}_texts": v["texts"] for k, v in per_kind.items()}}
+    return {"fingerprint": fp, "params": params, "complete": not unfinished, "counts": counts,
+            "per_kind": per_kind, "corpus_tokens": p.corpus_tokens, "target_tokens": p.target,
+            "synthetic_tokens": total, "size": cfg.augment_size,
+            "achieved_multiple": round(total / max(1, p.corpus_tokens), 3),
+            "tokenizer": p.tokenizer,
+            "exhausted": total < p.target and (cfg.max_texts is None or len(rows) < cfg.max_texts),
+            "sources": _SOURCES, "seconds": round(time.perf_counter() - t0, 3)}
+
+def _llm_summary(run: RunDir, p: TextPlan, asked: dict, ledger: Ledger) -> dict:
+    "What the LLM teacher was asked and what it cost, for `summary.json`."
+    stopped = sum(a.get("budget_stopped", 0) for a in asked.values())
+    failed = sum(a.get("failed", 0) for a in asked.values())
+    return {"estimate": p.estimate, "ledger": ledger.summary(),
+            "llm": {"asked": asked, "failed": failed, "budget_stopped": stopped,
+                    "answers_file": str(run.augment_answers.relative_to(run.root))}}
+
+# %% ../nbs/05a_augment.ipynb #87c856cf
+def _texts_params(cfg: AugmentConfig, names: list[str], kinds: list[str]) -> dict:
+    "The settings that shape the texts (their fingerprint), teachers by name and kinds resolved."
+    return {"augment_size": cfg.augment_size, "augment_teachers": "|".join(names) or "offline",
+            "augment_kinds": kinds, "seed": cfg.seed, "max_texts": cfg.max_texts,
+            "paraphrases": cfg.paraphrases,
+            "max_entities": cfg.max_entities, "text_tokens": cfg.text_tokens,
+            "context_tokens": cfg.context_tokens, "max_tokens": cfg.max_tokens}
+
+def _finished_run(run: RunDir, fp: str) -> dict | None:
+    "The last run's summary when it finished with fingerprint `fp`; else None, saying why not."
+    old = read_json(run.augment_summary)
+    if not (old and run.texts.exists()): return None
+    if old.get("fingerprint") == fp and old.get("complete"):
+        print(f"augment: inputs and parameters unchanged (fingerprint {fp[:12]}): "
+              f"reusing {run.texts}")
+        return old
+    same = old.get("fingerprint") == fp
+    why = "the last run did not finish" if same else "inputs or parameters changed"
+    print(f"augment: {why} since the last run: regenerating {run.texts}")
+    return None
+
+def _dry_run(run: RunDir, p: TextPlan, cfg: AugmentConfig, params: dict) -> dict:
+    "Write `augment/estimate.json` and make nothing."
+    est = p.estimate or _offline_estimate(p, cfg)
+    write_json(run.augment_estimate, {"params": params, "corpus_tokens": p.corpus_tokens,
+                                      "typical_tokens": p.typical, **est})
+    return {"dry_run": True, "estimate": est, "corpus_tokens": p.corpus_tokens,
+            "target_tokens": p.target}
 
 # %% ../nbs/05a_augment.ipynb #1e2e79f2
-def augment_stage(run_dir: Path | str,
-                  size: float = 2.0,              # synthetic tokens / corpus tokens (the sum of the chunks' n_tokens)
-                  teachers: str = "offline",      # 'offline' (no key), or a ModelHub spec / fallback chain 'a|b'
-                  kinds: str = "all",             # 'all', 'offline', 'llm' or a comma-separated list of kinds
-                  seed: int = 0,                  # seeds every shuffle and choice: same seed, same texts
-                  budget_usd: float | None = None,  # stop LLM calls above this spend (what finished is kept; re-run to resume)
-                  dry_run: bool = False,          # only estimate (calls, tokens, cost) and write augment/estimate.json
-                  max_texts: int | None = None,   # stop after this many texts even below the size
-                  paraphrases: int = 3,           # LLM paraphrases per chunk (each in another style)
-                  max_entities: int = 12,         # entities per document for the EntiGraph pairs and triples
-                  text_tokens: int = 384,         # most tokens of an entity or pair compilation (the trainer packs 512)
-                  context_tokens: int = 3000,     # document tokens shown to the LLM teacher per prompt
-                  max_tokens: int = 600,          # most tokens an LLM reply may have
-                  concurrency: int = 4,           # LLM calls in flight
-                  cache=True,                     # ModelHub response cache: True (shared), False, or a folder
-                 ) -> dict:
-    "Write `augment/texts.jsonl` (synthetic training texts with their chunks, kind and tokens) and `augment/summary.json`."
+def augment_stage(run_dir: Path | str, cfg: AugmentConfig | None = None, **overrides) -> dict:
+    "Write `augment/texts.jsonl` (synthetic texts with their chunks, kind and tokens), a summary."
+    cfg = make_config(AugmentConfig, cfg, **overrides)
     t0, run = time.perf_counter(), RunDir(run_dir)
     run.require("chunks", "nodes")
-    if not (isinstance(size, (int, float)) and size > 0):
-        raise PurposeError(f"size={size!r}: use a positive multiple of the corpus tokens, e.g. 2.0")
-    if not isinstance(teachers, str) or not teachers.strip() or "," in teachers:
-        raise PurposeError(f"teachers={teachers!r}: use 'offline' or one ModelHub spec (a fallback chain as 'a|b'), "
-                           "e.g. 'openai:gpt-4o-mini'")
-    chain = [] if teachers.strip() == "offline" else [s.strip() for s in teachers.split("|")]
-    names = [parse_spec(s).name for s in chain]                      # without server addresses
-    kinds_ = _kinds(kinds, bool(chain))
-    llm_kinds = [k for k in kinds_ if k in LLM_KINDS]
-    params = {"size": size, "teachers": "|".join(names) or "offline", "kinds": kinds_, "seed": seed, "max_texts": max_texts,
-              "paraphrases": paraphrases, "max_entities": max_entities, "text_tokens": text_tokens,
-              "context_tokens": context_tokens, "max_tokens": max_tokens}
-    inputs = [run.root/f for f in INPUT_FILES]
-    fp = _inputs_fingerprint(run, params)
-    old = read_json(run.augment_summary)
-    if not dry_run and old and run.texts.exists():
-        if old.get("fingerprint") == fp and old.get("complete"):
-            print(f"augment: inputs and parameters unchanged (fingerprint {fp[:12]}): reusing {run.texts}")
-            with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
-                rec.counts.update(old["counts"])
-                rec.info["reused"] = True
-            return {**old, "reused": True}
-        why = "the last run did not finish" if old.get("fingerprint") == fp else "inputs or parameters changed"
-        print(f"augment: {why} since the last run: regenerating {run.texts}")
-    docs = read_jsonl(run.documents) if run.documents.exists() else []
-    chunks = read_chunks(run.chunks)
-    g = lambda key, default: read_json(getattr(run, key), default)
-    count, tokenizer = token_counter()
-    cp = Corpus(chunks, docs, g("nodes", []), g("edges", []), g("claims", []), g("contradictions", []),
-                count=count)
-    corpus_tokens = sum(int(c.get("n_tokens") or 0) for c in chunks)
-    target = math.ceil(size * corpus_tokens)
-    typical = _typical_tokens(cp, kinds_, seed, text_tokens, count)
-    n_per_kind = math.ceil(target / max(1.0, sum(typical.values())) * 1.15)
-    answers_path, failures_path = run.augment_answers, run.augment_failures
-    ledger, est, asked = Ledger(), None, {}
-    call_kw = dict(cache=cache, concurrency=concurrency, max_tokens=max_tokens, retries=4, backoff=0.2)
-    if llm_kinds:
-        docs_used = sorted({c["doc_id"] for c in cp.chunks.values()})
-        dchunks = {d: [c for c in cp.chunks.values() if c["doc_id"] == d] for d in docs_used}
-        listing = []
-        if set(llm_kinds) - {"paraphrase"}:                        # the EntiGraph kinds and rewrites need entity lists
-            for d in docs_used:
-                m = entity_listing_messages(cp.docs[d], dchunks[d], context_tokens)
-                listing.append({"prompt_id": _prompt_id(names, "entities", m), "kind": "entities", "doc_id": d, "messages": m})
-        answers = _answers(answers_path)
-        listed = {p["doc_id"]: answers.get(p["prompt_id"], {}).get("text") for p in listing}
-        plan = plan_llm(cp, names, llm_kinds, n_per_kind, listed, seed, paraphrases, max_entities, context_tokens)
-        est = {**_estimate_llm(chain, names, listing, plan, answers, listed, max_tokens, cache),
-               "target_tokens": target, "texts_per_kind": n_per_kind}
-        print(f"augment estimate ({est['teacher']}, size {size}): {est['calls']} calls ({est['entity_listing_calls']} "
-              f"entity listings, {est['text_calls']}), {est['input_tokens']} input + up to {est['max_output_tokens']} "
-              f"output tokens, up to ${est['max_cost_usd']:.4f}; {est['already_answered']} already answered, "
-              f"{est['cached']} cached")
-    if dry_run:
-        if not llm_kinds:
-            est = {"teacher": "offline", "target_tokens": target, "texts_per_kind": n_per_kind, "calls": 0, "input_tokens": 0,
-                   "max_output_tokens": 0, "max_cost_usd": 0.0}
-            print(f"augment estimate (offline, size {size}): no model calls; about {target} tokens "
-                  f"in {n_per_kind * len(kinds_)} texts")
-        write_json(run.augment_estimate, {"params": params, "corpus_tokens": corpus_tokens, "typical_tokens": typical, **est})
-        return {"dry_run": True, "estimate": est, "corpus_tokens": corpus_tokens, "target_tokens": target}
-    with stage_run(run, "augment", {**params, "budget_usd": budget_usd}, inputs) as rec:
-        failures_path.unlink(missing_ok=True)
-        gen = lambda k: OFFLINE_GENERATORS[k](cp, seed, *((text_tokens,) if k in ("entity", "pair") else ()))
-        streams = {k: gen(k) for k in kinds_ if k in KINDS}
-        if llm_kinds:
-            if listing:
-                asked["entities"] = ask_llm(chain, listing, answers_path, failures_path, ledger, ENTITY_SCHEMA, budget_usd,
-                                            **call_kw)
-                answers = _answers(answers_path)
-                listed = {p["doc_id"]: answers.get(p["prompt_id"], {}).get("text") for p in listing}
-                plan = plan_llm(cp, names, llm_kinds, n_per_kind, listed, seed, paraphrases, max_entities, context_tokens)
-            asked["texts"] = ask_llm(chain, plan, answers_path, failures_path, ledger, None, budget_usd, **call_kw)
-            llm = _llm_streams(cp, plan, _answers(answers_path))
-            streams.update({k: llm.get(k, []) for k in llm_kinds})
-        streams = {k: streams[k] for k in kinds_}
-        rows = [_row(r, "offline") for r in round_robin(streams, target, count, max_texts)]
+    chain, names = teacher_chain(cfg)
+    kinds = _kinds(cfg.augment_kinds, bool(chain))
+    params = _texts_params(cfg, names, kinds)
+    fp, inputs = _inputs_fingerprint(run, params), [run.root/f for f in INPUT_FILES]
+    record = {**params, "budget_usd": cfg.budget_usd}                   # the manifest's parameters
+    if not cfg.augment_dry_run and (old := _finished_run(run, fp)):
+        with stage_run(run, "augment", record, inputs) as rec:
+            rec.counts.update(old["counts"])
+            rec.info["reused"] = True
+        return {**old, "reused": True}
+    p = plan_texts(run, cfg, chain, names, kinds)
+    if p.llm_kinds: plan_llm_calls(p, cfg, run.augment_answers)
+    if cfg.augment_dry_run: return _dry_run(run, p, cfg, params)
+    with stage_run(run, "augment", record, inputs) as rec:
+        run.augment_failures.unlink(missing_ok=True)
+        ledger = Ledger()
+        rows, asked = make_texts(run, p, cfg, ledger)
         write_jsonl(run.texts, rows)
-        per_kind = {k: {"texts": sum(r["kind"] == k for r in rows),
-                        "tokens": sum(r["n_tokens"] for r in rows if r["kind"] == k)} for k in kinds_}
-        total = sum(r["n_tokens"] for r in rows)
-        stopped = sum(a.get("budget_stopped", 0) for a in asked.values())
-        failed = sum(a.get("failed", 0) for a in asked.values())
-        counts = {"texts": len(rows), "synthetic_tokens": total, "corpus_tokens": corpus_tokens,
-                  **{f"{k}_texts": v["texts"] for k, v in per_kind.items()}}
-        summary = {"fingerprint": fp, "params": params, "complete": not (stopped or failed), "counts": counts,
-                   "per_kind": per_kind, "corpus_tokens": corpus_tokens, "target_tokens": target, "synthetic_tokens": total,
-                   "size": size, "achieved_multiple": round(total / max(1, corpus_tokens), 3), "tokenizer": tokenizer,
-                   "exhausted": total < target and (max_texts is None or len(rows) < max_texts),
-                   "sources": {"read": list(INPUT_FILES), "never_read": ["queries/", "distill/"],
-                               "heldout": "texts are built from the corpus (chunks) and its graph only, never from queries/ or "
-                                          "distill/ questions or answers: held-out questions stay held out"},
-                   "seconds": round(time.perf_counter() - t0, 3)}
-        if llm_kinds:
-            summary.update(estimate=est, ledger=ledger.summary(),
-                           llm={"asked": asked, "failed": failed, "budget_stopped": stopped,
-                                "answers_file": str(answers_path.relative_to(run.root))})
+        summary = texts_summary(p, cfg, rows, asked, fp, params, t0)
+        if p.llm_kinds: summary.update(_llm_summary(run, p, asked, ledger))
         write_json(run.augment_summary, summary)
-        rec.counts.update(counts)
-        rec.info.update(achieved_multiple=summary["achieved_multiple"], complete=summary["complete"], tokenizer=tokenizer)
-        if llm_kinds: rec.info["llm_calls"] = ledger.summary()["total"]
+        rec.counts.update(summary["counts"])
+        rec.info.update(achieved_multiple=summary["achieved_multiple"],
+                        complete=summary["complete"], tokenizer=p.tokenizer)
+        if p.llm_kinds: rec.info["llm_calls"] = ledger.summary()["total"]
     if summary["exhausted"]:
-        print(f"augment: the kinds ran out of new texts at {summary['achieved_multiple']}x of the {size}x asked")
+        print(f"augment: the kinds ran out of new texts at {summary['achieved_multiple']}x "
+              f"of the {cfg.augment_size}x asked")
     return summary

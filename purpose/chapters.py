@@ -29,7 +29,7 @@ def skipped(cell, flags=("slow",)) -> bool:
 
 # %% ../nbs/12_chapters.ipynb #dfb7fd15
 def execute_chapter(path: Path | str):  # a notebook in nbs/
-    "The notebook at `path` with every cell `nbdev_test` runs executed and its outputs stored in the cells."
+    "The notebook at `path` with the cells `nbdev_test` runs executed and their outputs stored."
     from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
     path = Path(path).resolve()
@@ -42,14 +42,16 @@ def execute_chapter(path: Path | str):  # a notebook in nbs/
         os.chdir(path.parent)
         shell.run_all(nb, exc_stop=True, preproc=skipped)
     except Exception as e:
-        raise PurposeError(f"{path.name} failed while keeping its outputs: {type(e).__name__}: {e}") from None
+        msg = f"{path.name} failed while keeping its outputs: {type(e).__name__}: {e}"
+        raise PurposeError(msg) from None
     finally: os.chdir(cwd)
     return nb
 
 # %% ../nbs/12_chapters.ipynb #03fc7e81
 def batch_outputs(nb, executed) -> int:  # a chapter, and the batch run's executed copy of it
-    "Copy the outputs of `executed`'s cells into `nb`'s cells of the same id; returns how many cells got some."
-    done = {c.get("id"): c.get("outputs", []) for c in executed.cells if c.get("cell_type") == "code"}
+    "Copy the outputs of `executed`'s cells into `nb`'s cells of the same id; returns how many."
+    done = {c.get("id"): c.get("outputs", []) for c in executed.cells
+            if c.get("cell_type") == "code"}
     n = 0
     for c in nb.cells:
         if c.cell_type == "code" and skipped(c) and done.get(c.get("id")):
@@ -57,13 +59,14 @@ def batch_outputs(nb, executed) -> int:  # a chapter, and the batch run's execut
     return n
 
 # %% ../nbs/12_chapters.ipynb #753cf081
-def keep_outputs(run_dir: Path | str = "runs/sprint",  # the batch run whose executed notebooks give the run cells
-                 nbs: list[str] | None = None,           # notebook names; default every chapter in nbs/
+def keep_outputs(run_dir: Path | str = "runs/sprint",  # the batch run giving the run cells' outputs
+                 nbs: list[str] | None = None,           # notebook names; default every chapter
                  log=print) -> dict[str, int]:
-    "Execute the chapters, keep their outputs (run cells from `run_dir`'s notebooks); returns outputs per chapter."
+    "Execute the chapters and keep their outputs (run cells: `run_dir`'s); cells with outputs."
     from execnb.nbio import read_nb, write_nb
     from nbdev.clean import nbdev_clean
-    root, run = project_root(), RunDir(Path(run_dir) if Path(run_dir).is_absolute() else project_root()/run_dir)
+    root = project_root()
+    run = RunDir(Path(run_dir) if Path(run_dir).is_absolute() else root/run_dir)
     names = nbs or sorted(p.name for p in (root/"nbs").glob("[0-9]*.ipynb"))
     stage_nbs, counts = {s.notebook for s in REGISTRY}, {}
     for name in names:
@@ -71,7 +74,8 @@ def keep_outputs(run_dir: Path | str = "runs/sprint",  # the batch run whose exe
         if name in stage_nbs:
             executed = run.notebooks/name
             if not executed.exists():
-                raise PurposeError(f"{executed} is missing: run the sample domain first (`make chapters` does)")
+                raise PurposeError(f"{executed} is missing: run the sample domain first "
+                                   "(`make chapters` does)")
             batch_outputs(nb, read_nb(executed))
         write_nb(nb, root/"nbs"/name)
         nbdev_clean(fname=str(root/"nbs"/name))

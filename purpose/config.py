@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_config.ipynb #2a571535
 from __future__ import annotations
-import re
+import os, re
 from dataclasses import dataclass, fields, replace
 from fastcore.docments import docments
 from .core import PurposeError
@@ -17,13 +17,14 @@ __all__ = ['RUN_DIR_LINE', 'CONFIGS', 'ConfigError', 'field_range', 'field_kind'
 
 # %% ../nbs/00b_config.ipynb #1257e530
 class ConfigError(PurposeError, ValueError):
-    "A stage setting of unknown name, wrong type or out of range (the message names the stage and the field)."
+    "A stage setting of unknown name, wrong type or out of range; the message names the field."
 
-_RANGE = re.compile(r"\((?:min (?P<min>-?[\d.e]+)|> (?P<gt>-?[\d.e]+)|(?P<lo>-?[\d.e]+) to (?P<hi>-?[\d.e]+)"
+_NUM = r"-?[\d.e]+"
+_RANGE = re.compile(rf"\((?:min (?P<min>{_NUM})|> (?P<gt>{_NUM})|(?P<lo>{_NUM}) to (?P<hi>{_NUM})"
                     r"|one of (?P<choices>[^)]+))\)\s*$")
 
 def field_range(doc: str | None) -> dict:
-    "The rule at the end of a docments comment: `min`, `gt`, `lo`/`hi` or `choices` (empty when none)."
+    "The rule ending a docments comment: `min`, `gt`, `lo`/`hi` or `choices` (empty when none)."
     m = _RANGE.search(doc or "")
     if not m: return {}
     g = {k: v for k, v in m.groupdict().items() if v is not None}
@@ -34,7 +35,7 @@ def field_range(doc: str | None) -> dict:
 _KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 def field_kind(annotation: str) -> tuple[str, bool]:
-    "The base type name of an annotation string and whether it allows None: `'int | None'` -> `('int', True)`."
+    "The base type of an annotation and whether it allows None: `'int | None'` -> `('int', True)`."
     parts = [p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|")]
     optional = "None" in parts or annotation.startswith("Optional[")
     base = [p for p in parts if p != "None"]
@@ -46,7 +47,7 @@ def check_value(stage: str,  # the stage, named in the error
                 value,       # the value given
                 annotation: str,  # the field's type, as written
                 doc: str | None = None):  # the field's docments comment, with its range
-    "`value` checked against the field's type and range; a number or flag given for a `str` comes back as text."
+    "`value` checked against the field's type and range; a number or path for a `str` becomes text."
     base, optional = field_kind(annotation)
     where = f"stage '{stage}' parameter {name}={value!r}"
     help_ = f" ({doc})" if doc else ""
@@ -54,6 +55,7 @@ def check_value(stage: str,  # the stage, named in the error
     if value is None:
         if optional: return None
         raise ConfigError(f"{where}: expected {base}{help_}")
+    if base == "str" and isinstance(value, os.PathLike): value = os.fspath(value)
     if base == "str" and isinstance(value, (int, float)):
         value = str(value).lower() if isinstance(value, bool) else str(value)
     if not isinstance(value, _KINDS[base]) or (base != "bool" and isinstance(value, bool)):
@@ -69,14 +71,15 @@ def check_value(stage: str,  # the stage, named in the error
 # %% ../nbs/00b_config.ipynb #097d499f
 @dataclass
 class StageConfig:
-    "Base of the stage configs: every field is checked against its type and range when the config is made."
+    "Base of the stage configs: each field is checked against its type and range on creation."
     stage = ""   # the stage's registry name (a class attribute, not a field)
 
     def __post_init__(self):
         docs = field_docs(type(self))
         for f in fields(self):
-            setattr(self, f.name, check_value(self.stage, f.name, getattr(self, f.name), str(f.type),
-                                              docs.get(f.name)))
+            value = getattr(self, f.name)
+            value = check_value(self.stage, f.name, value, str(f.type), docs.get(f.name))
+            setattr(self, f.name, value)
 
 _DOCS: dict = {}
 def field_docs(cls) -> dict[str, str | None]:
@@ -88,9 +91,10 @@ def field_docs(cls) -> dict[str, str | None]:
 def make_config(cls: type,          # the stage's config class
                 cfg=None,           # a config of that class, or None for the defaults
                 **overrides):       # fields to change, checked like the rest
-    "A config of `cls` from `cfg` and `overrides`; an unknown name gets one line naming the stage and the fields."
+    "A config of `cls` from `cfg` and `overrides`; an unknown name gets one line naming the fields."
     if cfg is not None and not isinstance(cfg, cls):
-        raise ConfigError(f"stage '{cls.stage}': cfg is a {type(cfg).__name__}, expected a {cls.__name__}")
+        raise ConfigError(f"stage '{cls.stage}': cfg is a {type(cfg).__name__}, "
+                          f"expected a {cls.__name__}")
     names = [f.name for f in fields(cls)]
     unknown = [k for k in overrides if k not in names]
     if unknown:
@@ -99,14 +103,14 @@ def make_config(cls: type,          # the stage's config class
     return replace(cfg, **overrides) if cfg is not None else cls(**overrides)
 
 def from_cell(cls: type, ns: dict):
-    "The config of `cls` from a notebook's namespace: each field the parameters cell set, else its default."
+    "The config of `cls` from a notebook's namespace: each field set there, else its default."
     return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
 
 # %% ../nbs/00b_config.ipynb #5fa725f7
-RUN_DIR_LINE = 'run_dir: str = "runs/sprint"  # run folder; a relative path is read from the project root'
+RUN_DIR_LINE = 'run_dir: str = "runs/sprint"  # run folder; relative: from the project root'
 
 def cell_fields(cls) -> list:
-    "The fields a parameters cell holds: those of a plain type (int, float, str, bool, optionally None)."
+    "The fields a parameters cell holds: those of a plain type (int, float, str, bool, or None)."
     return [f for f in fields(cls) if field_kind(str(f.type))[0] in _KINDS]
 
 def _type_text(annotation: str) -> str:
@@ -132,21 +136,21 @@ def parameters_source(cls, width: int = 100) -> str:
 class ExtractConfig(StageConfig):
     "Reading the papers into documents and chunks (`extract/`)."
     stage = "extract"
-    papers_dir: str = "papers/sprint"  # the domain's papers; a relative path is read from the project root
+    papers_dir: str = "papers/sprint"  # the domain's papers; relative: from the project root
     max_pages: int = 60                # pages read per PDF (min 1)
     max_mb: float = 50                 # larger files get status too_large (> 0)
     chunk_tokens: int = 256            # tokens per chunk (min 16)
     chunk_overlap: int = 32            # tokens shared by neighbouring chunks (min 0)
-    workers: int | None = None         # parallel processes; default the CPU count (min 1)
+    workers: int | None = None  # parallel processes; default the CPU count, at most 4 (min 1)
     timeout_s: float = 120             # seconds per file before it is given up as timeout (> 0)
     tokenizer: str = "smollm2-135m"    # tokenizer that counts chunk tokens
-    ocr: bool = True                   # read pages without a text layer with Tesseract, when installed
+    ocr: bool = True  # read pages without a text layer with Tesseract, when installed
     near_dup_threshold: float = 0.8    # documents this similar are marked near-duplicates (0 to 1)
-    teacher: str | None = None         # LLM spec for structured records from the text (keys from the env)
+    teacher: str | None = None  # LLM spec for structured records from the text (keys from the env)
     teacher_retries: int = 2           # re-asks of the teacher after an invalid record (min 0)
     budget_usd: float | None = None    # stop spending on LLM teachers above this (min 0)
     concurrency: int = 4               # LLM calls in flight (min 1)
-    passwords: tuple = ()              # passwords to try on encrypted PDFs (library callers only)
+    passwords: tuple | dict = ()  # passwords for encrypted PDFs, or glob -> password (library only)
     record_templates: dict | None = None  # field -> description for records (library callers only)
     cache: object = True               # True, False or a response cache (library callers only)
     progress: bool = False             # progress bars on the terminal
@@ -171,7 +175,7 @@ class QueriesConfig(StageConfig):
     stage = "queries"
     per_cell: int = 8                  # questions per dimension x depth cell (min 1)
     heldout_fraction: float = 0.2      # share held out for evaluation (0 to 0.9)
-    heldout_by: str = "document"       # hold out whole documents or questions (one of document, question)
+    heldout_by: str = "document"  # hold out whole papers or questions (one of document, question)
     seed: int = 0                      # seed of every random choice (same seed, same result)
 
 # %% ../nbs/00b_config.ipynb #43f09ca0
@@ -179,21 +183,21 @@ class QueriesConfig(StageConfig):
 class DistillConfig(StageConfig):
     "Teacher answers, judged and grounded, as the training dataset (`distill/`)."
     stage = "distill"
-    domain: str | None = None          # domain name in the prompts; default the run's (its manifest)
-    mode: str = "enhanced"             # graph queries, or questions per chunk (one of enhanced, standard)
-    teachers: str = "offline"          # comma-separated teacher specs; several give consensus
+    domain: str | None = None  # domain name in the prompts; default the run's (its manifest)
+    mode: str = "enhanced"  # graph queries, or questions per chunk (one of enhanced, standard)
+    teachers: str = "offline"  # specs, comma-separated (consensus); standard: generator, enhancer
     judge: str | None = None           # LLM judge spec for 1-5 scores; default the offline judge
     judge_threshold: float = 3.0       # minimum judge score, 1 to 5 (0 to 5)
-    min_grounding: float = 0.5         # minimum share of the answer found in its cited chunks (0 to 1)
+    min_grounding: float = 0.5  # minimum share of the answer found in its cited chunks (0 to 1)
     dedup_threshold: float = 0.85      # questions this similar are duplicates (0 to 1)
     concurrency: int = 4               # LLM calls in flight (min 1)
     max_queries: int | None = None     # ask at most this many queries (min 1)
     budget_usd: float | None = None    # stop spending on LLM teachers above this (min 0)
     retries: int = 4                   # retries of a failed teacher call (min 0)
-    raft_distractors: int = 0          # also RAFT examples: oracle chunk + this many distractors (min 0)
-    replay_fraction: float = 0.0       # general chat examples, this fraction of the train split (0 to 1)
-    replay_file: str | None = None     # JSONL of question/answer rows; default purpose/data/general_qa.jsonl
-    passages: str = "uncited"          # source passages as training rows (one of uncited, all, none)
+    raft_distractors: int = 0  # also RAFT examples: oracle chunk + this many distractors (min 0)
+    replay_fraction: float = 0.0  # general chat examples, this fraction of the train split (0 to 1)
+    replay_file: str | None = None  # JSONL of question/answer rows; default the shipped general QA
+    passages: str = "uncited"  # source passages as training rows (one of uncited, all, none)
     num_qa_pairs: int = 100            # standard mode: questions made from the chunks (min 1)
     heldout_fraction: float = 0.2      # share held out for evaluation (0 to 0.9)
     push_to_hub: str | None = None     # also push the dataset to this Hub repo id (needs HF_TOKEN)
@@ -205,16 +209,16 @@ class DistillConfig(StageConfig):
 class AugmentConfig(StageConfig):
     "Synthetic texts that restate the corpus's knowledge in many forms (`augment/`)."
     stage = "augment"
-    augment_size: float = 3.0          # synthetic tokens as a multiple of the corpus tokens (0 to 100)
-    augment_teachers: str = "offline"  # 'offline' or one ModelHub spec for the EntiGraph kinds
+    augment_size: float = 3.0          # synthetic tokens as a multiple of the corpus tokens (> 0)
+    augment_teachers: str = "offline"  # offline, or a ModelHub spec (or a chain a|b) for LLM kinds
     augment_kinds: str = "all"         # all, offline, llm or a comma-separated list of kinds
     augment_dry_run: bool = False      # only write the estimate (calls, tokens, cost)
     seed: int = 0                      # seed of every random choice (same seed, same result)
     budget_usd: float | None = None    # stop spending on LLM teachers above this (min 0)
     max_texts: int | None = None       # at most this many texts (min 1)
     paraphrases: int = 3               # paraphrases per passage (min 0)
-    max_entities: int = 12             # entities named per LLM prompt (min 1)
-    text_tokens: int = 384             # tokens per synthetic text (min 16)
+    max_entities: int = 12  # entities per document for the EntiGraph pairs and triples (min 1)
+    text_tokens: int = 384             # most tokens of an entity or pair compilation (min 16)
     context_tokens: int = 3000         # source tokens shown to an LLM teacher (min 64)
     max_tokens: int = 600              # tokens an LLM teacher may write per text (min 16)
     concurrency: int = 4               # LLM calls in flight (min 1)
@@ -240,7 +244,7 @@ class TrainConfig(StageConfig):
     min_lr_ratio: float = 0.1          # the cosine decays to min_lr_ratio x lr (0 to 1)
     weight_decay: float = 0.0          # AdamW weight decay (min 0)
     curriculum: str = "staged"         # order within an epoch (one of staged, sorted, none)
-    replay: str = ""                   # general chat examples against forgetting: "", general or a JSONL
+    replay: str = ""  # general chat examples against forgetting: "", general or a JSONL
     replay_ratio: float = 0.1          # replayed examples per domain example and epoch (min 0)
     precision: str = "auto"            # compute precision (one of auto, fp32, bf16)
     attn: str = "auto"  # attention (one of auto, purpose_varlen, sdpa, eager, flash_attention_2)
@@ -249,7 +253,7 @@ class TrainConfig(StageConfig):
     cpu_threads: int = 0               # CPU threads; 0 tunes them while training (min 0)
     checkpoint_every: int = 50         # optimizer steps between resumable checkpoints (min 1)
     max_steps: int | None = None       # stop after this many optimizer steps (min 1)
-    time_budget_s: float | None = None  # seconds for training; the measured rate caps the steps (min 1)
+    time_budget_s: float | None = None  # seconds to train; the measured rate caps the steps (min 1)
     seed: int = 0                      # seed of every random choice (same seed, same result)
     merge: bool = False                # also save the adapter merged into the student
     augment: bool = True               # also train augment/texts.jsonl when the augment stage ran
@@ -260,16 +264,16 @@ class TrainConfig(StageConfig):
 class EvaluateConfig(StageConfig):
     "Base, tuned and retrieval systems scored on the held-out questions (`eval/`)."
     stage = "evaluate"
-    domain: str | None = None          # domain name in the prompts; default the run's (its manifest)
+    domain: str | None = None  # domain name in the prompts; default the run's (its manifest)
     systems: str = "base,tuned,base+rag,tuned+rag"  # systems compared, comma-separated
     max_items: int | None = 40         # score at most this many held-out items (min 1)
     eval_budget_s: float | None = None  # seconds for scoring; fewer items on a slow machine (> 0)
     max_new_tokens: int = 64           # tokens generated per answer (min 1)
     batch_size: int = 8                # answers generated together (min 1)
     latency_samples: int = 5           # answers timed one at a time for latency (min 1)
-    eval_set: str | None = None        # a JSONL of question/answer rows instead of the held-out split
+    eval_set: str | None = None  # a JSONL of question/answer rows instead of the held-out split
     judge: str | None = None           # LLM judge spec for 1-5 scores; default none
-    retriever: str = "bm25"            # retrieval for the +rag systems: bm25 or hf:PATH of an embedder
+    retriever: str = "bm25"  # for the +rag systems: bm25, auto, embed:offline or embed:PATH
     rag_k: int = 3                     # passages retrieved per question (min 1)
     f1_threshold: float = 0.5          # token F1 that counts an answer as acceptable (0 to 1)
     mc: bool = True                    # closed-book multiple choice by option log-likelihood
@@ -282,8 +286,8 @@ class EvaluateConfig(StageConfig):
     seed: int = 0                      # seed of every random choice (same seed, same result)
 
 # %% ../nbs/00b_config.ipynb #94834ef3
-CONFIGS = {c.stage: c for c in (ExtractConfig, GraphConfig, QueriesConfig, DistillConfig, AugmentConfig,
-                                TrainConfig, EvaluateConfig)}
+CONFIGS = {c.stage: c for c in (ExtractConfig, GraphConfig, QueriesConfig, DistillConfig,
+                                AugmentConfig, TrainConfig, EvaluateConfig)}
 
 def shared_fields() -> dict[str, list[str]]:
     "Field names that more than one stage takes -> those stages (each must mean the same thing)."
@@ -293,7 +297,7 @@ def shared_fields() -> dict[str, list[str]]:
     return {k: v for k, v in seen.items() if len(v) > 1}
 
 # %% ../nbs/00b_config.ipynb #d15b8b35
-def readme_table(driver=("domain", "papers_dir")) -> str:  # fields the driver sets (`--domain`, `--papers-dir`)
+def readme_table(driver=("domain", "papers_dir")) -> str:  # fields that --domain, --papers-dir set
     "The markdown table of every stage's parameters and defaults, as README shows it."
     rows = ["| stage | parameters and defaults (`purpose run -p name=value`) |", "|---|---|"]
     for s, c in CONFIGS.items():

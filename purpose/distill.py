@@ -4,23 +4,26 @@
 
 # %% ../nbs/05_distill.ipynb #fe0b2468
 from __future__ import annotations
-import json, random, re, time
+import json, random, re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
-from .core import (read_chunks, PurposeError, RunDir, append_jsonl, chat_messages, fingerprint, read_jsonl, stable_id,
-                          stage_run, write_json, write_jsonl)
-from .modelhub import (cited_sources, complete_many, content_words, get_teacher, grounded_messages, one_cause,
-                              public_spec,
-                              split_sentences)
+from .config import DistillConfig, cell_fields, make_config
+from .core import (Manifest, PurposeError, RunDir, append_jsonl, fingerprint, read_chunks,
+                          read_jsonl, stable_id, stage_run, write_jsonl)
+from .engine import complete_many, one_cause
+from .providers import cited_sources, grounded_messages, public_spec
+from .text import content_words, split_sentences
+from .trainset import (dataset_card, dataset_dict, export_formats, passage_examples,
+                              prompt_conflicts, raft_examples, replay_examples, save_dataset)
 
 # %% auto #0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_SCHEMA', 'QA_SCHEMA', 'QA_SYSTEM', 'clean_answer', 'grounding_score', 'misquoted_spans',
            'token_f1', 'offline_judge', 'judge_messages', 'llm_judge', 'judge_many', 'consensus', 'minhash', 'dedup',
-           'prompt_fingerprint', 'stored_answer_key', 'teacher_name', 'ask_teachers', 'raft_examples',
-           'replay_examples', 'distinguishing_phrases', 'passage_question', 'passage_questions', 'passage_examples',
-           'prompt_conflicts', 'prompt_completion', 'export_formats', 'dataset_card', 'unanswered_failures',
-           'save_dataset', 'distill_stage', 'standard_queries', 'standard_distill_stage']
+           'prompt_fingerprint', 'stored_answer_key', 'teacher_name', 'ask_teachers', 'standard_queries',
+           'unanswered_failures', 'teacher_specs', 'write_standard_queries', 'read_queries', 'grounded_items',
+           'stored_answers', 'check_answer', 'answer_candidates', 'judge_candidates', 'rejection', 'select_answers',
+           'extra_examples', 'write_dataset', 'distill_counts', 'distill_params', 'distill_stage']
 
 # %% ../nbs/05_distill.ipynb #4d00ba25
 def clean_answer(text: str) -> str:
@@ -33,17 +36,19 @@ def grounding_score(answer: str, sources: list[str], min_overlap: float = 0.6) -
     vocab = set(content_words(" ".join(sources)))
     sents = [s for s in split_sentences(clean_answer(answer)) if content_words(s)]
     if not sents: return 0.0
-    ok = sum(len([w for w in content_words(s) if w in vocab]) / len(content_words(s)) >= min_overlap for s in sents)
-    return ok / len(sents)
+    share = lambda s: len([w for w in content_words(s) if w in vocab]) / len(content_words(s))
+    return sum(share(s) >= min_overlap for s in sents) / len(sents)
 
+# %% ../nbs/05_distill.ipynb #9053e5cf
 _QUOTE = re.compile(r'["\u201c]([^"\u201c\u201d]{12,}?)["\u201d]')
 
 def misquoted_spans(answer: str, sources: list[str]) -> list[str]:
-    "Spans the answer puts in quotation marks that do not appear word for word (case and spacing aside) in `sources`."
+    "Spans the answer quotes that are not word for word (case and spacing aside) in `sources`."
     norm = lambda t: " ".join(re.findall(r"[a-z0-9]+(?:[.,][0-9]+)?", t.lower()))
     src = norm(" ".join(sources))
     return [q for q in _QUOTE.findall(answer) if norm(q) and norm(q) not in src]
 
+# %% ../nbs/05_distill.ipynb #70722a2f
 def token_f1(a: str, b: str) -> float:
     "Token-level F1 between two texts (content words, SQuAD style)."
     ta, tb = content_words(a), content_words(b)
@@ -54,62 +59,84 @@ def token_f1(a: str, b: str) -> float:
     return 2 * p * r / (p + r)
 
 # %% ../nbs/05_distill.ipynb #90501db8
-JUDGE_SYSTEM = ("You grade answers to research questions. Given sources, a question and an answer, reply with JSON only: "
-                '{"score": <1-5>, "reason": "<short>"}. 5 = correct, complete, fully supported by the sources; 1 = wrong or unsupported.')
+JUDGE_SYSTEM = ("You grade answers to research questions. Given sources, a question and an "
+                'answer, reply with JSON only: {"score": <1-5>, "reason": "<short>"}. 5 = correct, '
+                "complete, fully supported by the sources; 1 = wrong or unsupported.")
 
 def offline_judge(question: str, answer: str, sources: list[str]) -> tuple[float, str]:
-    "A 1-5 score and reason: grounded, on the question's terms, of a sane length (a product: each can sink the score)."
+    "A 1-5 score and reason: grounded, on the question's terms, of a sane length."
     g = grounding_score(answer, sources)
-    q = set(content_words(question)); a = set(content_words(answer))
+    q, a = set(content_words(question)), set(content_words(answer))
     relevance = len(q & a) / max(1, len(q))
     n = len(answer.split())
     length_ok = 1.0 if 5 <= n <= 160 else 0.5 if n > 0 else 0.0
     score = 1 + 4 * g * (0.3 + 0.7 * min(1.0, 2 * relevance)) * length_ok
     return round(score, 2), f"grounding={g:.2f} relevance={relevance:.2f} words={n}"
 
+# %% ../nbs/05_distill.ipynb #d14ed263
 JUDGE_SCHEMA = {"type": "object", "required": ["score", "reason"],
-                "properties": {"score": {"type": "number", "minimum": 1, "maximum": 5}, "reason": {"type": "string"}}}
+                "properties": {"score": {"type": "number", "minimum": 1, "maximum": 5},
+                               "reason": {"type": "string"}}}
 
 def judge_messages(question: str, answer: str, sources: list[str]) -> list[dict]:
     "The judge prompt: numbered sources, the question and the answer to grade."
     src = "\n".join(f"[{i}] {s}" for i, s in enumerate(sources, 1))
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": f"Sources:\n{src}\n\nQuestion: {question}\nAnswer: {answer}"}]
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user",
+             "content": f"Sources:\n{src}\n\nQuestion: {question}\nAnswer: {answer}"}]
 
 def llm_judge(judge, question: str, answer: str, sources: list[str]) -> tuple[float, str]:
-    "Ask a judge teacher for a 1-5 score; raises ValueError when its reply is not the JSON asked for."
+    "Ask a judge teacher for a 1-5 score; a ValueError when its reply is not the JSON asked for."
     reply = judge.complete(judge_messages(question, answer, sources))
     m = re.search(r"\{.*\}", reply, re.S)
     try: obj = json.loads(m.group(0)) if m else None
     except json.JSONDecodeError: obj = None
-    if not isinstance(obj, dict) or not isinstance(obj.get("score"), (int, float)) or not 1 <= obj["score"] <= 5:
+    score = obj.get("score") if isinstance(obj, dict) else None
+    if not isinstance(score, (int, float)) or not 1 <= score <= 5:
         raise ValueError(f"judge reply is not {{'score': 1-5}}: {reply[:120]!r}")
-    return float(obj["score"]), str(obj.get("reason", ""))
+    return float(score), str(obj.get("reason", ""))
 
 # %% ../nbs/05_distill.ipynb #c9156a03
-def judge_many(judge: str, items: list[tuple[str, str, list[str]]], cache=True, budget_usd: float | None = None,
-               concurrency: int = 4, retries: int = 4) -> list[tuple[float, str]]:
-    "Scores and reasons for `(question, answer, sources)` items from an LLM judge (failures score 0 with `judge_failed`)."
+def judge_many(judge: str, items: list[tuple[str, str, list[str]]], cache=True,
+               budget_usd: float | None = None, concurrency: int = 4,
+               retries: int = 4) -> list[tuple[float, str]]:
+    "Scores and reasons for `(question, answer, sources)` items from an LLM judge (failures: 0)."
     chain = [s.strip() for s in judge.split("|")] if isinstance(judge, str) else [judge]
-    res = complete_many(chain, [judge_messages(*it) for it in items], cache=cache, budget_usd=budget_usd, concurrency=concurrency,
-                        json_schema=JUDGE_SCHEMA, retries=retries, backoff=0.2, max_tokens=200)
-    return [(float(r.parsed["score"]), str(r.parsed.get("reason", ""))) if r.ok else (0.0, f"judge_failed: {r.error}") for r in res]
+    res = complete_many(chain, [judge_messages(*it) for it in items], cache=cache,
+                        budget_usd=budget_usd,
+                        concurrency=concurrency, json_schema=JUDGE_SCHEMA, retries=retries,
+                        backoff=0.2,
+                        max_tokens=200)
+    score = lambda r: (float(r.parsed["score"]), str(r.parsed.get("reason", "")))
+    return [score(r) if r.ok else (0.0, f"judge_failed: {r.error}") for r in res]
 
 # %% ../nbs/05_distill.ipynb #c1003f4f
-def consensus(candidates: list[dict], hard_below: float = 0.35, merge_above: float = 0.6, max_merged_sentences: int = 4) -> dict:
-    "Keep the best of several teachers' checked answers, merge in what agreeing teachers add, or flag disagreement as hard."
-    best = max(candidates, key=lambda c: (c["judge_score"], c["grounding"], -len(c["answer"]), c["teacher"]))
+def _merged(best: dict, candidates: list[dict], max_sentences: int) -> dict:
+    "The best answer with the new sentences of equally grounded teachers ({} when none adds one)."
+    sents = split_sentences(best["answer"])
+    for c in sorted(candidates, key=lambda c: (-c["judge_score"], c["teacher"])):
+        if c is best or c["grounding"] < best["grounding"]: continue
+        for s in split_sentences(c["answer"]):
+            new = all(token_f1(s, t) < 0.5 for t in sents)
+            if len(sents) < max_sentences and new: sents.append(s)
+    if len(sents) == len(split_sentences(best["answer"])): return {}
+    cites = list(dict.fromkeys(sum((c["citations"] for c in candidates), [])))
+    return {"answer": " ".join(sents), "decision": "merged", "citations": cites}
+
+def consensus(candidates: list[dict], hard_below: float = 0.35, merge_above: float = 0.6,
+              max_merged_sentences: int = 4) -> dict:
+    "The best teacher's checked answer, merged with what agreeing teachers add, or flagged as hard."
+    rank = lambda c: (c["judge_score"], c["grounding"], -len(c["answer"]), c["teacher"])
+    best = max(candidates, key=rank)
     pairs = [(a, b) for i, a in enumerate(candidates) for b in candidates[i + 1:]]
-    agreement = sum(token_f1(a["answer"], b["answer"]) for a, b in pairs) / len(pairs) if pairs else 1.0
-    out = {**best, "agreement": round(agreement, 3), "hard": bool(pairs) and agreement < hard_below,
-           "teachers": [c["teacher"] for c in candidates], "decision": "kept" if not pairs else "flagged" if agreement < hard_below else "kept"}
+    f1s = [token_f1(a["answer"], b["answer"]) for a, b in pairs]
+    agreement = sum(f1s) / len(f1s) if pairs else 1.0
+    hard = bool(pairs) and agreement < hard_below
+    out = {**best, "agreement": round(agreement, 3), "hard": hard,
+           "teachers": [c["teacher"] for c in candidates],
+           "decision": "flagged" if hard else "kept"}
     if pairs and agreement >= merge_above:
-        sents = split_sentences(best["answer"])
-        for c in sorted(candidates, key=lambda c: (-c["judge_score"], c["teacher"])):
-            if c is best or c["grounding"] < best["grounding"]: continue
-            for s in split_sentences(c["answer"]):
-                if len(sents) < max_merged_sentences and all(token_f1(s, t) < 0.5 for t in sents): sents.append(s)
-        if len(sents) > len(split_sentences(best["answer"])):
-            out.update(answer=" ".join(sents), decision="merged", citations=list(dict.fromkeys(sum((c["citations"] for c in candidates), []))))
+        out.update(_merged(best, candidates, max_merged_sentences))
     return out
 
 # %% ../nbs/05_distill.ipynb #ba2984ec
@@ -139,7 +166,7 @@ def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x
     sketch = lambda f: MinHash.bulk([_shingle_bytes(f(x)) for x in items], num_perm=num_perm,
                                     seed=seed)
     qs, ans = sketch(key), sketch(answer_key)
-    # candidates only (each is checked against `threshold` below): a threshold near 1 leaves the index one band
+    # candidates only (each is checked against `threshold` below): near 1 leaves one band
     lsh = lambda: MinHashLSH(min(threshold, 0.9), num_perm, weights=(0.1, 0.9))   # favour recall
     lsh_q, lsh_a = lsh(), lsh()
     kept, sigs, dups, compared = [], [], [], 0
@@ -149,391 +176,342 @@ def dedup(items: list[dict], key=lambda x: x["question"], answer_key=lambda x: x
             compared += 1
             sq = q.jaccard(sigs[j][0])
             if sq >= threshold or (a.jaccard(sigs[j][1]) >= threshold and sq >= question_overlap):
-                match = j; break
-        if match is None:
-            lsh_q.insert(str(len(kept)), q); lsh_a.insert(str(len(kept)), a)
-            kept.append(it); sigs.append((q, a))
-        else: dups.append({**it, "duplicate_of": match})
+                match = j
+                break
+        if match is not None:
+            dups.append({**it, "duplicate_of": match})
+            continue
+        for index, sig in ((lsh_q, q), (lsh_a, a)): index.insert(str(len(kept)), sig)
+        kept.append(it)
+        sigs.append((q, a))
     if stats is not None: stats["comparisons"] = compared
     return kept, dups
 
 # %% ../nbs/05_distill.ipynb #74f863dc
 def prompt_fingerprint(messages: list[dict]) -> str:
-    "Fingerprint of the exact prompt a teacher answered: a stored answer is reused only for the same prompt."
+    "Fingerprint of the exact prompt a teacher answered: a stored answer serves that prompt only."
     return fingerprint(messages)
 
 def stored_answer_key(a: dict) -> tuple:
-    "What a stored answer answers: (query, teacher, prompt fingerprint); answers from before fingerprints match nothing."
+    "What a stored answer answers: (query, teacher, prompt fingerprint); old answers match none."
     return (a["query_id"], a["teacher"], a.get("prompt_fp"))
 
 def teacher_name(t) -> str:
-    "The name a teacher's answers are filed under: its spec (or fallback chain) without URL credentials."
+    "The name a teacher's answers are filed under: its spec (or fallback chain), no credentials."
     return public_spec(t if isinstance(t, str) else getattr(t, "spec", t))
 
-def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures_path: Path, concurrency: int = 4,
-                 cache=True, budget_usd: float | None = None, retries: int = 4) -> dict:
-    "Answer each `{'query_id', 'messages'}` item with every teacher, skipping answers already in `answers_path` for the same prompt."
-    done = {stored_answer_key(a) for a in (read_jsonl(answers_path) if answers_path.exists() else [])}
-    stats, spent, calls = Counter(skipped=0, answered=0, failed=0), 0.0, {}   # every count present, 0 too
+# %% ../nbs/05_distill.ipynb #37f234f2
+def _recorder(todo: list[dict], name: str, answers_path: Path, failures_path: Path, stats: Counter):
+    "The `on_result` callback that appends each answer (or failure) the moment it arrives."
+    def on_result(r):
+        it = todo[r.index]
+        if r.ok:
+            append_jsonl(answers_path, {"query_id": it["query_id"], "teacher": name,
+                                        "prompt_fp": prompt_fingerprint(it["messages"]),
+                                        "model": r.model, "raw": r.text, "cached": r.cached,
+                                        "cost_usd": r.cost_usd})
+        else:
+            append_jsonl(failures_path,
+                         {"query_id": it["query_id"], "teacher": name, "error": r.error,
+                                         "status": r.status})
+        stats["answered" if r.ok else "failed"] += 1
+    return on_result
+
+def ask_teachers(teachers: list, items: list[dict], answers_path: Path, failures_path: Path,
+                 concurrency: int = 4, cache=True, budget_usd: float | None = None,
+                 retries: int = 4) -> dict:
+    "Answer each `{'query_id', 'messages'}` item with every teacher, but not what is stored."
+    stored = read_jsonl(answers_path) if answers_path.exists() else []
+    done = {stored_answer_key(a) for a in stored}
+    stats, spent, calls = Counter(skipped=0, answered=0, failed=0), 0.0, {}   # every count, 0 too
     for t in teachers:
         name = teacher_name(t)
-        todo = [it for it in items if (it["query_id"], name, prompt_fingerprint(it["messages"])) not in done]
+        key = lambda it: (it["query_id"], name, prompt_fingerprint(it["messages"]))
+        todo = [it for it in items if key(it) not in done]
         stats["skipped"] += len(items) - len(todo)
         if not todo: continue
-        def on_result(r, todo=todo, name=name):
-            it = todo[r.index]
-            if r.ok:
-                append_jsonl(answers_path, {"query_id": it["query_id"], "teacher": name, "prompt_fp": prompt_fingerprint(it["messages"]),
-                                            "model": r.model, "raw": r.text,
-                                            "cached": r.cached, "cost_usd": r.cost_usd})
-                stats["answered"] += 1
-            else:
-                append_jsonl(failures_path, {"query_id": it["query_id"], "teacher": name, "error": r.error, "status": r.status})
-                stats["failed"] += 1
         chain = [x.strip() for x in t.split("|")] if isinstance(t, str) else [t]
         left = None if budget_usd is None else max(0.0, budget_usd - spent)
-        res = complete_many(chain, [it["messages"] for it in todo], cache=cache, concurrency=concurrency, budget_usd=left,
-                            retries=retries, backoff=0.2, on_result=on_result)
+        res = complete_many(chain, [it["messages"] for it in todo], cache=cache,
+                            concurrency=concurrency,
+                            budget_usd=left, retries=retries, backoff=0.2,
+                            on_result=_recorder(todo, name, answers_path, failures_path, stats))
         spent += res.ledger.cost_usd
         calls[name] = res.summary()
     return {**dict(stats), "calls": calls}
 
-# %% ../nbs/05_distill.ipynb #e75589ca
-def _general_qa() -> Path:
-    import importlib.resources
-    return Path(str(importlib.resources.files("purpose")))/"data"/"general_qa.jsonl"
+# %% ../nbs/05_distill.ipynb #f2ef5351
+QA_SCHEMA = {"type": "object", "required": ["pairs"],
+             "properties": {"pairs": {"type": "array", "items": {
+    "type": "object", "required": ["question", "answer"],
+    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}}}}}}
+QA_SYSTEM = ("You write exam questions for domain experts from a research text. From the source, "
+             "write {n} question-answer pairs that the source answers on its own (no 'this study' "
+             "without naming it). Reply with JSON only.")
 
-def raft_examples(qa: list[dict], chunks: dict[str, dict], k: int = 2, seed: int = 0) -> list[dict]:
-    "One RAFT example per training QA: its oracle chunk among `k` distractor chunks from other documents."
-    rng, out = random.Random(seed), []
-    ids = sorted(chunks)
-    for q in qa:
-        if q["split"] != "train" or not (q.get("citations") or q.get("chunk_ids")): continue
-        oracle = chunks[(q.get("citations") or q["chunk_ids"])[0]]
-        pool = [c for c in ids if chunks[c]["doc_id"] != oracle["doc_id"]]
-        docs = [oracle] + [chunks[c] for c in rng.sample(pool, min(k, len(pool)))]
-        rng.shuffle(docs)
-        n = docs.index(oracle) + 1
-        msgs = grounded_messages(q["question"], docs)
-        out.append({**q, "qa_id": stable_id(q["qa_id"], "raft"), "format": "raft", "oracle": oracle["chunk_id"],
-                    "messages": msgs[:2] + [{"role": "assistant", "content": f"{q['answer']} [{n}]"}]})
-    return out
+def _offline_pairs(chunk: dict, n: int) -> list[dict]:
+    from purpose.concepts import candidate_phrases, norm_term
+    phrases = (norm_term(p) for s in split_sentences(chunk["text"]) for p in candidate_phrases(s)
+               if len(p.split()) > 1)
+    return [{"question": f"What does the research report about {k}?", "answer": ""}
+            for k, _ in Counter(phrases).most_common(n)]
 
-def replay_examples(n: int, domain: str, path: Path | str | None = None, seed: int = 0) -> list[dict]:
-    "`n` general chat examples from a JSONL file (question/answer or messages), for the training split."
-    path = Path(path) if path else _general_qa()
-    if not path.exists(): raise PurposeError(f"replay file {path} not found: pass replay_file=PATH to a JSONL with question/answer rows")
-    rows = read_jsonl(path)
-    if not rows: raise PurposeError(f"replay file {path} is empty: add general question/answer rows")
-    rng = random.Random(seed)
-    picked = [rows[i % len(rows)] for i in rng.sample(range(len(rows)), min(n, len(rows)))] + [rows[i % len(rows)] for i in range(max(0, n - len(rows)))]
+def _generated_pairs(chunks: list[dict], generator: str, per_chunk: int, **kw) -> list[list[dict]]:
+    "Each chunk's question-answer pairs from the offline generator or an LLM (a failure: none)."
+    if generator == "offline": return [_offline_pairs(c, per_chunk) for c in chunks]
+    msgs = [[{"role": "system", "content": QA_SYSTEM.format(n=per_chunk)},
+             {"role": "user",
+              "content": f"Source:\n{' '.join(c['text'].split())}"}] for c in chunks]
+    res = complete_many([s.strip() for s in generator.split("|")], msgs, json_schema=QA_SCHEMA,
+                        **kw)
+    return [r.parsed["pairs"][:per_chunk] if r.ok else [] for r in res]
+
+def standard_queries(chunks: list[dict], generator: str = "offline", num_qa_pairs: int = 100,
+                     per_chunk: int = 2, heldout_fraction: float = 0.2, seed: int = 0, cache=True,
+                     budget_usd: float | None = None, concurrency: int = 4) -> list[dict]:
+    "Questions with draft answers made chunk by chunk (by an LLM, or offline), the split fixed."
+    from purpose.concepts import content_chunks
+    chunks = [c for c in content_chunks(chunks) if len(c["text"].split()) >= 40]
+    if not chunks:
+        raise PurposeError("no chunk with 40 words or more: check extract/documents.jsonl statuses")
+    n_chunks = min(len(chunks), -(-num_qa_pairs // per_chunk))
+    picked = [chunks[i] for i in sorted(random.Random(seed).sample(range(len(chunks)), n_chunks))]
+    pairs = _generated_pairs(picked, generator, per_chunk, cache=cache, budget_usd=budget_usd,
+                             concurrency=concurrency)
     out = []
-    for r in picked:
-        if "messages" not in r and not {"question", "answer"} <= set(r): raise PurposeError(f"{path}: each row needs question+answer or messages, got {sorted(r)}")
-        q = r.get("question") or next(m["content"] for m in r["messages"] if m["role"] == "user")
-        a = r.get("answer") or next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant")
-        out.append({"qa_id": stable_id("replay", q, len(out)), "query_id": "", "question": q, "answer": a, "dimension": "general",
-                    "depth": "basic", "split": "train", "teacher": "replay", "judge_score": 0.0, "grounding": 0.0, "agreement": 1.0,
-                    "hard": False, "citations": [], "format": "replay", "messages": r.get("messages") or chat_messages(q, domain, a)})
-    return out
+    for c, p in ((c, p) for c, ps in zip(picked, pairs) for p in ps if p["question"].strip()):
+        qid = stable_id("standard", c["chunk_id"], p["question"])
+        held = int(stable_id(seed, qid), 16) % 1000 < heldout_fraction * 1000
+        split = "heldout" if held else "train"
+        out.append({"query_id": qid, "question": p["question"].strip(), "dimension": "factual",
+                    "depth": "intermediate", "concepts": [], "community": 0,
+                    "chunk_ids": [c["chunk_id"]], "split": split, "draft": p["answer"].strip(),
+                    "generator": teacher_name(generator)})
+    return out[:num_qa_pairs]
 
-# %% ../nbs/05_distill.ipynb #2247be4a
-_WORD = re.compile(r"[^\W_]+")
-
-def _grams(words: list[str]) -> set[tuple]:
-    "The lower-cased 2- and 3-word runs of `words`."
-    low = [w.lower() for w in words]
-    return {tuple(low[i:i + n]) for n in (2, 3) for i in range(len(low) - n + 1)}
-
-def distinguishing_phrases(texts: list[str], corpus: Counter | None = None) -> list[str | None]:
-    "Each text's earliest 2-3 word term (as written) no other text has; `corpus` terms first."
-    from purpose.graph import candidate_phrases
-    words = [_WORD.findall(t) for t in texts]
-    df, corpus = Counter(g for ws in words for g in _grams(ws)), corpus or Counter()
-    out = []
-    for t, ws in zip(texts, words):
-        terms = {tuple(_WORD.findall(p)) for s in split_sentences(t) for p in candidate_phrases(s)}
-        low = [w.lower() for w in ws]
-        hits = [(corpus[g] < 2, i, n) for i in range(len(ws)) for n in (2, 3)
-                if len(g := tuple(low[i:i + n])) == n and g in terms and df[g] == 1]
-        out.append(" ".join(ws[min(hits)[1]:sum(min(hits)[1:])]) if hits else None)
-    return out
-
-# %% ../nbs/05_distill.ipynb #e400f4b2
-def _pages(c: dict) -> str | None:
-    if not c.get("page_start"): return None
-    same = c.get("page_end") in (None, c["page_start"])
-    return f"page {c['page_start']}" if same else f"pages {c['page_start']}–{c['page_end']}"
-
-def passage_question(title: str, where: list[str], about: str | None = None) -> str:
-    "The question a passage answers: its paper, what it is about (when needed) and where it is."
-    return (f'What does "{title}" say' + (f" about {about}" if about else "")
-            + (f" ({', '.join(where)})?" if where else "?"))
-
-def passage_questions(chunks: list[dict], documents: dict[str, dict]) -> list[str]:
-    "A question per chunk, none twice: paper, section and page, then a telling term, then a number."
-    title = lambda c: documents.get(c["doc_id"], {}).get("title") or c.get("source") or c["doc_id"]
-    where = [[x for x in (c.get("section"), _pages(c)) if x] for c in chunks]
-    groups = defaultdict(list)
-    for i, c in enumerate(chunks): groups[passage_question(title(c), where[i])].append(i)
-    about = [None] * len(chunks)
-    corpus = Counter(g for c in chunks for g in _grams(_WORD.findall(c["text"])))
-    for ids in groups.values():
-        if len(ids) > 1:
-            phrases = distinguishing_phrases([chunks[i]["text"] for i in ids], corpus)
-            for i, p in zip(ids, phrases): about[i] = p
-    qs = [passage_question(title(c), where[i], about[i]) for i, c in enumerate(chunks)]
-    n, k = Counter(qs), Counter()
-    for i, q in enumerate(qs):
-        if n[q] > 1:
-            k[q] += 1
-            nth = f"passage {k[q]} of {n[q]}"
-            qs[i] = passage_question(title(chunks[i]), [*where[i], nth], about[i])
-    return qs
-
-# %% ../nbs/05_distill.ipynb #13fa412e
-def passage_examples(qa: list[dict], chunks: dict[str, dict], documents: dict[str, dict],
-                     domain: str, # the domain of the system message
-                     which: str = "uncited", # 'uncited' (not cited in training), 'all', 'none'
-                     min_words: int = 12, # shorter chunks are left out
-                    ) -> list[dict]:
-    "Source passages as training examples: the question says which passage, the answer is its text."
-    if which not in ("none", "uncited", "all"):
-        raise PurposeError(f"passages={which!r}: use 'uncited' (chunks no training answer cites), "
-                           "'all' or 'none'")
-    if which == "none": return []
-    cited = {c for q in qa if q["split"] == "train" for c in q.get("citations", [])}
-    order = sorted(chunks, key=lambda c: (chunks[c]["doc_id"], chunks[c].get("page_start") or 0, c))
-    long_enough = lambda c: len(chunks[c]["text"].split()) >= min_words
-    picked = [chunks[c] for c in order if (which == "all" or c not in cited) and long_enough(c)]
-    row = lambda c, q: {"qa_id": stable_id("passage", c["chunk_id"]), "query_id": "", "question": q,
-                        "answer": c["text"], "dimension": "passage", "depth": "basic",
-                        "split": "train", "teacher": "corpus", "judge_score": 0.0, "grounding": 1.0,
-                        "agreement": 1.0, "hard": False, "citations": [c["chunk_id"]],
-                        "format": "passage", "messages": chat_messages(q, domain, c["text"])}
-    return [row(c, q) for c, q in zip(picked, passage_questions(picked, documents))]
-
-def prompt_conflicts(rows: list[dict]) -> list[tuple[str, list[str]]]:
-    "Prompts of chat `messages` rows that come with different answers: (user message, answers)."
-    answers = defaultdict(set)
-    for r in rows: answers[json.dumps(r["messages"][:-1])].add(r["messages"][-1]["content"])
-    return [(json.loads(p)[-1]["content"], sorted(a)) for p, a in answers.items() if len(a) > 1]
-
-# %% ../nbs/05_distill.ipynb #980b7612
-def prompt_completion(messages: list[dict]) -> dict:
-    "TRL's conversational prompt-completion view of chat `messages` ending with the answer."
-    if not messages or messages[-1]["role"] != "assistant":
-        raise PurposeError(f"messages {str(messages)[:60]!r} do not end with an assistant message: "
-                           "no completion to train")
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
-
-def export_formats(qa: list[dict], out_dir: Path, domain: str) -> dict:
-    "The training split as Alpaca, ShareGPT, chat messages, OpenAI and TRL prompt-completion JSONL."
-    rows = [q for q in qa if q["split"] == "train"]
-    sysmsg = chat_messages("", domain)[0]["content"]
-    msgs = [q.get("messages") or chat_messages(q["question"], domain, q["answer"]) for q in rows]
-    formats = {
-        "alpaca.jsonl": [{"instruction": q["question"], "input": m[1]["content"] if q.get("format") == "raft" else "", "output": q["answer"],
-                          "system": sysmsg} for q, m in zip(rows, msgs)],
-        "sharegpt.jsonl": [{"conversations": [{"from": {"system": "system", "user": "human", "assistant": "gpt"}[x["role"]], "value": x["content"]} for x in m]}
-                           for m in msgs],
-        "messages.jsonl": [{"messages": m, "dimension": q["dimension"], "depth": q["depth"], "hard": bool(q.get("hard"))} for q, m in zip(rows, msgs)],
-        "openai.jsonl": [{"messages": m} for m in msgs],
-        "prompt_completion.jsonl": [prompt_completion(m) for m in msgs],
-    }
-    for name, data in formats.items(): write_jsonl(out_dir/name, data)
-    return {k: len(v) for k, v in formats.items()}
-
-def _conflicts(qa: list[dict], extra: list[dict], domain: str) -> list:
-    rows = [r for r in list(qa) + list(extra) if r["split"] == "train"]
-    msgs = [r.get("messages") or chat_messages(r["question"], domain, r["answer"]) for r in rows]
-    return prompt_conflicts([{"messages": m} for m in msgs])
-
-def dataset_card(qa: list[dict], rejected: list[dict], teachers: list[str], domain: str, extra: list[dict] = (), judge: str | None = None) -> str:
-    "A markdown card: counts per dimension × depth and split, teachers, consensus decisions, hard cases and rejection reasons."
-    from purpose.queries import DEPTHS, DIMENSIONS
-    grid = Counter((q["dimension"], q["depth"]) for q in qa)
-    extras = dict(sorted(Counter(e["format"] for e in extra).items()))
-    lines = [f"# Distilled QA: {domain}", "", f"- accepted: {len(qa)} (train {sum(q['split'] == 'train' for q in qa)}, "
-             f"held-out {sum(q['split'] == 'heldout' for q in qa)})", f"- rejected: {len(rejected)}",
-             f"- hard (teachers disagree): {sum(bool(q.get('hard')) for q in qa)}", f"- teachers: {', '.join(teachers)}",
-             f"- judge: {judge or 'offline (grounding, relevance, length)'}",
-             f"- consensus: {dict(sorted(Counter(q.get('decision', 'kept') for q in qa).items()))}",
-             f"- extra training examples: {extras or 'none'}",
-             f"- training prompts with two answers: {len(_conflicts(qa, extra, domain))}", "",
-             "| dimension | " + " | ".join(DEPTHS) + " |", "|---|" + "---|" * len(DEPTHS)]
-    lines += [f"| {d} | " + " | ".join(str(grid[(d, p)]) for p in DEPTHS) + " |" for d in DIMENSIONS]
-    lines += ["", "## Rejection reasons", ""] + [f"- {r}: {n}" for r, n in Counter(r["reason"].split(":")[0] for r in rejected).most_common()]
-    return "\n".join(lines) + "\n"
+# %% ../nbs/05_distill.ipynb #b350820b
+def _with_draft(messages: list[dict], draft: str | None) -> list[dict]:
+    "Grounded messages with a first draft to improve in the system message (standard mode)."
+    if not draft: return messages
+    note = f"\n\nA first answer to check and improve (keep only what the sources support): {draft}"
+    return [{**messages[0], "content": messages[0]["content"] + note}, *messages[1:]]
 
 # %% ../nbs/05_distill.ipynb #0b1d84a4
 def unanswered_failures(queries: list[dict], answers: dict, failures_path: Path) -> list[dict]:
-    "The failure rows of this run, with one added for each question that has neither an answer nor a failure."
+    "The failure rows of this run, plus one for each question with neither an answer nor a failure."
     failures = read_jsonl(failures_path) if failures_path.exists() else []
     failed = {f["query_id"] for f in failures}
     for q in queries:
         if q["query_id"] not in answers and q["query_id"] not in failed:
             row = {"query_id": q["query_id"], "teacher": None, "status": "error",
-                   "error": "no answer was recorded (lost to an interrupted write?): re-run distill to ask again"}
+                   "error": "no answer was recorded (lost to an interrupted write?): re-run "
+                            "distill to ask again"}
             append_jsonl(failures_path, row)
             failures.append(row)
     return failures
 
+# %% ../nbs/05_distill.ipynb #296e3f6f
+def teacher_specs(teachers: str) -> list[str]:
+    "The comma-separated teacher specs of `teachers`; an empty one is an error saying what to do."
+    specs = [t.strip() for t in teachers.split(",")]
+    if not all(specs):
+        raise PurposeError(f"teachers={teachers!r}: name at least one teacher, e.g. 'offline' or "
+                           "'offline,openai:gpt-4o-mini'")
+    return specs
 
-# %% ../nbs/05_distill.ipynb #d3fde7c8
-def _load_dataset_dict(qa: list[dict], domain: str, extra: list[dict] = ()):
-    from datasets import Dataset, DatasetDict
-    cols = ("qa_id", "query_id", "question", "answer", "dimension", "depth", "teacher", "judge_score", "grounding", "agreement", "hard")
-    rows = list(qa) + list(extra)
-    msgs = [r.get("messages") or chat_messages(r["question"], domain, r["answer"]) for r in rows]
-    full = Dataset.from_list([{**{c: r[c] for c in cols}, "judge_score": float(r["judge_score"]), "grounding": float(r["grounding"]),
-                               "agreement": float(r["agreement"]), "hard": bool(r["hard"]), "citations": list(r["citations"]),
-                               "format": r.get("format", "qa"), "messages": m,
-                               **prompt_completion(m)}
-                              for r, m in zip(rows, msgs)])
-    # one table split by index: an empty split keeps the columns and types of the other
-    return DatasetDict({s: full.select([i for i, r in enumerate(rows) if r["split"] == s]) for s in ("train", "heldout")})
-
-def save_dataset(dsd, path: Path | str) -> Path:
-    "`dsd.save_to_disk(path)`, with an empty split written as one empty shard so that `load_from_disk` can read it back."
-    dsd.save_to_disk(str(path), num_shards={s: 1 for s, d in dsd.items() if len(d) == 0})
-    return Path(path)
-
-def _with_draft(messages: list[dict], draft: str | None) -> list[dict]:
-    "Grounded messages with a first draft to improve in the system message (standard distillation's enhancing step)."
-    if not draft: return messages
-    return [{**messages[0], "content": messages[0]["content"] + f"\n\nA first answer to check and improve (keep only what the sources support): {draft}"}, *messages[1:]]
-
-def distill_stage(run_dir: Path | str, domain: str = "domain", teachers: str | list = "offline", judge: str | None = None,
-                  judge_threshold: float = 3.0, min_grounding: float = 0.5, dedup_threshold: float = 0.85,
-                  concurrency: int = 4, max_queries: int | None = None, budget_usd: float | None = None, cache=True,
-                  retries: int = 4, raft_distractors: int = 0, replay_fraction: float = 0.0, replay_file: str | None = None, passages: str = "uncited",
-                  push_to_hub: str | None = None, seed: int = 0) -> dict:
-    "Answer the run's questions with the teachers, check, reconcile, de-duplicate and export the dataset."
-    run = RunDir(run_dir)
-    run.require("queries_file", "chunks")
-    specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else list(teachers)
-    if not specs or not all(specs): raise PurposeError(f"teachers={teachers!r}: name at least one teacher, e.g. 'offline' or 'offline,openai:gpt-4o-mini'")
-    if not 0 <= replay_fraction <= 1: raise PurposeError(f"replay_fraction={replay_fraction}: use a fraction of the training split in [0, 1]")
-    params = dict(domain=domain, teachers=[teacher_name(s) for s in specs], judge=judge, judge_threshold=judge_threshold,
-                  min_grounding=min_grounding, dedup_threshold=dedup_threshold, concurrency=concurrency, max_queries=max_queries,
-                  budget_usd=budget_usd, raft_distractors=raft_distractors, replay_fraction=replay_fraction, replay_file=replay_file, passages=passages,
-                  push_to_hub=push_to_hub, seed=seed)
-    with stage_run(run, "distill", params) as rec:
-        chunks = {c["chunk_id"]: c for c in read_chunks(run.chunks)}
-        queries = read_jsonl(run.queries_file)[:max_queries]
-        missing = sorted({cid for q in queries for cid in q["chunk_ids"] if cid not in chunks})
-        if missing: raise PurposeError(f"{run.queries/'queries.jsonl'} cites chunks not in extract/chunks.jsonl ({missing[:3]}...): re-run the queries stage")
-        items = [{"query_id": q["query_id"], "messages": _with_draft(grounded_messages(q["question"], [chunks[c] for c in q["chunk_ids"]]), q.get("draft"))}
-                 for q in queries]
-        run.distill_failures.unlink(missing_ok=True)
-        rec.info["asked"] = ask_teachers(specs, items, run.answers, run.distill_failures, concurrency,
-                                         cache=cache, budget_usd=budget_usd, retries=retries)
-        names = [teacher_name(t) for t in specs]
-        answers, current = defaultdict(dict), {(it["query_id"], prompt_fingerprint(it["messages"])) for it in items}
-        for a in read_jsonl(run.answers) if run.answers.exists() else []:
-            if a["teacher"] in names and (a["query_id"], a.get("prompt_fp")) in current: answers[a["query_id"]][a["teacher"]] = a["raw"]
-        failures = unanswered_failures(queries, answers, run.distill_failures)
-        if not answers and failures: raise PurposeError(f"{one_cause(failures) or 'every teacher call failed, for several causes'} "
-                                               f"(see {run.distill/'failures.jsonl'})")
-        cands_by_q = {}
-        for q in queries:
-            cands = []
-            for teacher in names:
-                if teacher not in answers.get(q["query_id"], {}): continue
-                raw = answers[q["query_id"]][teacher]
-                ans = clean_answer(raw)
-                cites = [q["chunk_ids"][n - 1] for n in cited_sources(raw) if 0 < n <= len(q["chunk_ids"])]
-                cited_text = [chunks[c]["text"] for c in cites] or [chunks[c]["text"] for c in q["chunk_ids"]]
-                cands.append({"teacher": teacher, "answer": ans, "citations": cites, "grounding": round(grounding_score(ans, cited_text), 3),
-                              "misquotes": misquoted_spans(ans, cited_text), "sources": cited_text})
-            if cands: cands_by_q[q["query_id"]] = cands   # else: recorded in failures.jsonl
-        flat = [(q, c) for q in queries for c in cands_by_q.get(q["query_id"], [])]
-        if judge:
-            scores = judge_many(judge, [(q["question"], c["answer"], c["sources"]) for q, c in flat], cache=cache, budget_usd=budget_usd,
-                                concurrency=concurrency, retries=retries)
-        else: scores = [offline_judge(q["question"], c["answer"], c["sources"]) for q, c in flat]
-        for (q, c), (js, why) in zip(flat, scores): c.update(judge_score=js, judge_reason=why); del c["sources"]
-        accepted, rejected = [], []
-        for q in queries:
-            if q["query_id"] not in cands_by_q: continue
-            best = consensus(cands_by_q[q["query_id"]])
-            row = {"qa_id": stable_id(q["query_id"], best["teacher"]), **{k: q[k] for k in ("query_id", "question", "dimension", "depth", "split", "concepts")}, **best}
-            if not row["answer"]: rejected.append({**row, "reason": "empty_answer"})
-            elif row["judge_reason"].startswith("judge_failed"): rejected.append({**row, "reason": row["judge_reason"]})
-            elif row["misquotes"]: rejected.append({**row, "reason": f"misquoted: {row['misquotes'][0]!r} is not in the cited chunks"})
-            elif row["grounding"] < min_grounding: rejected.append({**row, "reason": f"ungrounded: grounding {row['grounding']} < {min_grounding}"})
-            elif row["judge_score"] < judge_threshold: rejected.append({**row, "reason": f"low_judge_score: {row['judge_score']} < {judge_threshold} ({row['judge_reason']})"})
-            else: accepted.append(row)
-        kept, dups = dedup(accepted, threshold=dedup_threshold)
-        rejected += [{**d, "reason": f"duplicate: of {kept[d['duplicate_of']]['qa_id']}"} for d in dups]
-        write_jsonl(run.qa, kept)
-        write_jsonl(run.rejected, rejected)
-        if not any(q["split"] == "train" for q in kept):
-            raise PurposeError(f"no training QA was accepted (rejected: {len(rejected)}; see {run.distill/'rejected.jsonl'}): lower judge_threshold/min_grounding or add papers")
-        extra = raft_examples(kept, chunks, raft_distractors, seed) if raft_distractors > 0 else []
-        n_train = sum(q["split"] == "train" for q in kept)
-        if replay_fraction > 0: extra += replay_examples(max(1, round(replay_fraction * n_train)), domain, replay_file, seed)
-        docs = {d["doc_id"]: d for d in read_jsonl(run.documents)} if run.documents.exists() else {}
-        extra += passage_examples(kept, chunks, docs, domain, passages)
-        dsd = _load_dataset_dict(kept, domain, extra)
-        save_dataset(dsd, run.dataset)
-        if push_to_hub: dsd.push_to_hub(push_to_hub, private=True)   # token from HF_TOKEN / huggingface-cli login
-        rec.info["exports"] = export_formats(kept + extra, run.exports, domain)
-        run.card.write_text(dataset_card(kept, rejected, names, domain, extra, judge))
-        grid = Counter((q["dimension"], q["depth"]) for q in kept)
-        rec.counts.update({"queries": len(queries), "accepted": len(kept), "rejected": len(rejected), "failed": len({f["query_id"] for f in failures}),
-                           "train": n_train, "heldout": sum(q["split"] == "heldout" for q in kept),
-                           "hard": sum(bool(q["hard"]) for q in kept), "cells_filled": len(grid),
-                           "raft": sum(e["format"] == "raft" for e in extra), "replay": sum(e["format"] == "replay" for e in extra),
-                           "passages": sum(e["format"] == "passage" for e in extra)})
+def write_standard_queries(run: RunDir, cfg: DistillConfig, generator: str) -> dict:
+    "Standard mode's questions with drafts from `generator`, written as the queries stage's output."
+    run.require("chunks")
+    params = {"mode": "standard", "generator": teacher_name(generator),
+              "num_qa_pairs": cfg.num_qa_pairs,
+              "seed": cfg.seed}
+    with stage_run(run, "queries", params) as rec:
+        qs = standard_queries(read_chunks(run.chunks), generator, cfg.num_qa_pairs,
+                              heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, cache=cfg.cache,
+                              budget_usd=cfg.budget_usd, concurrency=cfg.concurrency)
+        if not qs:
+            raise PurposeError(f"the generator {teacher_name(generator)!r} produced no questions: "
+                               "check its failures or use teachers='offline'")
+        write_jsonl(run.queries_file, qs)
+        splits = sorted(Counter(q["split"] for q in qs).items())
+        rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in splits}})
     return rec.counts
 
-# %% ../nbs/05_distill.ipynb #f2ef5351
-QA_SCHEMA = {"type": "object", "required": ["pairs"], "properties": {"pairs": {"type": "array", "items": {
-    "type": "object", "required": ["question", "answer"], "properties": {"question": {"type": "string"}, "answer": {"type": "string"}}}}}}
-QA_SYSTEM = ("You write exam questions for domain experts from a research text. From the source, write {n} question-answer pairs "
-             "that the source answers on its own (no 'this study' without naming it). Reply with JSON only.")
+# %% ../nbs/05_distill.ipynb #84d27e25
+def read_queries(run: RunDir, chunks: dict[str, dict],
+                 max_queries: int | None = None) -> list[dict]:
+    "The run's questions (the first `max_queries`), each citing chunks that exist."
+    queries = read_jsonl(run.queries_file)[:max_queries]
+    missing = sorted({c for q in queries for c in q["chunk_ids"] if c not in chunks})
+    if missing:
+        raise PurposeError(f"{run.queries_file} cites chunks not in {run.chunks} "
+                           f"({missing[:3]}...): re-run the queries stage")
+    return queries
 
-def _offline_pairs(chunk: dict, n: int) -> list[dict]:
-    from purpose.graph import candidate_phrases, norm_term
-    counts = Counter(norm_term(p) for s in split_sentences(chunk["text"]) for p in candidate_phrases(s) if len(p.split()) > 1)
-    return [{"question": f"What does the research report about {k}?", "answer": ""} for k, _ in counts.most_common(n)]
+def grounded_items(queries: list[dict], chunks: dict[str, dict]) -> list[dict]:
+    "Each question's prompt: its chunks as numbered sources (and the draft to improve, if any)."
+    prompt = lambda q: grounded_messages(q["question"], [chunks[c] for c in q["chunk_ids"]])
+    return [{"query_id": q["query_id"],
+             "messages": _with_draft(prompt(q), q.get("draft"))} for q in queries]
 
-def standard_queries(chunks: list[dict], generator: str = "offline", num_qa_pairs: int = 100, per_chunk: int = 2,
-                     heldout_fraction: float = 0.2, seed: int = 0, cache=True, budget_usd: float | None = None, concurrency: int = 4) -> list[dict]:
-    "Questions with draft answers generated chunk by chunk (LLM generator with JSON, or the offline one), split fixed."
-    from purpose.graph import content_chunks
-    chunks = [c for c in content_chunks(chunks) if len(c["text"].split()) >= 40]
-    if not chunks: raise PurposeError("no chunk with 40 words or more: check extract/documents.jsonl statuses")
-    rng = random.Random(seed)
-    picked = sorted(rng.sample(range(len(chunks)), min(len(chunks), -(-num_qa_pairs // per_chunk))))
-    picked = [chunks[i] for i in picked]
-    if generator == "offline": pairs = [_offline_pairs(c, per_chunk) for c in picked]
-    else:
-        msgs = [[{"role": "system", "content": QA_SYSTEM.format(n=per_chunk)}, {"role": "user", "content": f"Source:\n{' '.join(c['text'].split())}"}] for c in picked]
-        res = complete_many([s.strip() for s in generator.split("|")], msgs, cache=cache, budget_usd=budget_usd, concurrency=concurrency, json_schema=QA_SCHEMA)
-        pairs = [r.parsed["pairs"][:per_chunk] if r.ok else [] for r in res]
-    out = []
-    for c, ps in zip(picked, pairs):
-        for p in ps:
-            if not p["question"].strip(): continue
-            qid = stable_id("standard", c["chunk_id"], p["question"])
-            split = "heldout" if int(stable_id(seed, qid), 16) % 1000 < heldout_fraction * 1000 else "train"
-            out.append({"query_id": qid, "question": p["question"].strip(), "dimension": "factual", "depth": "intermediate", "concepts": [],
-                        "community": 0, "chunk_ids": [c["chunk_id"]], "split": split, "draft": p["answer"].strip(), "generator": generator})
-    return out[:num_qa_pairs]
+def stored_answers(answers_path: Path, names: list[str],
+                   items: list[dict]) -> dict[str, dict[str, str]]:
+    "query_id -> teacher -> raw answer, of the answers stored for exactly these prompts."
+    current = {(it["query_id"], prompt_fingerprint(it["messages"])) for it in items}
+    out = defaultdict(dict)
+    for a in read_jsonl(answers_path) if answers_path.exists() else []:
+        if a["teacher"] in names and (a["query_id"], a.get("prompt_fp")) in current:
+            out[a["query_id"]][a["teacher"]] = a["raw"]
+    return out
 
-def standard_distill_stage(run_dir: Path | str, domain: str = "domain", generator: str = "offline", enhancer: str | None = None,
-                           num_qa_pairs: int = 100, heldout_fraction: float = 0.2, seed: int = 0, cache=True,
-                           budget_usd: float | None = None, concurrency: int = 4, **distill_kw) -> dict:
-    "Standard distillation: QA from `generator` per chunk, answers enhanced by `enhancer` (default: the generator), checked and exported."
-    run = RunDir(run_dir)
-    run.require("chunks")
-    with stage_run(run, "queries", {"mode": "standard", "generator": generator, "num_qa_pairs": num_qa_pairs, "seed": seed}) as rec:
-        qs = standard_queries(read_chunks(run.chunks), generator, num_qa_pairs, heldout_fraction=heldout_fraction, seed=seed,
-                              cache=cache, budget_usd=budget_usd, concurrency=concurrency)
-        if not qs: raise PurposeError(f"the generator {generator!r} produced no questions: check its failures or use generator='offline'")
-        write_jsonl(run.queries_file, qs)
-        rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in sorted(Counter(q["split"] for q in qs).items())}})
-    return distill_stage(run.root, domain=domain, teachers=enhancer or generator, cache=cache, budget_usd=budget_usd, concurrency=concurrency, **distill_kw)
+# %% ../nbs/05_distill.ipynb #18eb8cae
+def check_answer(q: dict, teacher: str, raw: str, chunks: dict[str, dict]) -> dict:
+    "A teacher's answer to `q`, cleaned, with citations, grounding and misquotes (and its sources)."
+    ans = clean_answer(raw)
+    cites = [q["chunk_ids"][n - 1] for n in cited_sources(raw) if 0 < n <= len(q["chunk_ids"])]
+    cited = [chunks[c]["text"] for c in cites or q["chunk_ids"]]
+    return {"teacher": teacher, "answer": ans, "citations": cites,
+            "grounding": round(grounding_score(ans, cited), 3),
+            "misquotes": misquoted_spans(ans, cited),
+            "sources": cited}
+
+def answer_candidates(queries: list[dict], answers: dict, chunks: dict[str, dict],
+               names: list[str]) -> dict[str, list[dict]]:
+    "query_id -> the checked answers of the teachers that answered it, in teacher order."
+    out = {}
+    for q in queries:
+        got = answers.get(q["query_id"], {})
+        cands = [check_answer(q, t, got[t], chunks) for t in names if t in got]
+        if cands: out[q["query_id"]] = cands   # else: recorded in failures.jsonl
+    return out
+
+def judge_candidates(queries: list[dict], cands: dict[str, list[dict]], cfg: DistillConfig) -> None:
+    "Give each candidate its `judge_score` and `judge_reason` (LLM or offline judge); drop sources."
+    flat = [(q, c) for q in queries for c in cands.get(q["query_id"], [])]
+    items = [(q["question"], c["answer"], c["sources"]) for q, c in flat]
+    if cfg.judge:
+        scores = judge_many(cfg.judge, items, cache=cfg.cache, budget_usd=cfg.budget_usd,
+                            concurrency=cfg.concurrency, retries=cfg.retries)
+    else: scores = [offline_judge(*it) for it in items]
+    for (_, c), (score, why) in zip(flat, scores):
+        c.update(judge_score=score, judge_reason=why)
+        del c["sources"]
+
+# %% ../nbs/05_distill.ipynb #59a321d7
+def rejection(row: dict, judge_threshold: float, min_grounding: float) -> str | None:
+    "Why a reconciled answer is rejected, or None when it is accepted."
+    if not row["answer"]: return "empty_answer"
+    if row["judge_reason"].startswith("judge_failed"): return row["judge_reason"]
+    if row["misquotes"]: return f"misquoted: {row['misquotes'][0]!r} is not in the cited chunks"
+    if row["grounding"] < min_grounding:
+        return f"ungrounded: grounding {row['grounding']} < {min_grounding}"
+    if row["judge_score"] < judge_threshold:
+        return f"low_judge_score: {row['judge_score']} < {judge_threshold} ({row['judge_reason']})"
+    return None
+
+_QA_FIELDS = ("query_id", "question", "dimension", "depth", "split", "concepts")
+
+def select_answers(queries: list[dict], cands: dict[str, list[dict]],
+                   cfg: DistillConfig) -> tuple[list[dict], list[dict]]:
+    "`(kept, rejected)`: each question's consensus answer checked, then near-duplicates rejected."
+    accepted, rejected = [], []
+    for q in queries:
+        if q["query_id"] not in cands: continue
+        best = consensus(cands[q["query_id"]])
+        row = {"qa_id": stable_id(q["query_id"], best["teacher"]), **{k: q[k] for k in _QA_FIELDS},
+               **best}
+        why = rejection(row, cfg.judge_threshold, cfg.min_grounding)
+        if why: rejected.append({**row, "reason": why})
+        else: accepted.append(row)
+    kept, dups = dedup(accepted, threshold=cfg.dedup_threshold)
+    rejected += [{**d, "reason": f"duplicate: of {kept[d['duplicate_of']]['qa_id']}"} for d in dups]
+    return kept, rejected
+
+# %% ../nbs/05_distill.ipynb #5f1df8ad
+def extra_examples(run: RunDir, kept: list[dict], chunks: dict[str, dict], cfg: DistillConfig,
+                   domain: str) -> list[dict]:
+    "The training rows beside the QA: RAFT, general replay and source passages, as `cfg` asks."
+    extra = []
+    if cfg.raft_distractors > 0: extra += raft_examples(kept, chunks, cfg.raft_distractors,
+                                                        cfg.seed)
+    n_train = sum(q["split"] == "train" for q in kept)
+    if cfg.replay_fraction > 0:
+        n = max(1, round(cfg.replay_fraction * n_train))
+        extra += replay_examples(n, domain, cfg.replay_file, cfg.seed)
+    docs = {d["doc_id"]: d for d in read_jsonl(run.documents)} if run.documents.exists() else {}
+    return extra + passage_examples(kept, chunks, docs, domain, cfg.passages)
+
+def write_dataset(run: RunDir, kept: list[dict], rejected: list[dict], extra: list[dict],
+                  names: list[str], cfg: DistillConfig, domain: str) -> dict:
+    "The dataset (pushed to the Hub when asked), the exports and the card; the exports' row counts."
+    dsd = dataset_dict(kept, domain, extra)
+    save_dataset(dsd, run.dataset)
+    # the token: HF_TOKEN or `huggingface-cli login`
+    if cfg.push_to_hub: dsd.push_to_hub(cfg.push_to_hub, private=True)
+    exports = export_formats(kept + extra, run.exports, domain)
+    run.card.write_text(dataset_card(kept, rejected, names, domain, extra, cfg.judge))
+    return exports
+
+def distill_counts(queries: list[dict], kept: list[dict], rejected: list[dict],
+                   failures: list[dict],
+                   extra: list[dict]) -> dict:
+    "The stage's counts: questions, accepted, rejected, failed, splits, hard, cells, extra rows."
+    split = lambda s: sum(q["split"] == s for q in kept)
+    fmt = Counter(e["format"] for e in extra)
+    return {"queries": len(queries), "accepted": len(kept), "rejected": len(rejected),
+            "failed": len({f["query_id"] for f in failures}), "train": split("train"),
+            "heldout": split("heldout"), "hard": sum(bool(q["hard"]) for q in kept),
+            "cells_filled": len({(q["dimension"], q["depth"]) for q in kept}),
+            "raft": fmt["raft"], "replay": fmt["replay"], "passages": fmt["passage"]}
+
+# %% ../nbs/05_distill.ipynb #22f7493b
+def distill_params(cfg: DistillConfig, domain: str) -> dict:
+    "The config as the manifest records it: the domain resolved, teacher specs without credentials."
+    p = {f.name: getattr(cfg, f.name) for f in cell_fields(DistillConfig)}
+    return {**p, "domain": domain,
+            "teachers": [teacher_name(s) for s in teacher_specs(cfg.teachers)],
+            "judge": cfg.judge and teacher_name(cfg.judge)}
+
+def _check_answered(run: RunDir, answers: dict, failures: list[dict]):
+    if not answers and failures:
+        cause = one_cause(failures) or "every teacher call failed, for several causes"
+        raise PurposeError(f"{cause} (see {run.distill_failures})")
+
+def _check_trainable(run: RunDir, kept: list[dict], rejected: list[dict]):
+    if not any(q["split"] == "train" for q in kept):
+        raise PurposeError(f"no training QA was accepted (rejected: {len(rejected)}; see "
+                           f"{run.rejected}): lower judge_threshold/min_grounding or add papers")
+
+# %% ../nbs/05_distill.ipynb #5e2c7d11
+def distill_stage(run_dir: Path | str, cfg: DistillConfig | None = None, **overrides) -> dict:
+    "Answer the run's questions with the teachers; check, reconcile, de-duplicate, export them."
+    cfg = make_config(DistillConfig, cfg, **overrides)
+    run, specs = RunDir(run_dir), teacher_specs(cfg.teachers)
+    domain = cfg.domain or Manifest(run).domain()
+    if cfg.mode == "standard":          # the first teacher writes the questions, the second answers
+        write_standard_queries(run, cfg, specs[0])
+        specs = specs[1:2] or specs[:1]
+    run.require("queries_file", "chunks")
+    names = [teacher_name(t) for t in specs]
+    with stage_run(run, "distill", distill_params(cfg, domain)) as rec:
+        chunks = {c["chunk_id"]: c for c in read_chunks(run.chunks)}
+        queries = read_queries(run, chunks, cfg.max_queries)
+        items = grounded_items(queries, chunks)
+        run.distill_failures.unlink(missing_ok=True)
+        rec.info["asked"] = ask_teachers(specs, items, run.answers, run.distill_failures,
+                                         cfg.concurrency,
+                                         cache=cfg.cache, budget_usd=cfg.budget_usd,
+                                         retries=cfg.retries)
+        answers = stored_answers(run.answers, names, items)
+        failures = unanswered_failures(queries, answers, run.distill_failures)
+        _check_answered(run, answers, failures)
+        cands = answer_candidates(queries, answers, chunks, names)
+        judge_candidates(queries, cands, cfg)
+        kept, rejected = select_answers(queries, cands, cfg)
+        write_jsonl(run.qa, kept)
+        write_jsonl(run.rejected, rejected)
+        _check_trainable(run, kept, rejected)
+        extra = extra_examples(run, kept, chunks, cfg, domain)
+        rec.info["exports"] = write_dataset(run, kept, rejected, extra, names, cfg, domain)
+        rec.counts.update(distill_counts(queries, kept, rejected, failures, extra))
+    return rec.counts

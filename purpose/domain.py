@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools, hashlib, json, re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from .core import FILES, PurposeError, read_json, write_json
+from .core import FILES, PurposeError, RunDir, read_json, write_json
 
 # %% auto #0
 __all__ = ['VOCABULARY_FIELDS', 'DEFAULT_VOCABULARY', 'DOMAIN_FILE', 'RUN_VOCABULARY', 'Vocabulary', 'read_vocabulary',
@@ -23,9 +23,9 @@ class Vocabulary:
         "participants", "subjects", "patients", "volunteers", "men", "women", "males", "females",
         "children", "adolescents", "adults", "individuals", "studies", "trials")
     units: tuple = (         # a number and one of these is a measurement
-        "ms", "s", "sec", "min", "h", "m/s", "km/h", "km", "m", "cm", "mm", "kg", "g", "mg", "%", "W",
-        "N", "J", "Hz", "bpm", "L/min", "mmol/L", "mmol·L-1", "years", "yr", "yrs", "weeks", "wk",
-        "days", "months", "°")
+        "ms", "s", "sec", "min", "h", "m/s", "km/h", "km", "m", "cm", "mm", "kg", "g", "mg", "%",
+        "W", "N", "J", "Hz", "bpm", "L/min", "mmol/L", "mmol·L-1", "years", "yr", "yrs", "weeks",
+        "wk", "days", "months", "°")
     method_hints: tuple = (  # a concept holding one of these is a method
         "test", "measure", "protocol", "camera", "video", "sensor", "questionnaire", "analysis",
         "assessment", "design", "trial", "intervention", "program", "procedure", "assay", "survey",
@@ -48,9 +48,8 @@ def _strings(path: Path, key: str, value) -> tuple:
                            f"e.g. {_EXAMPLE}")
     return tuple(x.strip() for x in value)
 
-def read_vocabulary(path: Path | str) -> Vocabulary:
-    "The vocabulary of a domain file (`_domain.json`): its words added to the general defaults."
-    path = Path(path)
+def _domain_object(path: Path) -> dict:
+    "The JSON object of a domain file, its fields checked by name."
     try: obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise PurposeError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}): fix it, "
@@ -62,7 +61,13 @@ def read_vocabulary(path: Path | str) -> Vocabulary:
         raise PurposeError(f"{path}: unknown field '{bad[0]}': use {', '.join(known)}")
     if not isinstance(obj.get("name", ""), str):
         raise PurposeError(f"{path}: field 'name' must be a string")
-    d = DEFAULT_VOCABULARY
+    return obj
+
+# %% ../nbs/01a_domain.ipynb #2ee25a84
+def read_vocabulary(path: Path | str) -> Vocabulary:
+    "The vocabulary of a domain file (`_domain.json`): its words added to the general defaults."
+    path = Path(path)
+    obj, d = _domain_object(path), DEFAULT_VOCABULARY
     add = {k: tuple(dict.fromkeys(_strings(path, k, obj[k]) + getattr(d, k)))
            for k in VOCABULARY_FIELDS if k in obj}
     return Vocabulary(name=obj.get("name") or path.parent.name, source=str(path), **add)
@@ -85,9 +90,10 @@ def write_vocabulary(v: Vocabulary, path: Path | str) -> Path:
     write_json(path, {**asdict(v), "fingerprint": vocabulary_fingerprint(v)})
     return Path(path)
 
+# %% ../nbs/01a_domain.ipynb #56bd1289
 def run_vocabulary(run_dir: Path | str) -> Vocabulary:
     "The vocabulary the extract stage of `run_dir` used (`extract/domain.json`), else the defaults."
-    f = Path(run_dir)/RUN_VOCABULARY
+    f = RunDir(run_dir).domain
     if not f.is_file(): return DEFAULT_VOCABULARY
     obj = read_json(f)
     try: return Vocabulary(**{k: tuple(obj[k]) if k in VOCABULARY_FIELDS else obj[k]
@@ -97,7 +103,7 @@ def run_vocabulary(run_dir: Path | str) -> Vocabulary:
 
 # %% ../nbs/01a_domain.ipynb #a7732de8
 def _alternation(words) -> str:
-    "A regex alternation of literal `words`, longest first; '-' matches '−' too, a space is optional."
+    "A regex alternation of literal `words`, longest first (`-` also matches `−`; spaces optional)."
     pats = [re.escape(w).replace(r"\-", "[-−]").replace(r"\ ", r"\s?").replace(" ", r"\s?")
             for w in sorted(set(words), key=lambda w: (-len(w), w))]
     return "(?:" + "|".join(pats) + ")"

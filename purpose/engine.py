@@ -115,7 +115,8 @@ class Bucket:
         "Take `n` tokens; returns the seconds to wait before using them (0 when available now)."
         with self.lock:
             now = time.monotonic()
-            self.level = min(self.capacity, self.level + (now - self.t) * self.rate); self.t = now
+            self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+            self.t = now
             self.level -= n
             return 0.0 if self.level >= 0 else -self.level / self.rate
 
@@ -135,7 +136,9 @@ async def wait_for_capacity(provider: str, tokens: int, limits: dict) -> float:
         if not lim.get(kind): continue
         with _BUCKETS_LOCK: b = _BUCKETS.setdefault((provider, kind, lim[kind]), Bucket(lim[kind]))
         w = b.take(n)
-        if w > 0: await asyncio.sleep(w); waited += w
+        if w > 0:
+            await asyncio.sleep(w)
+            waited += w
     return waited
 
 # %% ../nbs/04b_engine.ipynb #f56e5c8f
@@ -166,7 +169,9 @@ def _mini_validate(obj, schema, path="$"):
 def validate_json(obj: Any, schema: dict) -> Any:
     "`obj` if it validates against `schema` (jsonschema when installed, else a small validator)."
     try: import jsonschema
-    except ImportError: _mini_validate(obj, schema); return obj
+    except ImportError:
+        _mini_validate(obj, schema)
+        return obj
     try: jsonschema.validate(obj, schema)
     except jsonschema.ValidationError as e:
         where = "/".join(map(str, e.absolute_path)) or "$"
@@ -328,7 +333,9 @@ def teacher(self: _Run, i):
         kw = {**({"timeout": self.timeout} if p not in ("offline", "hf") else {}),
               **self.teacher_kw.get(p, {})}
         try: self.teachers[i] = get_teacher(self.specs[i], **kw)
-        except PurposeError as e: self.dead[i] = short_error(e); raise
+        except PurposeError as e:
+            self.dead[i] = short_error(e)
+            raise
     return self.teachers[i]
 
 # %% ../nbs/04b_engine.ipynb #07ae4b8b
@@ -461,7 +468,9 @@ async def _item(self: _Run, idx, messages) -> Result:
         if (hit := self.from_cache(i, idx, messages)) is not None:
             hit.attempts, hit.tried = attempts, tried
             return hit
-        if i in self.dead: tried.append(f"{spec}: skipped ({self.dead[i]})"); continue
+        if i in self.dead:
+            tried.append(f"{spec}: skipped ({self.dead[i]})")
+            continue
         for a in range(self.retries + 1):
             attempts += 1
             try: res = await self.attempt(i, idx, messages)

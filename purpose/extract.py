@@ -4,65 +4,30 @@
 
 # %% ../nbs/01_extract.ipynb #15c97ab2
 from __future__ import annotations
-import functools, hashlib, multiprocessing as mp, os, re, signal, stat, errno, threading, time, heapq, zlib
-import fnmatch
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from multiprocessing.connection import wait as _mp_wait
+import functools, hashlib, heapq, os, re, zlib
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from .core import (read_chunks, PurposeError, RunDir, stable_id, write_jsonl, read_jsonl, read_json,
-                          stage_run, load_tokenizer, EMBEDDED_STUDENT, TINY_STUDENT, student_tokenizer_dir)
-from .text import split_sentences
-from .domain import (DEFAULT_VOCABULARY, RUN_VOCABULARY, Vocabulary, domain_vocabulary,
-                            vocabulary_fingerprint, write_vocabulary)
-from .records import (STATUSES, HEAD_BYTES, KINDS, FileProblem, Line, binary_reason, decode_text,
-                             describe_bytes, html_lines, jsonl_records, markdown_lines, normalize_text,
-                             records_of, render_record, sniff_kind, template_for)
-from .pdf import (SAMPLE_PAGES, drop_running_lines, find_doi, find_year, make_test_pdf, ocr_pdf_pages,
-                         open_pdf, pdf_metadata, pdfium_page_lines, reading_order, tesseract_available,
-                         _count_text_objects)
-from .sections import (CANONICAL, RECORD_FIELDS, RECORD_SCHEMA, STAT_KINDS, Section, canonical_section,
-                              extract_statistics, key_terms, offline_record, sectionize, teacher_records,
-                              validate_record)
+from .config import ExtractConfig, make_config
+from .core import (PurposeError, RunDir, read_chunks, read_json, read_jsonl, stable_id,
+                          stage_run,
+                          write_jsonl)
+from .domain import (DEFAULT_VOCABULARY, Vocabulary, domain_vocabulary,
+                            vocabulary_fingerprint,
+                            write_vocabulary)
+from .pdf import file_passwords, find_doi, find_year, pdf_lines, pdf_passwords
+from .pool import run_parallel
+from .records import (HEAD_BYTES, KINDS, FileProblem, Line, binary_reason, decode_text,
+                             describe_bytes, jsonl_records, list_inputs, not_a_file, records_of,
+                             render_record, sniff_kind, template_for, text_lines)
+from .sections import Section, offline_record, sectionize, teacher_records
+from .student import EMBEDDED_STUDENT, TINY_STUDENT, load_tokenizer, student_tokenizer_dir
 
 # %% auto #0
-__all__ = ['not_a_file', 'list_inputs', 'chunk_tokenizer', 'chunk_section', 'chunk_document', 'ExtractOptions', 'read_pdf',
-           'extract_file', 'mark_duplicates', 'run_parallel', 'load_record_templates', 'summary_table',
-           'extract_documents', 'extract_stage', 'process_folder', 'join_overlapping', 'normalize_corpus']
-
-# %% ../nbs/01_extract.ipynb #e5700bdb
-def not_a_file(path: Path | str) -> str | None:
-    "What `path` is when it is not a regular file (a folder, FIFO, socket, broken link, link loop), or None; never opens it."
-    path = Path(path)
-    try: st = os.lstat(path)
-    except FileNotFoundError: return "gone: it was removed while the stage ran"
-    link = stat.S_ISLNK(st.st_mode)
-    if link:
-        try: st = os.stat(path)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                return "a symbolic link loop (it points back to itself through links): delete the link or point it at the real file"
-            try: target = os.readlink(path)
-            except OSError: target = "?"
-            return f"a broken symbolic link (its target {target} does not exist): delete the link or restore the file"
-    m = st.st_mode
-    if stat.S_ISREG(m): return None
-    if stat.S_ISDIR(m):
-        return ("a link to a folder: links to folders are not followed; copy or move the folder itself here" if link else
-                "a folder named like a file: rename it (the files inside it are read on their own)")
-    what = ("a named pipe (FIFO)" if stat.S_ISFIFO(m) else "a socket" if stat.S_ISSOCK(m) else
-            "a device file" if stat.S_ISCHR(m) or stat.S_ISBLK(m) else "not a regular file")
-    return f"{'a link to ' + what if link else what}, not a file: it was not opened; remove it from the papers folder"
-
-def list_inputs(folder: Path | str) -> list[Path]:
-    "The entries of a papers folder the stage reports on: its files and what `not_a_file` describes (hidden and `_` ones left out)."
-    folder, out = Path(folder), []
-    for d, dirs, names in os.walk(folder):   # links to folders are listed, never entered: no loops
-        dirs[:] = [x for x in dirs if not x.startswith((".", "_"))]
-        out += [Path(d)/x for x in dirs if (Path(d)/x).is_symlink() or (Path(d)/x).suffix.lower() in KINDS]
-        out += [Path(d)/x for x in names if not x.startswith((".", "_"))]
-    return sorted(out)
+__all__ = ['chunk_tokenizer', 'chunk_section', 'chunk_document', 'ExtractOptions', 'load_record_templates', 'file_options',
+           'extract_file', 'mark_duplicates', 'summary_table', 'extract_documents', 'extract_stage', 'join_overlapping',
+           'normalize_corpus', 'document_text', 'write_corpus', 'process_folder']
 
 # %% ../nbs/01_extract.ipynb #197adffe
 _TOKENIZERS: dict[str, Any] = {}
@@ -78,143 +43,125 @@ def chunk_tokenizer(name: str = EMBEDDED_STUDENT):
         else: _TOKENIZERS[name] = load_tokenizer(name).backend_tokenizer
     return _TOKENIZERS[name]
 
+# %% ../nbs/01_extract.ipynb #21961399
 def _sentence_end(text: str, end: int) -> bool:
     return text[end - 1:end] in (".", "!", "?", "\n") and (end >= len(text) or text[end].isspace())
 
-def chunk_section(text: str, page_at: Callable[[int], int | None], tok, chunk_tokens: int = 256, overlap: int = 32) -> list[dict]:
-    "Chunks `{text, n_tokens, start, page_start, page_end}` of one section's `text`; `page_at(char)` gives a character's page."
+def _window_end(text: str, offs: list, start: int, n: int, chunk_tokens: int) -> int:
+    "Where the window from token `start` ends: at its last sentence end in the second half, if any."
+    end = min(start + chunk_tokens, n)
+    if end < n:
+        for j in range(end, start + chunk_tokens // 2, -1):
+            if _sentence_end(text, offs[j - 1][1]): return j
+    return end
+
+def _word_start(text: str, offs: list, i: int, end: int) -> int:
+    "The first token from `i` (before `end - 1`) that starts a word."
+    def starts(k):
+        c = offs[k][0]
+        return text[c].isspace() or (c > 0 and text[c - 1].isspace())
+    while i < end - 1 and not starts(i): i += 1
+    return i
+
+# %% ../nbs/01_extract.ipynb #c7f60b62
+def chunk_section(text: str, page_at: Callable[[int], int | None], tok, chunk_tokens: int = 256,
+                  overlap: int = 32) -> list[dict]:
+    "Chunks `{text, n_tokens, start, page_start, page_end}` of a section; `page_at(char)`: a page."
     if not text.strip(): return []
-    if overlap >= chunk_tokens: raise PurposeError(f"chunk_overlap ({overlap}) must be smaller than chunk_tokens ({chunk_tokens})")
+    if overlap >= chunk_tokens:
+        raise PurposeError(f"chunk_overlap ({overlap}) must be smaller than chunk_tokens "
+                           f"({chunk_tokens})")
     offs = tok.encode(text, add_special_tokens=False).offsets
     n, out, start = len(offs), [], 0
     while start < n:
-        end = min(start + chunk_tokens, n)
-        if end < n:
-            for j in range(end, start + chunk_tokens // 2, -1):
-                if _sentence_end(text, offs[j - 1][1]): end = j; break
+        end = _window_end(text, offs, start, n, chunk_tokens)
         a, b = offs[start][0], offs[end - 1][1]
-        out.append({"text": text[a:b].strip(), "n_tokens": end - start, "start": a, "page_start": page_at(a), "page_end": page_at(max(a, b - 1))})
+        out.append({"text": text[a:b].strip(), "n_tokens": end - start, "start": a,
+                    "page_start": page_at(a), "page_end": page_at(max(a, b - 1))})
         if end >= n: break
-        nxt = max(end - overlap, start + 1)
-        while nxt < end - 1 and not (text[offs[nxt][0]].isspace() or (offs[nxt][0] > 0 and text[offs[nxt][0] - 1].isspace())): nxt += 1
-        start = nxt if overlap else end
+        start = _word_start(text, offs, max(end - overlap, start + 1), end) if overlap else end
     return out
 
-def chunk_document(doc_id: str, source: str, sections: list[Section], tok, chunk_tokens: int = 256, overlap: int = 32) -> list[dict]:
-    "The chunks of a document: section by section (never across one), references excluded, with pages and stable ids."
+# %% ../nbs/01_extract.ipynb #d20f2aca
+def _section_stream(sec: Section) -> tuple[str, list[int], list[tuple]]:
+    "A section's paragraphs as one text (a line each), with each paragraph's start and pages."
+    text, starts, pages = "", [], []
+    for p0, p1, t in sec.paragraphs:
+        starts.append(len(text))
+        pages.append((p0, p1))
+        text += t + "\n"
+    return text, starts, pages
+
+def _page_finder(text: str, starts: list[int], pages: list[tuple]) -> Callable[[int], int | None]:
+    "The page of a character of a section's text."
+    def page_at(c):
+        i = max(0, next((k for k, s in enumerate(starts) if s > c), len(starts)) - 1)
+        p0, p1 = pages[i]
+        if p0 is None or p0 == p1: return p0
+        # a paragraph over a page break: its characters split between its pages in proportion
+        e = starts[i + 1] if i + 1 < len(starts) else len(text)
+        return p0 + min(p1 - p0, int((c - starts[i]) / max(1, e - starts[i]) * (p1 - p0 + 1)))
+    return page_at
+
+# %% ../nbs/01_extract.ipynb #f0f13cb1
+def chunk_document(doc_id: str, source: str, sections: list[Section], tok, chunk_tokens: int = 256,
+                   overlap: int = 32) -> list[dict]:
+    "The chunks of a document: section by section, references left out, with pages and stable ids."
     out = []
     for si, sec in enumerate(sections):
         if sec.kind == "references" or not sec.paragraphs: continue
-        text, starts, pages, pos = "", [], [], 0
-        for p0, p1, t in sec.paragraphs:
-            starts.append(len(text)); pages.append((p0, p1)); text += t + "\n"
-        def page_at(c, starts=starts, pages=pages, text=text):
-            i = max(0, next((k for k, s in enumerate(starts) if s > c), len(starts)) - 1)
-            p0, p1 = pages[i]
-            if p0 is None or p0 == p1: return p0
-            e = starts[i + 1] if i + 1 < len(starts) else len(text)   # split a page-spanning paragraph proportionally
-            return p0 + min(p1 - p0, int((c - starts[i]) / max(1, e - starts[i]) * (p1 - p0 + 1)))
+        text, starts, pages = _section_stream(sec)
+        page_at = _page_finder(text, starts, pages)
         for c in chunk_section(text.rstrip("\n"), page_at, tok, chunk_tokens, overlap):
-            out.append({"chunk_id": stable_id(doc_id, si, c["start"]), "doc_id": doc_id, "source": source, "section": sec.name,
-                        "page_start": c["page_start"], "page_end": c["page_end"], "text": c["text"], "n_tokens": c["n_tokens"]})
+            out.append({"chunk_id": stable_id(doc_id, si, c["start"]), "doc_id": doc_id,
+                        "source": source,
+                        "section": sec.name, "page_start": c["page_start"],
+                        "page_end": c["page_end"],
+                        "text": c["text"], "n_tokens": c["n_tokens"]})
     return out
 
 # %% ../nbs/01_extract.ipynb #8662a725
 @dataclass
 class ExtractOptions:
     "Per-file settings of the extract stage (picklable, sent to the worker processes)."
-    max_pages: int = 500
-    max_mb: float = 100
-    chunk_tokens: int = 256
-    chunk_overlap: int = 32
-    passwords: tuple = ()
-    tokenizer: str = EMBEDDED_STUDENT
-    min_chars_per_page: int = 16
-    ocr: bool = True
-    ocr_lang: str = "eng"
+    max_pages: int = ExtractConfig.max_pages
+    max_mb: float = ExtractConfig.max_mb
+    chunk_tokens: int = ExtractConfig.chunk_tokens
+    chunk_overlap: int = ExtractConfig.chunk_overlap
+    passwords: tuple | dict = ()
+    tokenizer: str = ExtractConfig.tokenizer
+    min_chars_per_page: int = 16                  # fewer letters and digits: a page without text
+    ocr: bool = ExtractConfig.ocr
+    ocr_lang: str = "eng"                         # Tesseract's language
     record_templates: dict = field(default_factory=dict)
     vocabulary: Vocabulary = DEFAULT_VOCABULARY   # the domain's words (`purpose.domain`)
 
-def _passwords(passwords, name: str) -> list:
-    "The passwords to try for file `name`: a sequence applies to every file, a dict maps file-name globs to passwords."
-    if isinstance(passwords, dict):
-        return [p for pat, p in passwords.items() if fnmatch.fnmatch(name, pat)]
-    if isinstance(passwords, str): return [passwords]
-    return list(passwords or ())
+def load_record_templates(papers_dir: Path | str, record_templates: dict | None = None) -> dict:
+    "Templates of a papers folder (`_records.json`: glob -> template) and `record_templates`."
+    f = Path(papers_dir)/"_records.json"
+    tpl = read_json(f, {}) if f.exists() else {}
+    if not isinstance(tpl, dict):
+        raise PurposeError(f"{f} must map file-name globs to format strings, "
+                           "e.g. {\"*.csv\": \"Athlete {name} ...\"}")
+    return {**tpl, **(record_templates or {})}
 
-# %% ../nbs/01_extract.ipynb #60549be0
-_NONWORD = re.compile(r"[\W_]+")
-
-def read_pdf(path: Path, opts: ExtractOptions) -> dict:
-    "Lines per page, page heights, info dict, extractor and warnings of a PDF; raises `FileProblem` on bad input."
-    reader, extractor, encrypted = open_pdf(path, _passwords(opts.passwords, path.name))
-    warnings: list[str] = []
-    try:
-        n = len(reader) if extractor == "pypdfium2" else len(reader.pages)
-        if n == 0: raise FileProblem("empty", f"{path.name} is a PDF with no pages: replace it with the full document")
-        if n > opts.max_pages:
-            raise FileProblem("too_large", f"{path.name} has {n} pages, over max_pages={opts.max_pages}: raise max_pages or split the file")
-        pages, heights, info = [], [], {}
-        if extractor == "pypdfium2":
-            info = reader.get_metadata_dict(skip_empty=True)
-            for i in range(n):
-                page = reader[i]
-                try:
-                    pages.append(pdfium_page_lines(page, i + 1)); heights.append(page.get_height())
-                    pages[-1] = reading_order(pages[-1], page.get_width())
-                finally: page.close()
-        else:
-            info = {k.lstrip("/"): str(v) for k, v in (reader.metadata or {}).items()}
-            for i, page in enumerate(reader.pages):
-                try: txt = page.extract_text() or ""
-                except Exception as e: txt = ""; warnings.append(f"page {i + 1}: {type(e).__name__}")
-                pages.append([Line(t.strip(), i + 1) for t in txt.splitlines() if t.strip()]); heights.append(None)
-        chars = [len(_NONWORD.sub("", "".join(l.text for l in ls))) for ls in pages]
-        blank = [i + 1 for i, c in enumerate(chars) if c < opts.min_chars_per_page]
-        if len(blank) > 0.8 * n:
-            # almost no text: scanned pages, or text drawn with fonts that map to no characters
-            drawn = 0
-            if extractor == "pypdfium2":
-                for i in range(min(n, 5)):
-                    pg = reader[i]; drawn += _count_text_objects(pg)[0]; pg.close()
-            if opts.ocr and tesseract_available():
-                ocr = ocr_pdf_pages(path, list(range(1, n + 1)), _passwords(opts.passwords, path.name), opts.ocr_lang)
-                pages = [[Line(t.strip(), p) for t in ocr.get(p, "").splitlines() if t.strip()] for p in range(1, n + 1)]
-                heights, extractor = [None] * n, "tesseract"
-                if sum(len(re.sub(r"\W", "", l.text)) for ls in pages for l in ls) < opts.min_chars_per_page:
-                    raise FileProblem("no_text_layer", f"{path.name} has no text layer and Tesseract OCR found no text in it: check the scan quality")
-            else:
-                why = (f"its pages draw text with fonts that map to no characters ({sum(chars)} readable characters in {n} page(s))"
-                       if drawn > 2 else f"it is scanned or image-only ({sum(chars)} characters of text in {n} page(s))")
-                fix = ("install Tesseract (e.g. `apt install tesseract-ocr`) and re-run to OCR it, or add a PDF with a text layer"
-                       if not tesseract_available() else "OCR is switched off (ocr=False): turn it on, or add a PDF with a text layer")
-                raise FileProblem("no_text_layer", f"{path.name} has no usable text layer: {why}; {fix}")
-        elif blank and len(blank) <= 0.8 * n:
-            warnings.append(f"pages without text (scanned or figures only): {', '.join(map(str, blank[:20]))}")
-        if encrypted: warnings.append(f"password protected: opened with {encrypted}")
-        return {"pages": pages, "heights": heights, "info": info, "extractor": extractor, "n_pages": n,
-                "encrypted": bool(encrypted), "warnings": warnings}
-    finally:
-        if extractor == "pypdfium2" and hasattr(reader, "close"): reader.close()
+# %% ../nbs/01_extract.ipynb #f7852725
+def file_options(cfg: ExtractConfig, vocabulary: Vocabulary | None = None) -> ExtractOptions:
+    "The per-file options of a config; `vocabulary` defaults to the papers folder's."
+    return ExtractOptions(max_pages=cfg.max_pages, max_mb=cfg.max_mb, chunk_tokens=cfg.chunk_tokens,
+                          chunk_overlap=cfg.chunk_overlap, passwords=pdf_passwords(cfg.passwords),
+                          tokenizer=cfg.tokenizer, ocr=cfg.ocr,
+                          record_templates=load_record_templates(cfg.papers_dir,
+                                                                 cfg.record_templates),
+                          vocabulary=vocabulary or domain_vocabulary(cfg.papers_dir))
 
 # %% ../nbs/01_extract.ipynb #b90bc558
-def _text_key(text: str) -> str:
-    "Hash of the text with case and whitespace ignored: equal keys are the same document (computed in the workers)."
-    return hashlib.sha1(" ".join(text.split()).lower().encode()).hexdigest()
-
-def _sketch(text: str, k: int = 128) -> list[int]:
-    "A bottom-k sketch of the document's word 5-shingles (for near-duplicate detection)."
-    words = re.findall(r"\w+", text.lower())
-    ids = {x: zlib.crc32(x.encode()) for x in set(words)}
-    w = list(map(ids.__getitem__, words))
-    hs = ({hash(t) & 0xFFFFFFFFFFFF for t in zip(w, w[1:], w[2:], w[3:], w[4:])}
-          or {hash(tuple(w)) & 0xFFFFFFFFFFFF})
-    return heapq.nsmallest(k, hs)   # hashes of int tuples do not depend on PYTHONHASHSEED: the same in every process
-
 def _doc_row(doc_id, source, kind, status, error=None, **kw) -> dict:
-    row = {"doc_id": doc_id, "source": source, "kind": kind, "status": status, "error": error, "extractor": None,
-           "n_pages": None, "title": None, "authors": [], "year": None, "doi": None, "sections": [],
-           "references": [], "record": None}
+    "A document row with every public field, `kw` added."
+    row = {"doc_id": doc_id, "source": source, "kind": kind, "status": status, "error": error,
+           "extractor": None, "n_pages": None, "title": None, "authors": [], "year": None,
+           "doi": None,
+           "sections": [], "references": [], "record": None}
     row.update(kw)
     return row
 
@@ -224,239 +171,217 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(2**20), b""): h.update(block)
     return h.hexdigest()
 
-def _ok_row(doc_id, source, kind, base, meta, sections, refs, full, opts, warnings) -> tuple[dict, list[dict]]:
-    "The ok row and chunks of a document with its sections and full text."
-    rec = offline_record(sections, full, opts.vocabulary)
-    chunks = chunk_document(doc_id, source, sections, chunk_tokenizer(opts.tokenizer), opts.chunk_tokens,
-                            opts.chunk_overlap)
-    doc = _doc_row(doc_id, source, kind, "ok", None, **base, **meta, sections=[s.info() for s in sections],
-                   references=refs, record=rec, warnings=warnings, _text=full, _text_key=_text_key(full),
-                   _sketch=_sketch(full))
-    return doc, chunks
-
-def _pdf_lines(path: Path, opts: ExtractOptions, warnings: list) -> tuple[list[Line], dict]:
-    "The cleaned lines of a PDF and its metadata."
-    r = read_pdf(path, opts)
-    first_text = "\n".join(l.text for ls in r["pages"][:2] for l in ls)
-    meta = pdf_metadata(r["info"], r["pages"][0] if r["pages"] else [], first_text)
-    pages = drop_running_lines(r["pages"], r["heights"])
-    meta.update(extractor=r["extractor"], n_pages=r["n_pages"])
-    if r["encrypted"]: meta["encrypted"] = True
-    warnings += r["warnings"]
-    return [l for ls in pages for l in ls], meta
-
-def _record_lines(path: Path, source: str, kind: str, text: str, opts, meta: dict, warnings: list) -> Section:
-    "The one `records` section of a CSV/JSON/JSONL file (a sentence per record); raises `FileProblem`."
-    recs, bad = jsonl_records(path, text) if kind == "jsonl" else (records_of(path, kind, text), [])
-    if bad:
-        meta["bad_lines"] = bad[:1000]
-        warnings.append(f"{len(bad)} line(s) are not valid JSON and were skipped (lines "
-                        f"{', '.join(map(str, bad[:20]))}{', ...' if len(bad) > 20 else ''}): fix or delete them")
-    if not recs: raise FileProblem("empty", f"{source} has no records: add rows or remove it", **meta)
-    tpl = template_for(path.name, opts.record_templates)
-    lines = [render_record(r if isinstance(r, dict) else {"value": r}, tpl) for r in recs]
-    meta.update(extractor="records", n_records=len(recs), template=tpl, title=path.stem.replace("_", " "))
-    return Section("records", "records", None, None, [(None, None, t) for t in lines])
-
-def _text_lines(kind: str, text: str, meta: dict) -> list[Line]:
-    "The lines of a text, Markdown or HTML file, with its title, DOI and year in `meta`."
-    if kind == "html":
-        lines, title = html_lines(text); meta["title"] = title
-    else:
-        lines = markdown_lines(text)
-        meta["title"] = (next((l.heading for l in lines if l.heading), None)
-                         or next((normalize_text(l.text) for l in lines if l.text.strip()), None))
-    first = " ".join(l.text for l in lines[:80])
-    meta.update(doi=find_doi(first), year=find_year(first), authors=[])
-    # blank lines separate paragraphs in text files: mark them with a gap the paragraph builder sees
-    return _text_paragraph_lines(lines)
+@dataclass
+class _File:
+    "One input file while it is read: where it is, what it is, and what has been found so far."
+    path: Path
+    source: str          # its path in the papers folder
+    kind: str            # what `sniff_kind` says it is
+    size: int
+    opts: ExtractOptions
+    meta: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
 # %% ../nbs/01_extract.ipynb #39fc00f7
-def _check_head(path: Path, source: str, size: int, head: bytes, kind: str, opts, warnings: list):
+def _check_head(f: _File, head: bytes):
     "Raise `FileProblem` when the size or the first bytes say the file cannot be read."
-    if size == 0: raise FileProblem("empty", f"{source} is empty (0 bytes): replace it with the real file or remove it")
-    if size > opts.max_mb * 2**20:
-        raise FileProblem("too_large", f"{source} is {size / 2**20:.1f} MB, over max_mb={opts.max_mb}: "
+    if f.size == 0:
+        raise FileProblem("empty", f"{f.source} is empty (0 bytes): replace it with the real file "
+                          "or remove it")
+    if f.size > f.opts.max_mb * 2**20:
+        raise FileProblem("too_large", f"{f.source} is {f.size / 2**20:.1f} MB, over "
+                          f"max_mb={f.opts.max_mb}: "
                           "raise max_mb or split the file")
-    ext_kind = KINDS.get(path.suffix.lower())
+    ext_kind = KINDS.get(f.path.suffix.lower())
     if ext_kind == "pdf" and b"%PDF-" not in head[:1024]:
-        raise FileProblem("not_a_pdf", f"{source} is named .pdf but is {describe_bytes(head)}")
-    if kind == "pdf" and ext_kind not in (None, "pdf"):
-        warnings.append(f"named {path.suffix} but is a PDF: read as a PDF")
-    if kind == "unknown":
-        raise FileProblem("unsupported", f"{source} is {describe_bytes(head)}; supported inputs: PDF, txt, md, "
-                          "html, csv, json, jsonl")
-    if kind != "pdf" and binary_reason(head):
+        raise FileProblem("not_a_pdf", f"{f.source} is named .pdf but is {describe_bytes(head)}")
+    if f.kind == "pdf" and ext_kind not in (None, "pdf"):
+        f.warnings.append(f"named {f.path.suffix} but is a PDF: read as a PDF")
+    if f.kind == "unknown":
+        raise FileProblem("unsupported", f"{f.source} is {describe_bytes(head)}; supported inputs: "
+                          "PDF, txt, "
+                          "md, html, csv, json, jsonl")
+    if f.kind != "pdf" and binary_reason(head):
         what = describe_bytes(head)
-        raise FileProblem("binary", f"{source} is named {path.suffix or 'as text'} but is not text: it is {what}"
-                          + ("" if ":" in what else ": replace it with the real file or remove it"))
+        fix = "" if ":" in what else ": replace it with the real file or remove it"
+        raise FileProblem("binary", f"{f.source} is named {f.path.suffix or 'as text'} but is not "
+                          f"text: it is {what}{fix}")
 
-def _read_document(path, source, kind, raw, opts, meta: dict, warnings: list) -> tuple[str, Any]:
-    "`(how, content)` of a readable file: 'records' and its `Section`, or 'lines' and its `Line`s."
-    if kind == "pdf":
-        lines, m = _pdf_lines(path, opts, warnings); meta.update(m)
-        return "lines", lines
-    text, encoding = decode_text(raw, source)
-    if encoding not in ("utf-8", "utf-8-sig"): warnings.append(f"decoded as {encoding}: save it as UTF-8 to be sure")
+# %% ../nbs/01_extract.ipynb #c03d8513
+def _decoded(f: _File, raw: bytes) -> str:
+    "The text of a text or data file (a warning if not UTF-8); `empty` if it is only whitespace."
+    text, encoding = decode_text(raw, f.source)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        f.warnings.append(f"decoded as {encoding}: save it as UTF-8 to be sure")
     if not text.strip():
-        raise FileProblem("empty", f"{source} contains only whitespace: add content or remove it", encoding=encoding)
-    meta.update(extractor="text", n_pages=None, encoding=encoding)
-    if kind in ("csv", "json", "jsonl"): return "records", _record_lines(path, source, kind, text, opts, meta, warnings)
-    return "lines", _text_lines(kind, text, meta)
+        raise FileProblem("empty", f"{f.source} contains only whitespace: add content or remove it",
+                          encoding=encoding)
+    f.meta.update(extractor="text", n_pages=None, encoding=encoding)
+    return text
 
-def extract_file(path: Path | str, root: Path | str, opts: ExtractOptions | None = None) -> tuple[dict, list[dict]]:
-    "`(document, chunks)` for one input file: never raises for bad input, the status and error say what happened."
+def _bad_lines(f: _File, bad: list[int]):
+    "Record the lines of a JSONL file that are not JSON, with a warning naming them."
+    f.meta["bad_lines"] = bad[:1000]
+    listed = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
+    f.warnings.append(f"{len(bad)} line(s) are not valid JSON and were skipped (lines {listed}): "
+                      "fix or delete them")
+
+# %% ../nbs/01_extract.ipynb #54e03f7b
+def _record_section(f: _File, text: str) -> Section:
+    "The one `records` section of a CSV/JSON/JSONL file (a paragraph per record)."
+    if f.kind == "jsonl": recs, bad = jsonl_records(f.path, text)
+    else: recs, bad = records_of(f.path, f.kind, text), []
+    if bad: _bad_lines(f, bad)
+    if not recs:
+        raise FileProblem("empty", f"{f.source} has no records: add rows or remove it", **f.meta)
+    tpl = template_for(f.path.name, f.opts.record_templates)
+    lines = [render_record(r if isinstance(r, dict) else {"value": r}, tpl) for r in recs]
+    f.meta.update(extractor="records", n_records=len(recs), template=tpl,
+                  title=f.path.stem.replace("_", " "))
+    return Section("records", "records", None, None, [(None, None, t) for t in lines])
+
+def _text_file_lines(f: _File, text: str) -> list[Line]:
+    "The lines of a text, Markdown or HTML file, with its title, DOI and year in `meta`."
+    lines, f.meta["title"] = text_lines(f.kind, text)
+    first = " ".join(l.text for l in lines[:80])
+    f.meta.update(doi=find_doi(first), year=find_year(first), authors=[])
+    return lines
+
+# %% ../nbs/01_extract.ipynb #a61b3b97
+def _pdf_file_lines(f: _File) -> list[Line]:
+    "The cleaned lines of a PDF, with its metadata in `meta`."
+    o = f.opts
+    lines, meta = pdf_lines(f.path, f.warnings, passwords=file_passwords(o.passwords, f.path.name),
+                            max_pages=o.max_pages, ocr=o.ocr, ocr_lang=o.ocr_lang,
+                            min_chars_per_page=o.min_chars_per_page)
+    f.meta.update(meta)
+    return lines
+
+# %% ../nbs/01_extract.ipynb #8b1e6a8b
+def _contents(f: _File, raw: bytes | None) -> tuple[list[Section], list[str], str]:
+    "Sections, reference entries and full text of a file; `empty` when no text is left."
+    if f.kind == "pdf": lines = _pdf_file_lines(f)
+    else:
+        text = _decoded(f, raw)
+        if f.kind in ("csv", "json", "jsonl"):
+            sec = _record_section(f, text)
+            return [sec], [], sec.text
+        lines = _text_file_lines(f, text)
+    sections, refs = sectionize(lines)
+    full = "\n".join(s.text for s in sections)
+    if len(re.sub(r"\W", "", full)) < 20:
+        raise FileProblem("empty", f"{f.source} has no readable text after cleaning "
+                          f"({len(full)} characters)",
+                          extractor=f.meta.get("extractor"), n_pages=f.meta.get("n_pages"))
+    return sections, refs, full
+
+# %% ../nbs/01_extract.ipynb #ffdade9c
+def _text_key(text: str) -> str:
+    "Hash of the text with case and whitespace ignored: equal keys are the same document."
+    return hashlib.sha1(" ".join(text.split()).lower().encode()).hexdigest()
+
+def _sketch(text: str, k: int = 128) -> list[int]:
+    "A bottom-k sketch of the document's word 5-shingles (for near-duplicate detection)."
+    words = re.findall(r"\w+", text.lower())
+    ids = {x: zlib.crc32(x.encode()) for x in set(words)}
+    w = list(map(ids.__getitem__, words))
+    hs = ({hash(t) & 0xFFFFFFFFFFFF for t in zip(w, w[1:], w[2:], w[3:], w[4:])}
+          or {hash(tuple(w)) & 0xFFFFFFFFFFFF})
+    # hashes of int tuples do not depend on PYTHONHASHSEED: the same in every process
+    return heapq.nsmallest(k, hs)
+
+# %% ../nbs/01_extract.ipynb #bed51434
+def _ok_row(f: _File, doc_id: str, base: dict, sections, refs, full: str) -> tuple[dict, list]:
+    "The ok row and the chunks of a document with its sections and full text."
+    o = f.opts
+    rec = offline_record(sections, full, o.vocabulary)
+    chunks = chunk_document(doc_id, f.source, sections, chunk_tokenizer(o.tokenizer),
+                            o.chunk_tokens,
+                            o.chunk_overlap)
+    doc = _doc_row(doc_id, f.source, f.kind, "ok", None, **base, **f.meta,
+                   sections=[s.info() for s in sections], references=refs, record=rec,
+                   warnings=f.warnings,
+                   _text=full, _text_key=_text_key(full), _sketch=_sketch(full))
+    return doc, chunks
+
+# %% ../nbs/01_extract.ipynb #cff3616e
+def _source(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+def _first_id(f: _File, head: bytes) -> tuple[str, str | None]:
+    "`(doc_id, sha256)` of a file known by its first bytes (its hash when they are the whole file)."
+    h = hashlib.sha256(head).hexdigest()
+    sha = h if f.size <= len(head) else None
+    if f.size > f.opts.max_mb * 2**20: return stable_id(f.source, f"size:{f.size}"), sha
+    return stable_id(f.source, sha or f"size:{f.size}:{h}"), sha
+
+# %% ../nbs/01_extract.ipynb #54cfef1c
+def extract_file(path: Path | str, root: Path | str,
+                 opts: ExtractOptions | None = None) -> tuple[dict, list[dict]]:
+    "`(document, chunks)` of one input file: never raises for bad input; its status says why."
     path, root, opts = Path(path), Path(root), opts or ExtractOptions()
-    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    source = _source(path, root)
     if why := not_a_file(path):     # before any open(): opening a named pipe blocks
-        return _doc_row(stable_id(source, "not_a_file"), source, KINDS.get(path.suffix.lower(), "unknown"),
-                        "not_a_file", f"{source} is {why}"), []
+        kind = KINDS.get(path.suffix.lower(), "unknown")
+        row = _doc_row(stable_id(source, "not_a_file"), source, kind, "not_a_file",
+                       f"{source} is {why}")
+        return row, []
     size = path.stat().st_size
-    with open(path, "rb") as f: head = f.read(HEAD_BYTES)
-    kind = sniff_kind(path, head)
+    with open(path, "rb") as fh: head = fh.read(HEAD_BYTES)
+    f = _File(path, source, sniff_kind(path, head), size, opts)
     # the whole file is read (and hashed) only once the first bytes say it is worth reading
-    sha = hashlib.sha256(head).hexdigest() if size <= len(head) else None
-    doc_id = stable_id(source, sha or f"size:{size}:{hashlib.sha256(head).hexdigest()}")
-    meta: dict = {}
-    warnings: list[str] = []
+    doc_id, sha = _first_id(f, head)
     try:
-        if size > opts.max_mb * 2**20: doc_id = stable_id(source, f"size:{size}")
-        _check_head(path, source, size, head, kind, opts, warnings)
-        raw = path.read_bytes() if kind != "pdf" else None
+        _check_head(f, head)
+        raw = path.read_bytes() if f.kind != "pdf" else None
         sha = hashlib.sha256(raw).hexdigest() if raw is not None else _sha256_file(path)
-        doc_id, base = stable_id(source, sha), dict(sha256=sha, bytes=size)
-        how, content = _read_document(path, source, kind, raw, opts, meta, warnings)
-        if how == "records":
-            return _ok_row(doc_id, source, kind, base, meta, [content], [], content.text, opts, warnings)
-        sections, refs = sectionize(content)
-        full = "\n".join(s.text for s in sections)
-        if len(re.sub(r"\W", "", full)) < 20:
-            raise FileProblem("empty", f"{source} has no readable text after cleaning ({len(full)} characters)",
-                              extractor=meta.get("extractor"), n_pages=meta.get("n_pages"))
-        return _ok_row(doc_id, source, kind, base, meta, sections, refs, full, opts, warnings)
+        doc_id = stable_id(source, sha)
+        return _ok_row(f, doc_id, dict(sha256=sha, bytes=size), *_contents(f, raw))
     except FileProblem as e:
-        return _doc_row(doc_id, source, kind, e.status, e.error, sha256=sha, bytes=size, **e.info), []
-
-def _text_paragraph_lines(lines: list[Line]) -> list[Line]:
-    "Give text-file lines fake tops so blank lines (and headings) end paragraphs in `paragraphs`."
-    out, y = [], 10_000.0
-    for l in lines:
-        if not l.text.strip() and l.heading is None: y -= 30; continue
-        y -= 10
-        out.append(Line(l.text, None, 0, 1, y, y - 8, 8, l.heading))
-    return out
+        row = _doc_row(doc_id, source, f.kind, e.status, e.error, sha256=sha, bytes=size, **e.info)
+        return row, []
 
 # %% ../nbs/01_extract.ipynb #4dccb267
 def _jaccard(a: list[int], b: list[int], k: int = 128) -> float:
+    "The Jaccard similarity of two sets, estimated from their bottom-k sketches."
     if not a or not b: return 0.0
     sa, sb = set(a), set(b)
     union = sorted(sa | sb)[:k]
     return sum(1 for x in union if x in sa and x in sb) / len(union)
 
+def _nearest(d: dict, kept: list[dict]) -> tuple[dict | None, float]:
+    "The kept document most like `d`, and how alike they are."
+    sims = ((o, _jaccard(d.get("_sketch", []), o.get("_sketch", []))) for o in kept)
+    return max(sims, key=lambda p: p[1], default=(None, 0.0))
+
+# %% ../nbs/01_extract.ipynb #7d9a1837
 def mark_duplicates(docs: list[dict], threshold: float = 0.8) -> list[dict]:
-    "Mark exact (`duplicate`) and near (`near_duplicate`) copies among ok documents, in place; returns `docs`."
+    "Mark exact (`duplicate`) and near (`near_duplicate`) copies among ok documents, in place."
     seen_sha, seen_text, kept = {}, {}, []
     for d in docs:
         if d["status"] != "ok": continue
         th = d.get("_text_key") or _text_key(d.get("_text", ""))
         first = seen_sha.get(d.get("sha256")) or seen_text.get(th)
+        near, sim = (None, 0.0) if first else _nearest(d, kept)
         if first:
             d.update(status="duplicate", duplicate_of=first["doc_id"],
-                     error=f"same content as {first['source']}: it was kept and this copy skipped; remove one of the files")
-            continue
-        near = max(((o, _jaccard(d.get("_sketch", []), o.get("_sketch", []))) for o in kept), key=lambda p: p[1], default=(None, 0.0))
-        if near[0] is not None and near[1] >= threshold:
-            d.update(status="near_duplicate", duplicate_of=near[0]["doc_id"], similarity=round(near[1], 3),
-                     error=f"{near[1]:.0%} the same text as {near[0]['source']} (another version of it?): it was kept and this one skipped; "
-                           "remove one, or raise near_dup_threshold to keep both")
-            continue
-        seen_sha[d.get("sha256")] = seen_text[th] = d; kept.append(d)
+                     error=f"same content as {first['source']}: it was kept and this copy skipped; "
+                           "remove one of the files")
+        elif near is not None and sim >= threshold:
+            d.update(status="near_duplicate", duplicate_of=near["doc_id"], similarity=round(sim, 3),
+                     error=f"{sim:.0%} the same text as {near['source']} (another version of it?): "
+                           "it was "
+                           "kept and this one skipped; remove one, or raise near_dup_threshold to "
+                           "keep both")
+        else:
+            seen_sha[d.get("sha256")] = seen_text[th] = d
+            kept.append(d)
     return docs
 
-# %% ../nbs/01_extract.ipynb #224e5a4a
-def _worker_main(conn, fn):
-    try:
-        while True:
-            msg = conn.recv()
-            if msg is None: break
-            i, item = msg
-            try: res = ("ok", fn(item))
-            except BaseException as e: res = ("error", f"{type(e).__name__}: {e}")
-            conn.send((i, res))
-    except (EOFError, KeyboardInterrupt, BrokenPipeError): pass
-
-class _Alarm(Exception): pass
-
-def _run_inline(fn, item, timeout_s):
-    "Run `fn(item)` here, raising `_Alarm` after `timeout_s` when this is the main thread (Unix)."
-    usable = timeout_s and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
-    if not usable: return fn(item)
-    def on_alarm(*_): raise _Alarm()
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try: return fn(item)
-    finally: signal.setitimer(signal.ITIMER_REAL, 0); signal.signal(signal.SIGALRM, old)
-
-def run_parallel(fn: Callable, items: Sequence, *, workers: int | None = None, timeout_s: float | None = None,
-                 on_fail: Callable | None = None, desc: str = "files", progress: bool = True) -> list:
-    "`[fn(item) ...]` in order, in worker processes with a per-item time limit; a hang or crash gives `on_fail(item, status, error)`."
-    from tqdm.auto import tqdm
-    on_fail = on_fail or (lambda item, status, error: (status, error))
-    results: list = [None] * len(items)
-    workers = max(1, min(workers or min(4, os.cpu_count() or 1), len(items) or 1))
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=True)
-    if workers == 1:
-        for i, item in enumerate(items):
-            try: results[i] = _run_inline(fn, item, timeout_s)
-            except _Alarm: results[i] = on_fail(item, "timeout", f"took longer than timeout_s={timeout_s} s and was stopped: raise timeout_s or check the file")
-            except Exception as e: results[i] = on_fail(item, "failed", f"unexpected error {type(e).__name__}: {e} (please report it)")
-            bar.update(1)
-        bar.close(); return results
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    def start():
-        a, b = ctx.Pipe()
-        p = ctx.Process(target=_worker_main, args=(b, fn), daemon=True); p.start(); b.close()
-        return {"proc": p, "conn": a, "task": None, "t0": 0.0}
-    pool, todo = [start() for _ in range(workers)], deque(range(len(items)))
-    def finish(w, value):
-        results[w["task"]] = value; w["task"] = None; bar.update(1)
-    try:
-        while todo or any(w["task"] is not None for w in pool):
-            for w in pool:
-                if w["task"] is None and todo:
-                    i = todo.popleft(); w["task"], w["t0"] = i, time.monotonic()
-                    try: w["conn"].send((i, items[i]))
-                    except (BrokenPipeError, OSError): todo.appendleft(i); w["task"] = None; w.update(start())
-            busy = [w for w in pool if w["task"] is not None]
-            ready = _mp_wait([w["conn"] for w in busy], timeout=0.2)
-            for w in busy:
-                if w["conn"] in ready:
-                    try:
-                        i, (kind, val) = w["conn"].recv()
-                        finish(w, val if kind == "ok" else on_fail(items[i], "failed", f"unexpected error {val} (please report it)"))
-                    except (EOFError, OSError):
-                        w["proc"].join(1)
-                        code = w["proc"].exitcode
-                        finish(w, on_fail(items[w["task"]], "corrupt", f"the reader crashed on this file (worker exit code {code}): "
-                                                                         "the file is probably damaged; re-download or repair it"))
-                        w.update(start())
-                elif timeout_s and time.monotonic() - w["t0"] > timeout_s:
-                    w["proc"].kill(); w["proc"].join(5)
-                    finish(w, on_fail(items[w["task"]], "timeout", f"took longer than timeout_s={timeout_s} s and was stopped: "
-                                                                     "raise timeout_s, or check the file (it may be damaged or huge)"))
-                    w.update(start())
-    finally:
-        for w in pool:
-            try: w["conn"].send(None)
-            except (BrokenPipeError, OSError): pass
-        for w in pool:
-            w["proc"].join(2)
-            if w["proc"].is_alive(): w["proc"].kill(); w["proc"].join(1)
-        bar.close()
-    return results
-
 # %% ../nbs/01_extract.ipynb #8b65b228
-_PUBLIC = ("doc_id", "source", "kind", "status", "error", "extractor", "n_pages", "title", "authors", "year", "doi",
+_PUBLIC = ("doc_id", "source", "kind", "status", "error", "extractor", "n_pages", "title",
+           "authors",
+           "year", "doi",
            "sections", "references", "record")
 
 def _extract_item(item, opts):
@@ -464,177 +389,153 @@ def _extract_item(item, opts):
     return extract_file(path, root, opts)
 
 def _failed_item(root, item, status, error):
+    "The row of a file whose worker hung or crashed."
     path = Path(item[0])
-    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    source = _source(path, Path(root))
     try: sha = _sha256_file(path) if not_a_file(path) is None else ""   # never open a FIFO
     except OSError: sha = ""
     kind = KINDS.get(path.suffix.lower(), "unknown")
     return _doc_row(stable_id(source, sha), source, kind, status, f"{source}: {error}"), []
 
 def _entry_size(path: Path) -> int:
-    "The size of a regular file, 0 for anything else (a FIFO, a link loop) and for files that vanished."
+    "The size of a regular file; 0 for anything else (a FIFO, a link loop) and for vanished files."
     try: return path.stat().st_size if not_a_file(path) is None else 0
     except OSError: return 0
 
-def load_record_templates(papers_dir: Path | str, record_templates: dict | None = None) -> dict:
-    "Record templates of a papers folder (`_records.json`: file-name glob -> format string), updated by `record_templates`."
-    f = Path(papers_dir)/"_records.json"
-    tpl = read_json(f, {}) if f.exists() else {}
-    if not isinstance(tpl, dict):
-        raise PurposeError(f"{f} must map file-name globs to format strings, "
-                           "e.g. {\"*.csv\": \"Athlete {name} ...\"}")
-    return {**tpl, **(record_templates or {})}
-
+# %% ../nbs/01_extract.ipynb #0844be10
 def summary_table(docs: list[dict], chunks: list[dict] | None = None) -> str:
     "A Markdown table: one row per file with kind, status, pages, sections, chunks and the error."
     per = Counter(c["doc_id"] for c in chunks or [])
     rows = ["| file | kind | status | extractor | pages | sections | chunks | note |",
             "|---|---|---|---|---|---|---|---|"]
     for d in docs:
-        note = (d.get("error") or "; ".join(d.get("warnings") or [])).replace("|", "/").replace("\n", " ")
+        note = d.get("error") or "; ".join(d.get("warnings") or [])
+        note = note.replace("|", "/").replace("\n", " ")
         rows.append(f"| {d['source']} | {d['kind']} | {d['status']} | {d.get('extractor') or ''} | "
-                    f"{d.get('n_pages') or ''} | {len(d.get('sections') or [])} | {per.get(d['doc_id'], 0)} | "
+                    f"{d.get('n_pages') or ''} | {len(d.get('sections') or [])} | "
+                    f"{per.get(d['doc_id'], 0)} | "
                     f"{note[:200]} |")
     c = sorted(Counter(d["status"] for d in docs).items(), key=lambda kv: (kv[0] != 'ok', kv[0]))
     rows.append("")
-    rows.append(f"{len(docs)} files: " + ", ".join(f"{k} {v}" for k, v in c) + f"; {len(chunks or [])} chunks")
+    by = ", ".join(f"{k} {v}" for k, v in c)
+    rows.append(f"{len(docs)} files: {by}; {len(chunks or [])} chunks")
     return "\n".join(rows)
 
+# %% ../nbs/01_extract.ipynb #efa97812
 _TEACHER_COUNT = {"ok": "teacher_ok", "budget": "teacher_budget_stopped"}
 
-def _passwords_of(passwords) -> tuple | dict:
-    "The passwords to try: those given (a dict maps file-name globs to passwords) and `PURPOSE_PDF_PASSWORDS`."
-    if isinstance(passwords, str): passwords = [passwords]
-    env_pw = [p for p in re.split(r"[,\n]", os.environ.get("PURPOSE_PDF_PASSWORDS", "")) if p]
-    return dict(passwords) if isinstance(passwords, dict) else tuple(list(passwords or ()) + env_pw)
-
-def _ask_teacher(docs, counts, teacher, retries, **kw):
+def _ask_teacher(docs: list[dict], counts: Counter, cfg: ExtractConfig, ledger=None):
     "Replace the offline record of each ok document by the teacher's, where it gives one."
     ok = [d for d in docs if d["status"] == "ok"]
-    for d, o in zip(ok, teacher_records(teacher, ok, retries, **kw)):
+    outs = teacher_records(cfg.teacher, ok, cfg.teacher_retries, cache=cfg.cache,
+                           budget_usd=cfg.budget_usd,
+                           concurrency=cfg.concurrency, ledger=ledger, progress=cfg.progress)
+    for d, o in zip(ok, outs):
         if o["record"] is not None:
             d.update(record_offline=d["record"], record=o["record"], record_source="teacher")
         else: d.update(record_source="offline", record_error=o["error"])
         counts[_TEACHER_COUNT.get(o["status"], "teacher_failed")] += 1
 
-# %% ../nbs/01_extract.ipynb #a3358ce1
-def extract_documents(papers_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100,
-                      chunk_tokens: int = 256, chunk_overlap: int = 32, passwords=(), workers: int | None = None,
-                      timeout_s: float = 120, tokenizer: str = EMBEDDED_STUDENT,
-                      record_templates: dict | None = None, ocr: bool = True, near_dup_threshold: float = 0.8,
-                      teacher=None, teacher_retries: int = 2, progress: bool = True,
-                      files: Sequence[Path] | None = None,
-                      cache=True,                       # the teacher's response cache (ModelHub)
-                      budget_usd: float | None = None,  # stop spending on the teacher above this
-                      concurrency: int = 4,             # teacher calls in flight
-                      ledger=None,                      # a `modelhub.Ledger` of the teacher's calls
-                      vocabulary: Vocabulary | None = None,  # default: the folder's `_domain.json`
-                      ) -> tuple[list[dict], list[dict], dict]:
-    "`(documents, chunks, counts)` for every input file of `papers_dir` (the work of the stage, without writing files)."
-    papers_dir = Path(papers_dir)
+# %% ../nbs/01_extract.ipynb #06d03ef9
+def _input_files(cfg: ExtractConfig, files: Sequence[Path] | None) -> tuple[Path, list[Path]]:
+    "The papers folder and the entries to read; one error line when there are none."
+    papers_dir = Path(cfg.papers_dir)
     if not papers_dir.is_dir():
-        raise PurposeError(f"papers folder {papers_dir} does not exist: create it and add PDF/CSV/JSON/text files")
+        raise PurposeError(f"papers folder {papers_dir} does not exist: create it and add "
+                           "PDF/CSV/JSON/text files")
     files = sorted(files) if files is not None else list_inputs(papers_dir)
-    if not files: raise PurposeError(f"papers folder {papers_dir} is empty: add PDF/CSV/JSON/text files to it")
-    if chunk_overlap >= chunk_tokens:
-        raise PurposeError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_tokens ({chunk_tokens})")
-    opts = ExtractOptions(max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
-                          chunk_overlap=chunk_overlap, passwords=_passwords_of(passwords), tokenizer=tokenizer,
-                          ocr=ocr, record_templates=load_record_templates(papers_dir, record_templates),
-                          vocabulary=vocabulary or domain_vocabulary(papers_dir))
-    chunk_tokenizer(tokenizer)   # load once here: forked workers inherit it
+    if not files:
+        raise PurposeError(f"papers folder {papers_dir} is empty: add PDF/CSV/JSON/text files")
+    if cfg.chunk_overlap >= cfg.chunk_tokens:
+        raise PurposeError(f"chunk_overlap ({cfg.chunk_overlap}) must be smaller than chunk_tokens "
+                           f"({cfg.chunk_tokens})")
+    return papers_dir, files
+
+# %% ../nbs/01_extract.ipynb #c87a962f
+def _extract_all(papers_dir: Path, files: list[Path], opts: ExtractOptions,
+                 cfg: ExtractConfig) -> list:
+    "`(document, chunks)` of every file, read in worker processes (big files first), in order."
+    chunk_tokenizer(opts.tokenizer)   # load once here: forked workers inherit it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     items = [(str(f), str(papers_dir)) for f in files]
-    order = sorted(range(len(items)), key=lambda i: -_entry_size(files[i]))    # big files first: better balance
-    res = run_parallel(functools.partial(_extract_item, opts=opts), [items[i] for i in order], workers=workers,
-                       timeout_s=timeout_s, on_fail=functools.partial(_failed_item, papers_dir), desc="extract",
-                       progress=progress)
-    out = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: -_entry_size(files[i]))
+    res = run_parallel(functools.partial(_extract_item, opts=opts), [items[i] for i in order],
+                       workers=cfg.workers, timeout_s=cfg.timeout_s, desc="extract",
+                       progress=cfg.progress,
+                       on_fail=functools.partial(_failed_item, papers_dir))
+    out: list = [None] * len(items)
     for i, r in zip(order, res): out[i] = r
-    docs = [d for d, _ in out]
-    mark_duplicates(docs, near_dup_threshold)
+    return out
+
+def _stage_counts(docs: list[dict], chunks: list[dict], by_status: Counter) -> dict:
+    "Documents, then each status (and teacher outcome), chunks, pages read and tokens."
+    return {"documents": len(docs), **{k: by_status[k] for k in sorted(by_status)},
+            "chunks": len(chunks),
+            "pages": sum(d.get("n_pages") or 0 for d in docs if d["status"] == "ok"),
+            "tokens": sum(c["n_tokens"] for c in chunks)}
+
+# %% ../nbs/01_extract.ipynb #a3358ce1
+def extract_documents(cfg: ExtractConfig | None = None,       # the settings (`papers_dir` too)
+                      files: Sequence[Path] | None = None,    # only these entries of the folder
+                      ledger=None,                            # an `engine.Ledger` of teacher calls
+                      vocabulary: Vocabulary | None = None,   # default: the folder's `_domain.json`
+                      **overrides) -> tuple[list[dict], list[dict], dict]:  # `ExtractConfig` fields
+    "`(documents, chunks, counts)` of every input file of `papers_dir` (no file is written)."
+    cfg = make_config(ExtractConfig, cfg, **overrides)
+    papers_dir, files = _input_files(cfg, files)
+    out = _extract_all(papers_dir, files, file_options(cfg, vocabulary), cfg)
+    docs = mark_duplicates([d for d, _ in out], cfg.near_dup_threshold)
     keep = {d["doc_id"] for d in docs if d["status"] == "ok"}
     chunks = [c for _, cs in out for c in cs if c["doc_id"] in keep]
-    counts = Counter(d["status"] for d in docs)
-    if teacher is not None:
-        _ask_teacher(docs, counts, teacher, teacher_retries, cache=cache, budget_usd=budget_usd,
-                     concurrency=concurrency, ledger=ledger, progress=progress)
+    by_status = Counter(d["status"] for d in docs)
+    if cfg.teacher is not None: _ask_teacher(docs, by_status, cfg, ledger)
     for d in docs:
-        d.pop("_text", None); d.pop("_sketch", None); d.pop("_text_key", None)
+        for k in ("_text", "_sketch", "_text_key"): d.pop(k, None)
         d.setdefault("record_source", "offline" if d.get("record") else None)
-    counts = {"documents": len(docs), **{k: counts[k] for k in sorted(counts)}, "chunks": len(chunks),
-              "pages": sum(d.get("n_pages") or 0 for d in docs if d["status"] == "ok"),
-              "tokens": sum(c["n_tokens"] for c in chunks)}
-    return docs, chunks, counts
+    return docs, chunks, _stage_counts(docs, chunks, by_status)
 
 # %% ../nbs/01_extract.ipynb #30bcafb9
 _FILE_FIELDS = ("source", "kind", "status", "extractor", "n_pages", "error")
+_NOT_PARAMS = ("passwords", "cache", "progress", "verbose")   # secrets, objects, display
 
-def extract_stage(papers_dir: Path | str, run_dir: Path | str, *, max_pages: int = 500, max_mb: float = 100,
-                  chunk_tokens: int = 256, chunk_overlap: int = 32, passwords=(), workers: int | None = None,
-                  timeout_s: float = 120, tokenizer: str = EMBEDDED_STUDENT, record_templates: dict | None = None,
-                  ocr: bool = True, near_dup_threshold: float = 0.8, teacher=None, teacher_retries: int = 2,
-                  progress: bool = True, verbose: bool = True, cache=True, budget_usd: float | None = None,
-                  concurrency: int = 4) -> dict:
-    "Run the extract stage: `papers_dir` -> `run_dir/extract/{documents,chunks}.jsonl`; returns counts, per-file rows and the table."
-    run, vocab = RunDir(run_dir), domain_vocabulary(papers_dir)
-    params = dict(papers_dir=str(papers_dir), max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
-                  chunk_overlap=chunk_overlap, workers=workers, timeout_s=timeout_s, tokenizer=tokenizer,
-                  record_templates=record_templates, ocr=ocr, near_dup_threshold=near_dup_threshold,
-                  teacher=teacher if isinstance(teacher, (str, type(None))) else type(teacher).__name__,
-                  teacher_retries=teacher_retries, n_passwords=len(passwords or ()),
-                  vocabulary=vocabulary_fingerprint(vocab),
-                  **({"budget_usd": budget_usd} if teacher is not None else {}))
-    from purpose.modelhub import Ledger
+def _params(cfg: ExtractConfig, vocab: Vocabulary) -> dict:
+    "The settings the manifest records: the config (no passwords, no display), the vocabulary hash."
+    p = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in _NOT_PARAMS}
+    return {**p, "vocabulary": vocabulary_fingerprint(vocab)}
+
+def _file_summary(docs: list[dict]) -> tuple[dict, list[dict]]:
+    "The sources by status, and the per-file rows of the manifest."
+    by_status: dict[str, list] = {}
+    for d in docs: by_status.setdefault(d["status"], []).append(d["source"])
+    return by_status, [{k: d.get(k) for k in _FILE_FIELDS} for d in docs]
+
+# %% ../nbs/01_extract.ipynb #d79e198f
+def extract_stage(run_dir: Path | str,                 # the run folder; `extract/` is written in it
+                  cfg: ExtractConfig | None = None,    # the stage's settings; None for the defaults
+                  **overrides) -> dict:                # `ExtractConfig` fields to change
+    "Run the extract stage: `papers_dir` -> `run_dir/extract/`; returns counts, files, the table."
+    cfg = make_config(ExtractConfig, cfg, **overrides)
+    run, vocab = RunDir(run_dir), domain_vocabulary(cfg.papers_dir)
+    from purpose.engine import Ledger
     ledger = Ledger()
-    with stage_run(run, "extract", params) as rec:
-        docs, chunks, counts = extract_documents(
-            papers_dir, max_pages=max_pages, max_mb=max_mb, chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap, passwords=passwords, workers=workers, timeout_s=timeout_s,
-            tokenizer=tokenizer, record_templates=record_templates, ocr=ocr,
-            near_dup_threshold=near_dup_threshold, teacher=teacher, teacher_retries=teacher_retries,
-            progress=progress, cache=cache, concurrency=concurrency, budget_usd=budget_usd, ledger=ledger,
-            vocabulary=vocab)
-        if teacher is not None: rec.info["teacher_calls"] = ledger.summary()
+    with stage_run(run, "extract", _params(cfg, vocab)) as rec:
+        docs, chunks, counts = extract_documents(cfg, ledger=ledger, vocabulary=vocab)
+        if cfg.teacher is not None: rec.info["teacher_calls"] = ledger.summary()
         write_jsonl(run.documents, docs)
         write_jsonl(run.chunks, chunks)
-        write_vocabulary(vocab, run.root/RUN_VOCABULARY)
+        write_vocabulary(vocab, run.domain)
         table = summary_table(docs, chunks)
         rec.counts.update(counts)
-        by_status: dict[str, list] = {}
-        for d in docs: by_status.setdefault(d["status"], []).append(d["source"])
-        rec.info.update(by_status=by_status, vocabulary=vocab.source,
-                        files=[{k: d.get(k) for k in _FILE_FIELDS} for d in docs])
-    if verbose: print(table)
+        by_status, files = _file_summary(docs)
+        rec.info.update(by_status=by_status, vocabulary=vocab.source, files=files)
+    if cfg.verbose: print(table)
     return {"run_dir": str(run.root), "counts": counts, "by_status": by_status,
-            "files": [{k: d.get(k) for k in ("doc_id", *_FILE_FIELDS)} for d in docs], "table": table}
+            "files": [{k: d.get(k) for k in ("doc_id", *_FILE_FIELDS)} for d in docs],
+            "table": table}
 
-# %% ../nbs/01_extract.ipynb #2ce0d644
-def process_folder(data_dir: Path | str, output_dir: Path | str, **kw) -> dict:
-    "Extract every file of `data_dir` into `output_dir` (documents, chunks, corpus.jsonl, corpus.txt); prints the summary table."
-    out = Path(output_dir)
-    s = extract_stage(data_dir, out, **kw)
-    docs, chunks = read_jsonl(RunDir(out).documents), read_chunks(RunDir(out).chunks)
-    by_doc: dict[str, list] = {}
-    for c in chunks: by_doc.setdefault(c["doc_id"], []).append(c)
-    corpus = []
-    for d in docs:
-        if d["status"] != "ok": continue
-        secs, text = [], []
-        for c in by_doc.get(d["doc_id"], []):   # chunks overlap: each section is its first chunk + the new part of the next ones
-            sec = c.get("section") or ""
-            if not secs or secs[-1] != sec:
-                secs.append(sec); text.append(f"\n## {sec}\n" if sec not in ("records", "") else "")
-                text.append(c["text"])
-            else: text[-1] = join_overlapping(text[-1], c["text"])
-        corpus.append({"doc_id": d["doc_id"], "source": d["source"], "title": d.get("title"), "text": normalize_corpus("\n".join(text))})
-    write_jsonl(out/"documents.jsonl", docs); write_jsonl(out/"chunks.jsonl", chunks); write_jsonl(out/"corpus.jsonl", corpus)
-    (out/"corpus.txt").write_text("\n\n".join(c["text"] for c in corpus) + "\n", encoding="utf-8")
-    s["corpus"] = str(out/"corpus.jsonl")
-    return s
-
+# %% ../nbs/01_extract.ipynb #2bf33580
 def join_overlapping(prev: str, nxt: str, min_overlap: int = 8, max_overlap: int = 600) -> str:
-    "`prev` followed by `nxt` without the text they share (the end of `prev` repeated at the start of `nxt`)."
+    "`prev` followed by `nxt` without the text they share (`prev`'s end repeated at `nxt`'s start)."
     for k in range(min(len(prev), len(nxt), max_overlap), min_overlap - 1, -1):
         if prev.endswith(nxt[:k]): return prev + nxt[k:]
     return prev + " " + nxt
@@ -642,3 +543,37 @@ def join_overlapping(prev: str, nxt: str, min_overlap: int = 8, max_overlap: int
 def normalize_corpus(text: str) -> str:
     "Tidy blank lines in a corpus text."
     return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+def document_text(chunks: list[dict]) -> str:
+    "The text of a document from its chunks, in order: a `## section` line, then the section."
+    secs, text = [], []
+    for c in chunks:
+        sec = c.get("section") or ""
+        if not secs or secs[-1] != sec:
+            secs.append(sec)
+            text.append(f"\n## {sec}\n" if sec not in ("records", "") else "")
+            text.append(c["text"])
+        else: text[-1] = join_overlapping(text[-1], c["text"])
+    return normalize_corpus("\n".join(text))
+
+# %% ../nbs/01_extract.ipynb #2ce0d644
+def write_corpus(out: Path, docs: list[dict], chunks: list[dict]) -> list[dict]:
+    "Write `corpus.jsonl` and `corpus.txt` (a text per ok document) into `out`; the corpus rows."
+    by_doc: dict[str, list] = {}
+    for c in chunks: by_doc.setdefault(c["doc_id"], []).append(c)
+    corpus = [{"doc_id": d["doc_id"], "source": d["source"], "title": d.get("title"),
+               "text": document_text(by_doc.get(d["doc_id"], []))}
+              for d in docs if d["status"] == "ok"]
+    write_jsonl(out/"corpus.jsonl", corpus)
+    (out/"corpus.txt").write_text("\n\n".join(c["text"] for c in corpus) + "\n", encoding="utf-8")
+    return corpus
+
+def process_folder(data_dir: Path | str, output_dir: Path | str, **overrides) -> dict:
+    "Extract `data_dir` into `output_dir`, with the training corpus; prints the summary table."
+    out, run = Path(output_dir), RunDir(output_dir)
+    s = extract_stage(out, papers_dir=str(data_dir), **{"verbose": True, **overrides})
+    docs, chunks = read_jsonl(run.documents), read_chunks(run.chunks)
+    write_jsonl(out/run.documents.name, docs)
+    write_jsonl(out/run.chunks.name, chunks)
+    write_corpus(out, docs, chunks)
+    return {**s, "corpus": str(out/"corpus.jsonl")}

@@ -13,7 +13,8 @@ from .core import PurposeError, read_chunks
 from .text import STOPWORDS, content_words, count_tokens, split_sentences   # re-exported
 from .providers import *   # re-exported: specs, keys, teachers, checks
 from .providers import _looks_local
-from .engine import *      # re-exported: cache, prices, ledger, complete_many, estimate, one_cause
+# re-exported: cache, prices, ledger, complete_many, estimate, one_cause
+from .engine import *
 
 # %% auto #0
 __all__ = ['task_model_map', 'domain_task_map', 'DOMAINS', 'NON_GENERATIVE', 'TASK_INSTRUCTIONS', 'models_app', 'ModelInfo',
@@ -45,10 +46,13 @@ def registry() -> dict:
     if _REGISTRY is None: _REGISTRY = load_registry()
     return _REGISTRY
 
-def list_models(domain: str | None = None, task: str | None = None, kind: str | None = None) -> list[ModelInfo]:
+# %% ../nbs/04_modelhub.ipynb #8481c91a
+def list_models(domain: str | None = None, task: str | None = None,
+                kind: str | None = None) -> list[ModelInfo]:
     "Registered models, optionally only those for `domain`, `task` or of `kind`."
     out = [ModelInfo(id=k, **v) for k, v in registry()["models"].items()]
-    return [m for m in out if (domain is None or domain in m.domains) and (task is None or task in m.tasks) and (kind is None or m.kind == kind)]
+    return [m for m in out if (domain is None or domain in m.domains)
+            and (task is None or task in m.tasks) and (kind is None or m.kind == kind)]
 
 def get_model_info(model_id: str) -> ModelInfo:
     "The registry entry of `model_id` (a clear error with close matches when it is unknown)."
@@ -56,8 +60,9 @@ def get_model_info(model_id: str) -> ModelInfo:
     if model_id in models: return ModelInfo(id=model_id, **models[model_id])
     import difflib
     close = difflib.get_close_matches(model_id, list(models), n=3, cutoff=0.4)
-    raise PurposeError(f"model '{model_id}' is not in the registry" + (f"; did you mean {', '.join(close)}?" if close else "") +
-                       " (`purpose models list` shows them all)")
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise PurposeError(f"model '{model_id}' is not in the registry{hint} "
+                       "(`purpose models list` shows them all)")
 
 task_model_map: dict[str, list[str]] = registry()["task_model_map"]
 domain_task_map: dict[str, dict[str, list[str]]] = registry()["domain_task_map"]
@@ -65,11 +70,15 @@ DOMAINS = tuple(domain_task_map)
 NON_GENERATIVE = ("encoder", "embedding", "reranker")
 
 # %% ../nbs/04_modelhub.ipynb #db809e95
+_GENERAL = ["openai:gpt-4o-mini", "anthropic:claude-3-5-haiku-latest"]
+
 def resolve_spec(model_id: str) -> str:
-    "The teacher spec of a registry id (`epfl-llm/meditron-7b` → `hf:epfl-llm/meditron-7b`), or `model_id` when it is a spec."
+    "The teacher spec of a registry id, or `model_id` itself when it is a spec."
     models = registry()["models"]
     if model_id in models: return models[model_id]["spec"]
-    try: parse_spec(model_id); return model_id
+    try:
+        parse_spec(model_id)
+        return model_id
     except PurposeError:
         if re.fullmatch(r"[\w.\-]+/[\w.\- ]+", model_id): return f"hf:{model_id}"
         raise
@@ -79,8 +88,9 @@ def general_models() -> list[str]:
     env = os.environ.get("PURPOSE_GENERAL_MODELS")
     if env: return [s.strip() for s in env.split(",") if s.strip()]
     cfg = load_config() if config_path().exists() else {}
-    return list(cfg.get("default_models", {}).get("general") or ["openai:gpt-4o-mini", "anthropic:claude-3-5-haiku-latest"])
+    return list(cfg.get("default_models", {}).get("general") or _GENERAL)
 
+# %% ../nbs/04_modelhub.ipynb #96b0fafa
 def unavailable_reason(model_id: str, task: str | None = None) -> str | None:
     "Why `model_id` cannot answer `task` in this environment, or `None` when it can be tried."
     info = registry()["models"].get(model_id)
@@ -91,11 +101,13 @@ def unavailable_reason(model_id: str, task: str | None = None) -> str | None:
     if s.provider in KEY_REQUIRED and not get_key(*KEY_VARS[s.provider]):
         return f"no key: set {' or '.join(KEY_VARS[s.provider])}"
     if s.provider == "hf" and not _looks_local(s.model) and not get_key(*KEY_VARS["hf-inference"]):
-        return "Hugging Face Hub id, not available offline (no local folder; set HF_TOKEN for the hosted router)"
+        return ("Hugging Face Hub id, not available offline (no local folder; set HF_TOKEN for the "
+                "hosted router)")
     return None
 
-def candidates_for(task: str, domain: str | None = None, model_id: str | None = None, general: list[str] | None = None) -> list[str]:
-    "Model ids to try for `task` (in `domain`), in order, ending with the general models and `offline`."
+def candidates_for(task: str, domain: str | None = None, model_id: str | None = None,
+                   general: list[str] | None = None) -> list[str]:
+    "Model ids to try for `task` (in `domain`) in order, the general models and `offline` last."
     ids = [model_id] if model_id else []
     if domain: ids += domain_task_map.get(domain, {}).get(task, [])
     ids += task_model_map.get(task, [])
@@ -112,34 +124,49 @@ class DomainGuess:
     scores: dict
     method: str = "keywords"
 
-def classify_domain(text: str, method: str = "keywords", models: list[str] | None = None, **kw) -> DomainGuess:
-    "The domain of `text`: `medical`, `legal`, `finance`, `code`, `math` or `general`."
+def _keyword_guess(text: str) -> DomainGuess:
+    "The domain whose keywords the text uses most (log-damped counts), or `general` when none."
     words = Counter(re.findall(r"[a-z0-9²\-]+", text.lower()))
     scores = {}
     for d, kws in registry()["domain_keywords"].items():
         scores[d] = round(sum(math.log1p(words[k]) for k in set(kws) if words[k]), 4)
     total, best = sum(scores.values()), max(scores, key=scores.get)
-    guess = DomainGuess(best, round(scores[best] / total, 3), scores) if total > 0 else DomainGuess("general", 0.0, scores)
+    if total <= 0: return DomainGuess("general", 0.0, scores)
+    return DomainGuess(best, round(scores[best] / total, 3), scores)
+
+def classify_domain(text: str, method: str = "keywords", models: list[str] | None = None,
+                    **kw) -> DomainGuess:
+    "The domain of `text`: `medical`, `legal`, `finance`, `code`, `math` or `general`."
+    guess = _keyword_guess(text)
     if method == "keywords": return guess
-    if method != "llm": raise PurposeError(f"unknown domain-router method '{method}': use 'keywords' or 'llm'")
-    schema = {"type": "object", "properties": {"domain": {"type": "string", "enum": [*DOMAINS, "general"]}}, "required": ["domain"]}
-    msgs = [{"role": "system", "content": f"Classify the text into one research domain: {', '.join(DOMAINS)} or general."},
-            {"role": "user", "content": text}]
-    r = complete_many([resolve_spec(m) for m in (models or general_models())], [msgs], json_schema=schema, **{"cache": True, **kw})[0]
-    return DomainGuess(r.parsed["domain"], 1.0, scores, f"llm:{r.model}") if r.ok else guess
+    if method != "llm":
+        raise PurposeError(f"unknown domain-router method '{method}': use 'keywords' or 'llm'")
+    schema = {"type": "object", "required": ["domain"],
+              "properties": {"domain": {"type": "string", "enum": [*DOMAINS, "general"]}}}
+    ask = f"Classify the text into one research domain: {', '.join(DOMAINS)} or general."
+    msgs = [{"role": "system", "content": ask}, {"role": "user", "content": text}]
+    specs = [resolve_spec(m) for m in (models or general_models())]
+    r = complete_many(specs, [msgs], json_schema=schema, **{"cache": True, **kw})[0]
+    return DomainGuess(r.parsed["domain"], 1.0, guess.scores, f"llm:{r.model}") if r.ok else guess
 
 # %% ../nbs/04_modelhub.ipynb #a17f9994
 TASK_INSTRUCTIONS = {
-    "knowledge_extraction": "List the key concepts, entities and quantitative findings in the source, one per line.",
-    "knowledge_mapping": "List the relations between concepts in the source, one per line, as 'A -- relation --> B'.",
+    "knowledge_extraction": "List the key concepts, entities and quantitative findings in the "
+                            "source, one per line.",
+    "knowledge_mapping": "List the relations between concepts in the source, one per line, as "
+                         "'A -- relation --> B'.",
     "query_generation": "Write three questions a domain expert would ask that the source answers.",
     "response_generation": "Answer the question or request in the source, citing it as [1].",
     "question_answering": "Answer the question in the source precisely.",
-    "judging": "Judge whether the answer in the source is correct and supported; reply with a verdict and one sentence of reasons.",
+    "judging": "Judge whether the answer in the source is correct and supported; reply with a "
+               "verdict and one sentence of reasons.",
     "summarization": "Summarise the source in two or three sentences.",
-    "text_classification": "Classify the source text and give the label with a one-sentence justification.",
-    "document_classification": "Classify the document and give the label with a one-sentence justification.",
-    "sentiment_analysis": "Give the sentiment of the source text (positive, negative or neutral) with a one-sentence justification.",
+    "text_classification": "Classify the source text and give the label with a one-sentence "
+                           "justification.",
+    "document_classification": "Classify the document and give the label with a one-sentence "
+                               "justification.",
+    "sentiment_analysis": "Give the sentiment of the source text (positive, negative or neutral) "
+                          "with a one-sentence justification.",
     "entity_recognition": "List the named entities in the source with their types, one per line.",
     "code_generation": "Write the code the source asks for, with a short explanation.",
     "reasoning": "Work through the problem in the source step by step and state the result.",
@@ -148,10 +175,13 @@ TASK_INSTRUCTIONS = {
 
 def task_messages(task: str, text: str) -> list[dict]:
     "Chat messages for `task` on `text`: a task instruction and the text as numbered source [1]."
-    instruction = TASK_INSTRUCTIONS.get(task, f"Carry out the task '{task.replace('_', ' ')}' on the source.")
+    default = f"Carry out the task '{task.replace('_', ' ')}' on the source."
+    instruction = TASK_INSTRUCTIONS.get(task, default)
+    source = f"Sources:\n[1] (input) {' '.join(text.split())}\n\nQuestion: {instruction}\nAnswer:"
     return [{"role": "system", "content": f"You are a domain expert assistant. {instruction}"},
-            {"role": "user", "content": f"Sources:\n[1] (input) {' '.join(text.split())}\n\nQuestion: {instruction}\nAnswer:"}]
+            {"role": "user", "content": source}]
 
+# %% ../nbs/04_modelhub.ipynb #fc40b881
 def offline_embed(text: str, dim: int = 256) -> list[float]:
     "A deterministic, key-free embedding: hashed content words (and word pairs), L2-normalised."
     v = [0.0] * dim
@@ -165,18 +195,26 @@ def offline_embed(text: str, dim: int = 256) -> list[float]:
 def rerank(query: str, docs: list[str]) -> list[tuple[int, float]]:
     "`(index, score)` of `docs` by similarity to `query`, best first (offline embeddings)."
     q = offline_embed(query)
-    scored = [(i, round(sum(a * b for a, b in zip(q, offline_embed(d))), 4)) for i, d in enumerate(docs)]
+    dot = lambda d: round(sum(a * b for a, b in zip(q, offline_embed(d))), 4)
+    scored = [(i, dot(d)) for i, d in enumerate(docs)]
     return sorted(scored, key=lambda t: -t[1])
 
-def process_task(task: str, text: str, model_id: str | None = None, *, domain: str | None = None,
-                 general: list[str] | None = None, **kw) -> Result:
-    "Run `task` on `text` with the first candidate model that works (the asked-for `model_id` first); never raises for model failures."
-    cands = candidates_for(task, domain, model_id, general)
+# %% ../nbs/04_modelhub.ipynb #d31473fe
+def _usable(cands: list[str], task: str) -> tuple[list[str], list[str]]:
+    "The specs of the candidates that can be tried here, and the others as 'id: skipped (why)'."
     tried, usable = [], []
     for c in cands:
         reason = unavailable_reason(c, task)
-        if reason is None and registry()["models"].get(c, {}).get("kind") in NON_GENERATIVE: reason = "embedding through this model is not implemented here; offline_embed answers"
-        (tried.append(f"{c}: skipped ({reason})") if reason else usable.append(resolve_spec(c)))
+        if reason is None and registry()["models"].get(c, {}).get("kind") in NON_GENERATIVE:
+            reason = "embedding through this model is not implemented here; offline_embed answers"
+        if reason: tried.append(f"{c}: skipped ({reason})")
+        else: usable.append(resolve_spec(c))
+    return usable, tried
+
+def process_task(task: str, text: str, model_id: str | None = None, *, domain: str | None = None,
+                 general: list[str] | None = None, **kw) -> Result:
+    "Run `task` on `text` with the first candidate that works (`model_id` first); never raises."
+    usable, tried = _usable(candidates_for(task, domain, model_id, general), task)
     if task in ("embeddings", "reranking"):
         vec = offline_embed(text)
         return Result(0, json.dumps(vec[:8]) + " ...", model="offline", parsed=vec, tried=tried)
@@ -184,27 +222,36 @@ def process_task(task: str, text: str, model_id: str | None = None, *, domain: s
     r.tried = tried + r.tried
     return r
 
-def process_domain_task(domain: str, task: str, text: str, model_id: str | None = None, *, general: list[str] | None = None, **kw) -> Result:
-    "Run `task` with `domain`'s specialised models first (`domain='auto'` routes by `classify_domain`), then the general ones."
+def process_domain_task(domain: str, task: str, text: str, model_id: str | None = None, *,
+                        general: list[str] | None = None, **kw) -> Result:
+    "Run `task` with `domain`'s models first (`'auto'`: `classify_domain`), then the general ones."
     if domain == "auto": domain = classify_domain(text).domain
     if domain != "general" and domain not in DOMAINS:
-        raise PurposeError(f"unknown domain '{domain}': use one of {', '.join(DOMAINS)}, general or auto")
-    return process_task(task, text, model_id, domain=None if domain == "general" else domain, general=general, **kw)
+        raise PurposeError(f"unknown domain '{domain}': use one of {', '.join(DOMAINS)}, general "
+                           "or auto")
+    if domain == "general": domain = None
+    return process_task(task, text, model_id, domain=domain, general=general, **kw)
 
+# %% ../nbs/04_modelhub.ipynb #5cee95cb
 class ModelHub:
-    "The seed's ModelHub: registry, routing and the batch engine with shared settings (`general`, `cache`, `concurrency`, ...)."
-    def __init__(self, general: list[str] | None = None, **complete_kw): self.general, self.kw = general, complete_kw
+    "The seed's ModelHub: registry, routing and the batch engine with shared settings."
+    def __init__(self, general: list[str] | None = None,  # general fallback models
+                 **complete_kw):                          # `complete_many` settings: cache, ...
+        self.general, self.kw = general, complete_kw
     def get_model_info(self, model_id: str) -> ModelInfo: return get_model_info(model_id)
     def list_models(self, **kw) -> list[ModelInfo]: return list_models(**kw)
     def classify_domain(self, text: str, **kw) -> DomainGuess: return classify_domain(text, **kw)
-    def process_task(self, task, text, model_id=None, **kw) -> Result: return process_task(task, text, model_id, general=self.general, **{**self.kw, **kw})
+    def process_task(self, task, text, model_id=None, **kw) -> Result:
+        return process_task(task, text, model_id, general=self.general, **{**self.kw, **kw})
     def process_domain_task(self, domain, task, text, model_id=None, **kw) -> Result:
-        return process_domain_task(domain, task, text, model_id, general=self.general, **{**self.kw, **kw})
-    def complete_many(self, specs, prompts, **kw) -> Results: return complete_many(specs, prompts, **{**self.kw, **kw})
+        return process_domain_task(domain, task, text, model_id, general=self.general,
+                                   **{**self.kw, **kw})
+    def complete_many(self, specs, prompts, **kw) -> Results:
+        return complete_many(specs, prompts, **{**self.kw, **kw})
 
 # %% ../nbs/04_modelhub.ipynb #e04a06f1
-models_app = typer.Typer(help="ModelHub: list registered models, show one, set up keys, run a task with "
-                              "fallback.", no_args_is_help=True)
+models_app = typer.Typer(help="ModelHub: list registered models, show one, set up keys, run a task "
+                              "with fallback.", no_args_is_help=True)
 
 @models_app.command("list")
 def models_list(domain: str = typer.Option(None, help="only models for this domain"),
@@ -212,7 +259,7 @@ def models_list(domain: str = typer.Option(None, help="only models for this doma
                 as_json: bool = typer.Option(False, "--json", help="print JSON")):
     "List registered models with provider, size, context window, kind and domains."
     ms = list_models(domain=domain, task=task)
-    if as_json: typer.echo(json.dumps([asdict(m) for m in ms], indent=1)); return
+    if as_json: return typer.echo(json.dumps([asdict(m) for m in ms], indent=1))
     for m in ms:
         typer.echo(f"{m.id:48} {m.provider:10} {m.size:>16} {str(m.context_window or '-'):>7} "
                    f"{m.kind:11} {','.join(m.domains)}")
@@ -226,10 +273,13 @@ def models_info(model: str = typer.Argument(..., help="registry id, e.g. epfl-ll
     d["price_per_mtok"] = list(price_of(info.spec)) if info.provider != "hf" else [0.0, 0.0]
     typer.echo(json.dumps(d, indent=1))
 
+# %% ../nbs/04_modelhub.ipynb #92de2d98
 @models_app.command("setup-config")
 def models_setup_config(
-        from_env: bool = typer.Option(False, "--from-env", help="copy the keys set in the environment, ask nothing"),
-        general: str = typer.Option(None, help="comma-separated general fallback models, e.g. openai:gpt-4o-mini")):
+        from_env: bool = typer.Option(False, "--from-env",
+                                      help="copy the keys set in the environment, ask nothing"),
+        general: str = typer.Option(None, help="comma-separated general fallback models, "
+                                               "e.g. openai:gpt-4o-mini")):
     "Create or update the config file (mode 0600) with API keys and default models."
     cfg = load_config() if config_path().exists() else {}
     keys = cfg.setdefault("keys", {})
@@ -240,54 +290,67 @@ def models_setup_config(
                                  show_default=False)
         if val: keys[var] = val.strip()
     if general:
-        cfg.setdefault("default_models", {})["general"] = [s.strip() for s in general.split(",") if s.strip()]
+        cfg.setdefault("default_models", {})["general"] = [s.strip() for s in general.split(",")
+                                                           if s.strip()]
     p = save_config(cfg)
     typer.echo(f"wrote {p} (mode 600); keys set: {', '.join(sorted(keys)) or 'none'}")
 
 @models_app.command("check")
 def models_check(
-        teachers: list[str] = typer.Argument(..., help="teacher specs, e.g. openai:gpt-4o-mini 'ollama:llama3|offline'"),
+        teachers: list[str] = typer.Argument(..., help="teacher specs, e.g. openai:gpt-4o-mini "
+                                                       "'ollama:llama3|offline'"),
         timeout: float = typer.Option(8.0, help="seconds to wait for each server")):
     "Check that each teacher can be used here (spec, key, server, model) without running anything."
-    report = check_teachers(list(teachers), timeout=timeout)   # one that cannot: `error: ...`, exit 2
+    # one that cannot: `error: ...`, exit 2
+    report = check_teachers(list(teachers), timeout=timeout)
     for spec, how in report.items(): typer.echo(f"{spec}: ok ({how})")
 
+# %% ../nbs/04_modelhub.ipynb #511aff17
 def _echo_result(r: Result):
-    "Print the answer (and every model tried, on stderr); an item no model answered is a `PurposeError`."
+    "Print the answer (and each model tried, on stderr); an item none answered is a `PurposeError`."
     if r.ok: typer.echo(r.text)
     for t in r.tried: typer.echo(f"  tried {t}", err=True)
     if not r.ok: raise PurposeError(r.error)
     typer.echo(f"[answered by {r.model}{', cached' if r.cached else ''}]", err=True)
 
 @models_app.command("process-text")
-def models_process_text(task: str = typer.Argument(..., help="e.g. knowledge_extraction, query_generation, judging"),
-                        text: str = typer.Argument(..., help="the text to process"),
-                        model: str = typer.Option(None, help="try this model first (registry id or spec)")):
-    "Run TASK on TEXT with the best available model, falling back to general models and the offline teacher."
+def models_process_text(
+        task: str = typer.Argument(..., help="e.g. knowledge_extraction, query_generation, "
+                                             "judging"),
+        text: str = typer.Argument(..., help="the text to process"),
+        model: str = typer.Option(None, help="try this model first (registry id or spec)")):
+    "Run TASK on TEXT with the best model available, then the general ones and the offline teacher."
     _echo_result(process_task(task, text, model))
 
 @models_app.command("process-domain-text")
 def models_process_domain_text(
-        domain: str = typer.Argument(..., help="medical, legal, finance, code, math, general or auto"),
+        domain: str = typer.Argument(..., help="medical, legal, finance, code, math, general or "
+                                               "auto"),
         task: str = typer.Argument(...), text: str = typer.Argument(...),
         model: str = typer.Option(None, help="try this model first (registry id or spec)")):
     "Run TASK on TEXT with DOMAIN's specialised models first, then the general ones."
     _echo_result(process_domain_task(domain, task, text, model))
 
 # %% ../nbs/04_modelhub.ipynb #8eeb0bac
-def try_teachers(run_dir: Path | str, question: str, teachers: str | list = "offline", k: int = 3, **kw) -> list[dict]:
-    "Ask each teacher `question` grounded in the run's `k` best-matching chunks; one row per teacher."
-    from purpose.core import RunDir, read_jsonl
+def try_teachers(run_dir: Path | str,           # a run folder with extract/ done
+                 question: str,                 # asked of every teacher
+                 teachers: str | list = "offline",  # comma-separated specs, or a list
+                 k: int = 3,                    # chunks shown, those sharing most words with it
+                 **kw) -> list[dict]:           # `complete_many` settings
+    "Ask each teacher `question` grounded in the run's `k` best-matching chunks; a row per teacher."
+    from purpose.core import RunDir
     run = RunDir(run_dir)
-    run.require("extract/chunks.jsonl")
-    chunks = read_chunks(run.extract/"chunks.jsonl")
+    run.require("chunks")
+    chunks = read_chunks(run.chunks)
     q = set(content_words(question))
-    best = sorted(chunks, key=lambda c: (-len(q & set(content_words(c["text"]))), c["chunk_id"]))[:k]
-    specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else list(teachers)
+    shared = lambda c: (-len(q & set(content_words(c["text"]))), c["chunk_id"])
+    best = sorted(chunks, key=shared)[:k]
+    specs = [t.strip() for t in teachers.split(",")] if isinstance(teachers, str) else teachers
     msgs = grounded_messages(question, best)
     rows = []
     for spec in specs:
         r = complete_many(spec, [msgs], **kw)[0]
-        rows.append({"teacher": public_spec(spec), "answer": r.text if r.ok else None, "error": r.error, "model": r.model,
-                     "cost_usd": r.cost_usd, "cached": r.cached, "chunks": [c["chunk_id"] for c in best]})
+        rows.append({"teacher": public_spec(spec), "answer": r.text if r.ok else None,
+                     "error": r.error, "model": r.model, "cost_usd": r.cost_usd, "cached": r.cached,
+                     "chunks": [c["chunk_id"] for c in best]})
     return rows

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01c_pdf.ipynb #e196aa70
 from __future__ import annotations
-import re, shutil, subprocess, tempfile
+import fnmatch, os, re, shutil, subprocess, tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -12,44 +12,55 @@ from .records import FileProblem, Line, normalize_text
 
 # %% auto #0
 __all__ = ['SAMPLE_PAGES', 'pdfium_page_lines', 'reading_order', 'drop_running_lines', 'find_doi', 'find_year', 'pdf_metadata',
-           'open_pdf', 'tesseract_available', 'ocr_pdf_pages', 'make_test_pdf']
+           'open_pdf', 'make_test_pdf', 'pdf_passwords', 'file_passwords', 'tesseract_available', 'ocr_pdf_pages',
+           'read_pdf', 'pdf_lines']
 
 # %% ../nbs/01c_pdf.ipynb #04e1c0a2
 _GENERATED = str.maketrans({"\ufffe": "", "\x02": "", "\xad": "", "\x00": "", "\t": " "})
 
-def pdfium_page_lines(page, pno: int) -> list[Line]:
-    "Lines of a PDFium page in content order, each with its box and font height (a few C calls per line, none per char)."
+def _char_index(tp, text: str, n: int):
+    "String index -> character index (they drift apart after characters outside the BMP)."
     import pypdfium2.raw as pdfium_c
+    uni, shift = pdfium_c.FPDFText_GetUnicode, 0
+    def at(i):
+        nonlocal shift
+        if 0 <= i + shift < n and uni(tp.raw, i + shift) == ord(text[i]): return i + shift
+        for d in (-1, 1, -2, 2, -3, 3, -4, 4):
+            if 0 <= i + d < n and uni(tp.raw, i + d) == ord(text[i]):
+                shift = d
+                return i + d
+        return None
+    return at
+
+# %% ../nbs/01c_pdf.ipynb #14d858f9
+def pdfium_page_lines(page, pno: int) -> list[Line]:
+    "Lines of a PDFium page in content order, each with its box and font height."
     tp = page.get_textpage()
     try:
         n = tp.count_chars()
         if n <= 0: return []
         text = tp.get_text_range(0, n)
-        uni, shift = pdfium_c.FPDFText_GetUnicode, 0
-        def at(i):   # char index of string index i (they drift apart after characters outside the BMP)
-            nonlocal shift
-            if 0 <= i + shift < n and uni(tp.raw, i + shift) == ord(text[i]): return i + shift
-            for d in (-1, 1, -2, 2, -3, 3, -4, 4):
-                if 0 <= i + d < n and uni(tp.raw, i + d) == ord(text[i]): shift = d; return i + d
-            return None
-        geo = abs(len(text) - n) <= 8
+        at, geo = _char_index(tp, text, n), abs(len(text) - n) <= 8
         out, pos = [], 0
         for raw in text.split("\r\n"):
             s, pos = pos, pos + len(raw) + 2
             t = raw.translate(_GENERATED).replace("\n", " ").replace("\r", " ").strip()
             if not t: continue
-            if not geo: out.append(Line(t, pno)); continue
-            a, b = at(s + len(raw) - len(raw.lstrip())), at(s + len(raw.rstrip()) - 1)
-            if a is None or b is None: out.append(Line(t, pno)); continue
+            a = at(s + len(raw) - len(raw.lstrip())) if geo else None
+            b = at(s + len(raw.rstrip()) - 1) if geo else None
+            if a is None or b is None:
+                out.append(Line(t, pno))
+                continue
             l0, b0, r0, t0 = tp.get_charbox(a, loose=True)
             l1, b1, r1, t1 = tp.get_charbox(b, loose=True)
-            out.append(Line(t, pno, min(l0, l1), max(r0, r1), max(t0, t1), min(b0, b1), round(t0 - b0, 2)))
+            box = (min(l0, l1), max(r0, r1), max(t0, t1), min(b0, b1))
+            out.append(Line(t, pno, *box, round(t0 - b0, 2)))
         return out
     finally: tp.close()
 
 # %% ../nbs/01c_pdf.ipynb #8997d743
 def reading_order(lines: list[Line], width: float) -> list[Line]:
-    "Lines in reading order: left column before right column on two-column pages whose stream interleaves them."
+    "Lines in reading order: left column first on two-column pages whose stream interleaves them."
     if len(lines) < 10 or sum(l.x0 is None for l in lines) > 0.1 * len(lines): return lines
     lines = [l for l in lines if l.x0 is not None] if any(l.x0 is None for l in lines) else lines
     mid = width / 2
@@ -60,7 +71,9 @@ def reading_order(lines: list[Line], width: float) -> list[Line]:
     if sum(a != b for a, b in zip(cols, cols[1:])) <= 3: return lines
     out, left, right = [], [], []
     for l, s in sorted(zip(lines, side), key=lambda p: -p[0].top):
-        if s == "F": out += left + right + [l]; left, right = [], []
+        if s == "F":
+            out += left + right + [l]
+            left, right = [], []
         else: (left if s == "L" else right).append(l)
     return out + left + right
 
@@ -69,28 +82,33 @@ _PAGE_NO = re.compile(r"^(page\s*)?\d{1,4}(\s*(/|of)\s*\d{1,4})?$|^[-–]\s*\d{1
 
 def _margin_key(t: str) -> str: return re.sub(r"\d+", "#", t.lower()).strip()
 
-def drop_running_lines(pages: list[list[Line]], heights: Sequence[float | None] | None = None, margin: float = 0.09) -> list[list[Line]]:
-    "Remove running headers/footers and page numbers: lines in the page margins repeated on several pages."
+def _margins(lines: list[Line], h: float | None, margin: float) -> list[Line]:
+    "The lines in the top and bottom margins of a page (first and last ones if no heights)."
+    if h and lines and lines[0].top is not None:
+        return [l for l in lines if l.top > (1 - margin) * h or l.bottom < margin * h]
+    k = 2 if len(lines) >= 8 else 1
+    return lines[:k] + lines[-k:]
+
+def drop_running_lines(pages: list[list[Line]],
+                       heights: Sequence[float | None] | None = None,  # page heights, if known
+                       margin: float = 0.09,                           # share of the page height
+                       ) -> list[list[Line]]:
+    "Remove running headers/footers and page numbers: margin lines repeated on several pages."
     heights = heights or [None] * len(pages)
-    def margins(lines, h):
-        if h and lines and lines[0].top is not None:
-            return [l for l in lines if l.top > (1 - margin) * h or l.bottom < margin * h]
-        k = 2 if len(lines) >= 8 else 1
-        return lines[:k] + lines[-k:]
-    marg = [margins(ls, h) for ls, h in zip(pages, heights)]
+    marg = [_margins(ls, h, margin) for ls, h in zip(pages, heights)]
     seen = Counter(k for m in marg for k in {_margin_key(l.text) for l in m})
     need = 2 if len(pages) <= 4 else max(3, int(0.3 * len(pages)))
     out = []
     for ls, m in zip(pages, marg):
-        drop = {id(l) for l in m if (seen[_margin_key(l.text)] >= need and len(pages) > 1) or _PAGE_NO.match(l.text.strip())}
+        drop = {id(l) for l in m if (seen[_margin_key(l.text)] >= need and len(pages) > 1)
+                or _PAGE_NO.match(l.text.strip())}
         out.append([l for l in ls if id(l) not in drop])
     return out
 
 # %% ../nbs/01c_pdf.ipynb #f5ab0070
 _DOI = re.compile(r"\b(10\.\d{4,9}/[^\s\"<>,;]+)", re.I)
-_YEAR_CTX = re.compile(r"(?:published|accepted|©|\(c\)|copyright|received|epub|online)[^\n]{0,40}?\b((?:19|20)\d\d)\b", re.I)
-_BAD_TITLE = re.compile(r"^(untitled|microsoft word|title|document\d*|paper|article)\b|\.(docx?|pdf|tex|indd|qxd)\b|^[\w\-]+$", re.I)
-_AFFIL = re.compile(r"universit|department|institut|school|faculty|college|hospital|centre|center|laborator|@|correspond|e-mail|email|received|accepted|published|edited by|reviewed by|abstract|citation|\bdoi\b|http", re.I)
+_YEAR_CTX = re.compile(r"(?:published|accepted|©|\(c\)|copyright|received|epub|online)[^\n]{0,40}?"
+                       r"\b((?:19|20)\d\d)\b", re.I)
 
 def find_doi(text: str) -> str | None:
     "The first DOI in `text`, without trailing punctuation."
@@ -98,7 +116,7 @@ def find_doi(text: str) -> str | None:
     return m.group(1).rstrip(".)]}") if m else None
 
 def find_year(text: str, fallback: str | None = None) -> int | None:
-    "The publication year: the first year next to published/accepted/©, else the most common plausible year, else `fallback` ('D:2021...')."
+    "The year next to published/accepted/©, else the most common plausible one, else `fallback`'s."
     years = [int(y) for y in _YEAR_CTX.findall(text) if 1900 <= int(y) <= 2100]
     if years: return max(years)
     c = Counter(int(y) for y in re.findall(r"\b((?:19|20)\d\d)\b", text) if 1950 <= int(y) <= 2100)
@@ -106,145 +124,365 @@ def find_year(text: str, fallback: str | None = None) -> int | None:
     m = re.search(r"(?:D:)?((?:19|20)\d\d)", fallback or "")
     return int(m.group(1)) if m else None
 
+# %% ../nbs/01c_pdf.ipynb #7a230e44
+_BAD_TITLE = re.compile(r"^(untitled|microsoft word|title|document\d*|paper|article)\b"
+                        r"|\.(docx?|pdf|tex|indd|qxd)\b|^[\w\-]+$", re.I)
+_AFFIL = re.compile(r"universit|department|institut|school|faculty|college|hospital|centre|center"
+                    r"|laborator|@|correspond|e-mail|email|received|accepted|published|edited by"
+                    r"|reviewed by|abstract|citation|\bdoi\b|http", re.I)
+
 def _clean_author_line(t: str) -> list[str]:
+    "The names on one author line, without affiliation marks."
     t = normalize_text(t).replace("\u2011", "-").replace("\u2010", "-")
     t = re.sub(r"(?<=[a-zà-ÿ])ID\b|\bID(?=\d)|[\d*†‡§¶#✉]+|\s+(?=,)", "", t)
     parts = [p.strip(" ,;.") for p in re.split(r",|;|·|•|\band\b|&", t)]
-    return [p for p in parts if re.fullmatch(r"[A-ZÀ-Þ][\w'’.\-]*(?:\s+[\w'’.\-]+){0,4}", p) and len(p) > 3 and not _AFFIL.search(p)]
+    return [p for p in parts if re.fullmatch(r"[A-ZÀ-Þ][\w'’.\-]*(?:\s+[\w'’.\-]+){0,4}", p)
+            and len(p) > 3 and not _AFFIL.search(p)]
 
+def _title_run(lines: list[Line], top_part: list[Line], big: float) -> list[int]:
+    "Indexes of the consecutive lines in the largest font at the top of the page: the title."
+    idx = [i for i, l in enumerate(lines) if l in top_part and l.size >= big - 0.5]
+    run = idx[:1]
+    for i in idx[1:]:
+        if i != run[-1] + 1: break
+        run.append(i)
+    return run
+
+# %% ../nbs/01c_pdf.ipynb #7cb37c0c
+def _authors_under(lines: list[Line], run: list[int], big: float) -> list[str]:
+    "The names on the lines under the title, up to an affiliation or a change of font size."
+    authors, asize = [], None
+    for l in lines[run[-1] + 1: run[-1] + 9]:
+        other_size = asize and l.size and abs(l.size - asize) > 1
+        if _AFFIL.search(l.text) or (l.size and l.size > big) or other_size: break
+        found = _clean_author_line(l.text)
+        if found and asize is None: asize = l.size
+        authors += found
+    return authors
+
+def _layout_title(lines: list[Line]) -> tuple[str | None, list[str]]:
+    "Title and authors from the font sizes of the first page's lines."
+    top = max(x.top for x in lines)
+    top_part = [l for l in lines if l.top is not None and l.top > 0.35 * top and len(l.text) > 3]
+    big = max((l.size for l in top_part if len(l.text.split()) >= 2), default=None)
+    run = _title_run(lines, top_part, big) if big else []
+    if not run: return None, []
+    return normalize_text(" ".join(lines[i].text for i in run)), _authors_under(lines, run, big)
+
+# %% ../nbs/01c_pdf.ipynb #5966b5ed
 def pdf_metadata(info: dict, first_lines: list[Line], first_text: str) -> dict:
-    "`title`, `authors`, `year`, `doi` from the PDF info dictionary and the first page's lines and text."
+    "`title`, `authors`, `year`, `doi` from the PDF info dictionary and the first page."
     title = normalize_text(info.get("Title") or "")
     if len(title) < 12 or len(title.split()) < 3 or _BAD_TITLE.search(title): title = None
-    meta_authors = [a.strip() for a in re.split(r";|,| and ", info.get("Author") or "") if len(a.strip()) > 3]
+    meta_authors = [a.strip() for a in re.split(r";|,| and ", info.get("Author") or "")
+                    if len(a.strip()) > 3]
     authors: list[str] = []
     lines = [l for l in first_lines if len(l.text) > 2]
     if lines and lines[0].size is not None:
-        top_part = [l for l in lines if l.top is not None and l.top > 0.35 * max(x.top for x in lines) and len(l.text) > 3]
-        big = max((l.size for l in top_part if len(l.text.split()) >= 2), default=None)
-        if big:
-            idx = [i for i, l in enumerate(lines) if l in top_part and l.size >= big - 0.5 and len(l.text.split()) >= 1]
-            if idx:
-                run = [idx[0]]
-                for i in idx[1:]:
-                    if i == run[-1] + 1: run.append(i)
-                    else: break
-                if title is None: title = normalize_text(" ".join(lines[i].text for i in run))
-                asize = None
-                for l in lines[run[-1] + 1: run[-1] + 9]:
-                    if _AFFIL.search(l.text) or (l.size and l.size > big) or (asize and l.size and abs(l.size - asize) > 1): break
-                    found = _clean_author_line(l.text)
-                    if found and asize is None: asize = l.size
-                    authors += found
+        layout_title, authors = _layout_title(lines)
+        title = title or layout_title
     elif title is None:
-        title = next((normalize_text(l.text) for l in lines[:8] if len(l.text.split()) >= 4 and not _AFFIL.search(l.text)), None)
+        title = next((normalize_text(l.text) for l in lines[:8]
+                      if len(l.text.split()) >= 4 and not _AFFIL.search(l.text)), None)
     if len(meta_authors) >= len(authors): authors = meta_authors
-    return {"title": title, "authors": authors[:30], "year": find_year(first_text, info.get("CreationDate")),
+    return {"title": title, "authors": authors[:30],
+            "year": find_year(first_text, info.get("CreationDate")),
             "doi": find_doi(first_text) or find_doi(" ".join(str(v) for v in info.values()))}
 
 # %% ../nbs/01c_pdf.ipynb #78041e6f
 def _is_truncated(path: Path) -> bool:
     with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 2048)); return b"%%EOF" not in f.read()
+        f.seek(max(0, path.stat().st_size - 2048))
+        return b"%%EOF" not in f.read()
 
-def open_pdf(path: Path, passwords: Sequence[str] = ()):
-    "`(reader, extractor, how)`: a PDFium document, else a pypdf reader, and how an encrypted file was opened (None: not encrypted)."
+def _pdfium_open(path: Path, passwords: Sequence[str]) -> tuple:
+    "`(document, how, locked, error)`: the document is None when PDFium refuses the file."
     import pypdfium2 as pdfium
-    tried, locked, err = [None, *passwords], False, None
-    for pw in tried:
+    locked, err = False, None
+    for pw in [None, *passwords]:
         try: doc = pdfium.PdfDocument(str(path), password=pw)
         except pdfium.PdfiumError as e:
             err = e
-            if getattr(e, "err_code", None) == 4 or "password" in str(e).lower(): locked = True; continue
+            locked = locked or getattr(e, "err_code", None) == 4 or "password" in str(e).lower()
+            if locked: continue
             break
-        if pw is not None: return doc, "pypdfium2", "a supplied password"
-        return doc, "pypdfium2", "the empty password" if pdfium.raw.FPDF_GetSecurityHandlerRevision(doc.raw) >= 0 else None
+        if pw is not None: return doc, "a supplied password", locked, None
+        encrypted = pdfium.raw.FPDF_GetSecurityHandlerRevision(doc.raw) >= 0
+        return doc, "the empty password" if encrypted else None, locked, None
+    return None, None, locked, err
+
+# %% ../nbs/01c_pdf.ipynb #d589e520
+def _locked(path: Path, passwords: Sequence[str]) -> FileProblem:
+    "The `encrypted` problem of a file that no password opened, with how to pass one."
+    n = len([p for p in passwords if p is not None])
+    tried = "the empty password" + (f" and the {n} supplied password(s)" if n else "")
+    return FileProblem("encrypted", f"{path.name} is password protected and {tried} did not open "
+                       "it: pass passwords=['...'] to extract_stage (or PURPOSE_PDF_PASSWORDS="
+                       "pw1,pw2 in the environment), or save an unprotected copy")
+
+def _pypdf_decrypt(r, passwords: Sequence[str]) -> str | None:
+    "How an encrypted pypdf reader was opened, or the `encrypted` problem."
+    for pw in ["", *passwords]:
+        try:
+            if r.decrypt(pw): return "a supplied password" if pw else "the empty password"
+        except Exception: continue
+    raise FileProblem("encrypted", "")
+
+# %% ../nbs/01c_pdf.ipynb #d660eb92
+def _pypdf_open(path: Path, passwords: Sequence[str], locked: bool, err) -> tuple:
+    "`(reader, 'pypdf', how)` for a file PDFium refused, else the file's problem."
     import pypdf, logging
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         r = pypdf.PdfReader(str(path), strict=False)
-        how = None
-        if r.is_encrypted:
-            for pw in ["", *passwords]:
-                try:
-                    if r.decrypt(pw): how = "a supplied password" if pw else "the empty password"; break
-                except Exception: continue
-            else: raise FileProblem("encrypted", "")
-        if len(r.pages) == 0: raise FileProblem("empty", f"{path.name} is a PDF with no pages: replace it with the full document")
+        how = _pypdf_decrypt(r, passwords) if r.is_encrypted else None
+        if len(r.pages) == 0:
+            raise FileProblem("empty", f"{path.name} is a PDF with no pages: replace it with the "
+                              "full document")
         return r, "pypdf", how
     except FileProblem as e:
         if e.status != "encrypted": raise
-        n = len([p for p in passwords if p is not None])
-        raise FileProblem("encrypted", f"{path.name} is password protected and the empty password{' and the ' + str(n) + ' supplied password(s)' if n else ''} "
-                          "did not open it: pass passwords=['...'] to extract_stage (or PURPOSE_PDF_PASSWORDS=pw1,pw2 in the environment), "
-                          "or save an unprotected copy") from None
+        raise _locked(path, passwords) from None
     except Exception as e:
         if locked:
-            raise FileProblem("encrypted", f"{path.name} is password protected ({type(e).__name__}: {e}): pass its password with passwords=[...] "
-                              "or PURPOSE_PDF_PASSWORDS, or save an unprotected copy") from None
-        why = ("is truncated (it ends without %%EOF, probably cut off during download): download it again" if _is_truncated(path) else
-               "is damaged: download it again, or repair it (e.g. `qpdf input.pdf repaired.pdf`) and re-run")
-        raise FileProblem("corrupt", f"{path.name} {why} (PDFium: {err}; pypdf: {type(e).__name__}: {e})") from None
+            what = f"{type(e).__name__}: {e}"
+            raise FileProblem("encrypted", f"{path.name} is password protected ({what}): pass its "
+                              "password with passwords=[...] or "
+                              "PURPOSE_PDF_PASSWORDS, or save an unprotected copy") from None
+        why = ("is truncated (it ends without %%EOF, probably cut off during download): download "
+               "it again" if _is_truncated(path) else
+               "is damaged: download it again, or repair it (e.g. `qpdf input.pdf repaired.pdf`) "
+               "and re-run")
+        raise FileProblem("corrupt", f"{path.name} {why} (PDFium: {err}; pypdf: "
+                          f"{type(e).__name__}: {e})") from None
+
+# %% ../nbs/01c_pdf.ipynb #21e26fd0
+def open_pdf(path: Path, passwords: Sequence[str] = ()):
+    "`(reader, extractor, how)`: PDFium's document, else a pypdf reader; `how` it was decrypted."
+    doc, how, locked, err = _pdfium_open(path, passwords)
+    if doc is not None: return doc, "pypdfium2", how
+    return _pypdf_open(path, passwords, locked, err)
+
+# %% ../nbs/01c_pdf.ipynb #6c5d71bd
+def _write_page(pdf, lines: Sequence[str], header: str | None, number: int):
+    "One page of text lines (`# ` makes a heading) with an optional running header and page number."
+    if header:
+        pdf.set_font("Helvetica", size=8)
+        pdf.set_xy(10, 5)
+        pdf.cell(0, 5, header)
+        pdf.set_xy(10, 285)
+        pdf.cell(0, 5, str(number))
+    pdf.set_xy(10, 20)
+    for t in lines:
+        big = t.startswith("# ")
+        pdf.set_font("Helvetica", "B" if big else "", 18 if big else 10)
+        pdf.set_x(10)
+        pdf.cell(0, 10 if big else 6, t[2:] if big else t)
+        pdf.ln(10 if big else 6)
+
+# %% ../nbs/01c_pdf.ipynb #0fea314a
+def make_test_pdf(path: Path | str, pages: Sequence[Sequence[str]], *, title: str | None = None,
+                  user_password: str | None = None, header: str | None = None,
+                  image_only: bool = False) -> Path:
+    "Write a small PDF with fpdf2 (one list of lines per page); optionally encrypted or image-only."
+    from fpdf import FPDF
+    from fpdf.enums import EncryptionMethod
+    pdf = FPDF()
+    pdf.set_auto_page_break(False)
+    if title: pdf.set_title(title)
+    if user_password is not None:
+        pdf.set_encryption(owner_password="owner-" + user_password, user_password=user_password,
+                           encryption_method=EncryptionMethod.RC4)
+    for i, lines in enumerate(pages, 1):
+        pdf.add_page()
+        if not image_only: _write_page(pdf, lines, header, i)
+        else:
+            pdf.set_fill_color(40, 40, 40)
+            pdf.rect(20, 20, 170, 100, style="F")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf.output(str(path))
+    return path
+
+# %% ../nbs/01c_pdf.ipynb #e6275fa2
+SAMPLE_PAGES = [
+    ["# Heavy sled towing and sprint acceleration", "Ann Smith, Bo Lee",
+     "University of Speed, doi:10.1234/sprint.2024.1", "Published 2024", "Abstract",
+     "The aim of this study was to compare heavy sled towing (HST) with free sprinting.",
+     "Twenty sprinters (n = 20) trained for eight weeks. "
+     "Sprint time improved significantly (p < 0.05).",
+     "1. Introduction",
+     "Acceleration decides short sprints. Heavy sled towing (HST) overloads the first steps",
+     "of the sprint and is popular with coaches."],
+    ["2. Methods",
+     "Participants were randomly allocated to HST or free sprinting; 10-m time was measured.",
+     "3. Results", "The HST group improved 10-m time by 0.08 s (p = 0.01, d = 0.9).",
+     "4. Discussion", "Heavy sled towing is effective for acceleration in trained sprinters.",
+     "References", "1. Morin JB. Sprint mechanics. J Sport Sci. 2016;1:1-9.",
+     "2. Cross MR. Sled towing. IJSPP. 2017;2:3-4."]]
+
+# %% ../nbs/01c_pdf.ipynb #34a6eb1b
+def pdf_passwords(passwords=()) -> tuple | dict:
+    "The passwords to try: those given (a dict maps globs to passwords), `PURPOSE_PDF_PASSWORDS`."
+    if isinstance(passwords, str): passwords = [passwords]
+    if isinstance(passwords, dict): return dict(passwords)
+    env_pw = [p for p in re.split(r"[,\n]", os.environ.get("PURPOSE_PDF_PASSWORDS", "")) if p]
+    return tuple(list(passwords or ()) + env_pw)
+
+def file_passwords(passwords, name: str) -> list:
+    "The passwords to try on file `name`: all of a sequence, or those of the dict's matching globs."
+    if isinstance(passwords, dict):
+        return [p for pat, p in passwords.items() if fnmatch.fnmatch(name, pat)]
+    if isinstance(passwords, str): return [passwords]
+    return list(passwords or ())
 
 # %% ../nbs/01c_pdf.ipynb #cd0133c3
 def tesseract_available() -> bool:
     "Whether the `tesseract` OCR program is on the PATH."
     return shutil.which("tesseract") is not None
 
-def ocr_pdf_pages(path: Path, pages: Sequence[int], passwords=(), lang: str = "eng", dpi: int = 300) -> dict[int, str]:
+def ocr_pdf_pages(path: Path, pages: Sequence[int], passwords=(), lang: str = "eng",
+                  dpi: int = 300) -> dict[int, str]:
     "Text of the given (1-based) pages by rendering them with PDFium and running Tesseract."
     import pypdfium2 as pdfium
     doc, out = None, {}
     for pw in [None, *passwords]:
-        try: doc = pdfium.PdfDocument(str(path), password=pw); break
+        try:
+            doc = pdfium.PdfDocument(str(path), password=pw)
+            break
         except pdfium.PdfiumError: continue
     if doc is None: return out
     with tempfile.TemporaryDirectory() as d:
         for p in pages:
             img = Path(d)/f"p{p}.png"
             doc[p - 1].render(scale=dpi / 72).to_pil().save(img)
-            r = subprocess.run(["tesseract", str(img), "stdout", "-l", lang], capture_output=True, text=True, timeout=300)
+            r = subprocess.run(["tesseract", str(img), "stdout", "-l", lang], capture_output=True,
+                               text=True, timeout=300)
             out[p] = r.stdout
     doc.close()
     return out
 
+# %% ../nbs/01c_pdf.ipynb #be047249
 def _count_text_objects(page) -> tuple[int, int]:
+    "Text and image objects on a PDFium page."
     import pypdfium2.raw as R
     n = R.FPDFPage_CountObjects(page.raw)
     kinds = [R.FPDFPageObj_GetType(R.FPDFPage_GetObject(page.raw, i)) for i in range(min(n, 5000))]
     return kinds.count(R.FPDF_PAGEOBJ_TEXT), kinds.count(R.FPDF_PAGEOBJ_IMAGE)
 
-# %% ../nbs/01c_pdf.ipynb #6c5d71bd
-def make_test_pdf(path: Path | str, pages: Sequence[Sequence[str]], *, title: str | None = None, user_password: str | None = None,
-                  header: str | None = None, image_only: bool = False) -> Path:
-    "Write a small PDF with fpdf2 (one list of lines per page) for tests and examples; optionally encrypted or image-only."
-    from fpdf import FPDF
-    pdf = FPDF(); pdf.set_auto_page_break(False)
-    if title: pdf.set_title(title)
-    if user_password is not None:
-        from fpdf.enums import EncryptionMethod
-        pdf.set_encryption(owner_password="owner-" + user_password, user_password=user_password, encryption_method=EncryptionMethod.RC4)
-    for i, lines in enumerate(pages, 1):
-        pdf.add_page()
-        if image_only:
-            pdf.set_fill_color(40, 40, 40); pdf.rect(20, 20, 170, 100, style="F")
-            continue
-        if header: pdf.set_font("Helvetica", size=8); pdf.set_xy(10, 5); pdf.cell(0, 5, header); pdf.set_xy(10, 285); pdf.cell(0, 5, str(i))
-        pdf.set_xy(10, 20)
-        for t in lines:
-            big = t.startswith("# ")
-            pdf.set_font("Helvetica", "B" if big else "", 18 if big else 10)
-            pdf.set_x(10); pdf.cell(0, 10 if big else 6, t[2:] if big else t); pdf.ln(10 if big else 6)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    pdf.output(str(path))
-    return path
+# %% ../nbs/01c_pdf.ipynb #24b8469c
+def _pdfium_pages(doc, n: int) -> tuple[list, list, dict]:
+    "Lines (in reading order) and height of every page of a PDFium document, and its info."
+    pages, heights = [], []
+    for i in range(n):
+        page = doc[i]
+        try:
+            pages.append(reading_order(pdfium_page_lines(page, i + 1), page.get_width()))
+            heights.append(page.get_height())
+        finally: page.close()
+    return pages, heights, doc.get_metadata_dict(skip_empty=True)
 
-SAMPLE_PAGES = [["# Heavy sled towing and sprint acceleration", "Ann Smith, Bo Lee", "University of Speed, doi:10.1234/sprint.2024.1",
-                 "Published 2024", "Abstract", "The aim of this study was to compare heavy sled towing (HST) with free sprinting.",
-                 "Twenty sprinters (n = 20) trained for eight weeks. Sprint time improved significantly (p < 0.05).",
-                 "1. Introduction", "Acceleration decides short sprints. Heavy sled towing (HST) overloads the first steps",
-                 "of the sprint and is popular with coaches."],
-                ["2. Methods", "Participants were randomly allocated to HST or free sprinting; 10-m time was measured.",
-                 "3. Results", "The HST group improved 10-m time by 0.08 s (p = 0.01, d = 0.9).",
-                 "4. Discussion", "Heavy sled towing is effective for acceleration in trained sprinters.",
-                 "References", "1. Morin JB. Sprint mechanics. J Sport Sci. 2016;1:1-9.", "2. Cross MR. Sled towing. IJSPP. 2017;2:3-4."]]
+def _pypdf_pages(reader, warnings: list) -> tuple[list, list, dict]:
+    "Lines of every page of a pypdf reader (heights unknown), and its info dictionary."
+    info, pages = {k.lstrip("/"): str(v) for k, v in (reader.metadata or {}).items()}, []
+    for i, page in enumerate(reader.pages):
+        try: txt = page.extract_text() or ""
+        except Exception as e:
+            txt = ""
+            warnings.append(f"page {i + 1}: {type(e).__name__}")
+        pages.append([Line(t.strip(), i + 1) for t in txt.splitlines() if t.strip()])
+    return pages, [None] * len(pages), info
+
+# %% ../nbs/01c_pdf.ipynb #8e2fcef6
+def _drawn_text(reader, extractor: str, n: int) -> int:
+    "Text objects drawn on the first five pages (PDFium only)."
+    if extractor != "pypdfium2": return 0
+    drawn = 0
+    for i in range(min(n, 5)):
+        page = reader[i]
+        drawn += _count_text_objects(page)[0]
+        page.close()
+    return drawn
+
+def _no_text(path: Path, chars: list[int], drawn: int) -> FileProblem:
+    "Why a PDF has no usable text, and how to get some."
+    n, found = len(chars), sum(chars)
+    why = (f"its pages draw text with fonts that map to no characters ({found} readable "
+           f"characters in {n} page(s))" if drawn > 2 else
+           f"it is scanned or image-only ({found} characters of text in {n} page(s))")
+    fix = ("install Tesseract (e.g. `apt install tesseract-ocr`) and re-run to OCR it, or add a "
+           "PDF with a text layer" if not tesseract_available() else
+           "OCR is switched off (ocr=False): turn it on, or add a PDF with a text layer")
+    return FileProblem("no_text_layer", f"{path.name} has no usable text layer: {why}; {fix}")
+
+# %% ../nbs/01c_pdf.ipynb #ea66db4a
+def _ocr_lines(path: Path, n: int, passwords, lang: str, min_chars: int) -> list[list[Line]]:
+    "The lines of every page as Tesseract reads them; `no_text_layer` when it reads nothing."
+    ocr = ocr_pdf_pages(path, list(range(1, n + 1)), passwords, lang)
+    pages = [[Line(t.strip(), p) for t in ocr.get(p, "").splitlines() if t.strip()]
+             for p in range(1, n + 1)]
+    if sum(len(re.sub(r"\W", "", l.text)) for ls in pages for l in ls) < min_chars:
+        raise FileProblem("no_text_layer", f"{path.name} has no text layer and Tesseract OCR found "
+                          "no text in it: check the scan quality")
+    return pages
+
+_NONWORD = re.compile(r"[\W_]+")
+
+def _blank_pages(pages: list[list[Line]], min_chars: int) -> tuple[list[int], list[int]]:
+    "Letters and digits per page, and the (1-based) pages with fewer than `min_chars`."
+    chars = [len(_NONWORD.sub("", "".join(l.text for l in ls))) for ls in pages]
+    return chars, [i + 1 for i, c in enumerate(chars) if c < min_chars]
+
+# %% ../nbs/01c_pdf.ipynb #b216e6c6
+def _page_count(reader, extractor: str, path: Path, max_pages: int | None) -> int:
+    "The number of pages; `empty` or `too_large` when there are none or too many."
+    n = len(reader) if extractor == "pypdfium2" else len(reader.pages)
+    if n == 0:
+        raise FileProblem("empty", f"{path.name} is a PDF with no pages: replace it with the full "
+                          "document")
+    if max_pages is not None and n > max_pages:
+        raise FileProblem("too_large", f"{path.name} has {n} pages, over max_pages={max_pages}: "
+                          "raise max_pages or split the file")
+    return n
+
+# %% ../nbs/01c_pdf.ipynb #2b5911d2
+def read_pdf(path: Path,
+             passwords: Sequence[str] = (),   # tried after the empty password
+             max_pages: int | None = None,    # more pages: `too_large`
+             ocr: bool = True,                # OCR pages without text when Tesseract is installed
+             ocr_lang: str = "eng",           # Tesseract's language
+             min_chars_per_page: int = 16,    # fewer letters and digits: a page without text
+             ) -> dict:
+    "Lines per page, page heights, info, extractor and warnings of a PDF; `FileProblem` if bad."
+    reader, extractor, encrypted = open_pdf(path, passwords)
+    warnings: list[str] = []
+    try:
+        n = _page_count(reader, extractor, path, max_pages)
+        pages, heights, info = (_pdfium_pages(reader, n) if extractor == "pypdfium2"
+                                else _pypdf_pages(reader, warnings))
+        chars, blank = _blank_pages(pages, min_chars_per_page)
+        if len(blank) > 0.8 * n:
+            drawn = _drawn_text(reader, extractor, n)
+            if not (ocr and tesseract_available()): raise _no_text(path, chars, drawn)
+            pages = _ocr_lines(path, n, passwords, ocr_lang, min_chars_per_page)
+            heights, extractor = [None] * n, "tesseract"
+        elif blank:
+            listed = ", ".join(map(str, blank[:20]))
+            warnings.append(f"pages without text (scanned or figures only): {listed}")
+        if encrypted: warnings.append(f"password protected: opened with {encrypted}")
+        return {"pages": pages, "heights": heights, "info": info, "extractor": extractor,
+                "n_pages": n, "encrypted": bool(encrypted), "warnings": warnings}
+    finally:
+        if extractor == "pypdfium2" and hasattr(reader, "close"): reader.close()
+
+# %% ../nbs/01c_pdf.ipynb #0876d99b
+def pdf_lines(path: Path, warnings: list, **kw) -> tuple[list[Line], dict]:
+    "The cleaned lines of a PDF and its metadata; `kw` go to `read_pdf`."
+    r = read_pdf(path, **kw)
+    first_text = "\n".join(l.text for ls in r["pages"][:2] for l in ls)
+    meta = pdf_metadata(r["info"], r["pages"][0] if r["pages"] else [], first_text)
+    pages = drop_running_lines(r["pages"], r["heights"])
+    meta.update(extractor=r["extractor"], n_pages=r["n_pages"])
+    if r["encrypted"]: meta["encrypted"] = True
+    warnings += r["warnings"]
+    return [l for ls in pages for l in ls], meta

@@ -4,11 +4,11 @@
 
 # %% ../nbs/08_pipeline.ipynb #5f1cdb59
 from __future__ import annotations
-import os, re, time, traceback
+import os, re, time
 from pathlib import Path
 import purpose
-from .core import (REGISTRY, cache_dir, _SECRET_NAME, Manifest, PurposeError, RunDir, list_domains,
-                          resolve_papers_dir, run_lock)
+from .core import (REGISTRY, cache_dir, _SECRET_NAME, Manifest, PurposeError, RunDir,
+                          list_domains, resolve_papers_dir, run_lock)
 from .config import cell_fields, check_value, field_docs, field_kind
 
 # %% auto #0
@@ -39,12 +39,13 @@ def stage_parameters(stages=None) -> dict[str, dict]:
                        **{f.name: (str(f.type), docs.get(f.name)) for f in cell_fields(s.config)}}
     return out
 
+# %% ../nbs/08_pipeline.ipynb #45e28734
 def check_parameters(params: dict, declared: dict[str, dict]) -> None:
     "Refuse parameters no stage declares and parameters that look like secrets."
     for k in params:
         if _SECRET_NAME.search(k):
-            raise PurposeError(f"parameter '{k}' looks like a credential: set it as an environment variable "
-                               "instead (parameters are written into the output notebooks)")
+            raise PurposeError(f"parameter '{k}' looks like a credential: set it as an environment "
+                               "variable (parameters are written into the output notebooks)")
     known = sorted({k for ps in declared.values() for k in ps})
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -54,7 +55,7 @@ def check_parameters(params: dict, declared: dict[str, dict]) -> None:
 # %% ../nbs/08_pipeline.ipynb #eb087140
 def check_values(params: dict,           # name -> value, as given with `-p`
                  declared: dict[str, dict]) -> dict:  # `stage_parameters()` of the stages that run
-    "Every parameter checked against every stage that takes it; returns the params with string values restored."
+    "Every parameter checked against every stage that takes it; `-p x=none` for a string is 'none'."
     out = dict(params)
     for stage, decls in declared.items():
         for k, v in params.items():
@@ -70,17 +71,19 @@ TEACHER_PARAMS = ("teachers", "judge", "graph_model", "teacher", "augment_teache
 _DOMAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 def check_run_teachers(params: dict) -> dict[str, str]:
-    "Check every teacher spec in `params` with the ModelHub (key, server, model); one error line naming it."
+    "Check every teacher spec in `params` with the ModelHub (key, server, model)."
     from purpose.modelhub import check_teachers
-    specs = [s.strip() for k in TEACHER_PARAMS if isinstance(params.get(k), str) for s in params[k].split(",")]
+    given = [params[k] for k in TEACHER_PARAMS if isinstance(params.get(k), str)]
+    specs = [s.strip() for v in given for s in v.split(",")]
     specs = [s for s in dict.fromkeys(specs) if s and s != "offline"]
     return check_teachers(specs) if specs else {}
 
 def check_domain(domain: str) -> str:
     "A domain is a plain folder name: letters, digits, `_`, `-`, `.` (not first); no path."
     if not isinstance(domain, str) or not _DOMAIN.match(domain) or domain in (".", ".."):
-        raise PurposeError(f"domain {domain!r} is not a plain name: use letters, digits, '_', '-' or '.' "
-                           "(the papers are in papers/<domain>/; point elsewhere with --papers-dir)")
+        raise PurposeError(f"domain {domain!r} is not a plain name: use letters, digits, '_', '-' "
+                           "or '.' (the papers are in papers/<domain>/; point elsewhere with "
+                           "--papers-dir)")
     return domain
 
 # %% ../nbs/08_pipeline.ipynb #43f6e0cf
@@ -92,34 +95,41 @@ def _directives(cell) -> set[str]:
         if words := line[2:].replace(":", " ").split(): out.add(words[0])
     return out
 
+def _is_parameters(cell) -> bool: return "parameters" in cell.metadata.get("tags", [])
+
 def stage_notebook(path: Path | str):  # a stage notebook in nbs/
-    "The batch form of a stage notebook: its `#| export` cells, then its parameters cell and the run cells after it."
+    "A stage notebook's batch form: its `#| export` cells, parameters cell and the cells after it."
     import nbformat
     nb = nbformat.read(str(path), as_version=4)
-    at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    at = next((i for i, c in enumerate(nb.cells) if _is_parameters(c)), None)
     if at is None:
-        raise PurposeError(f"{path}: no cell is tagged 'parameters': a stage notebook ends with its "
-                           "parameters cell and the cells that run the stage")
-    lib = [c for c in nb.cells[:at] if c.cell_type == "code" and _directives(c) & {"export", "exports"}]
+        raise PurposeError(f"{path}: no cell is tagged 'parameters': a stage notebook ends with "
+                           "its parameters cell and the cells that run the stage")
+    lib = [c for c in nb.cells[:at]
+           if c.cell_type == "code" and _directives(c) & {"export", "exports"}]
     nb.cells = lib + nb.cells[at:]
     return nb
 
 # %% ../nbs/08_pipeline.ipynb #7f7767b4
-def _error_line(e: Exception) -> str:
-    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
-    return f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
-
-def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path | str | None = None, params: dict | None = None,
-               stages: list[str] | None = None, papers_root: Path | str = "papers", runs_root: Path | str = "runs",
-               kernel: str = "python3", log=print, wait: bool | None = None) -> dict:
+def run_domain(domain: str,                          # the domain; its papers are papers/<domain>/
+               papers_dir: Path | str | None = None,  # its papers elsewhere
+               run_dir: Path | str | None = None,     # the run folder; default runs/<domain>
+               params: dict | None = None,            # stage parameters, checked by the configs
+               stages: list[str] | None = None,       # run only these stages; default all of them
+               papers_root: Path | str = "papers", runs_root: Path | str = "runs",
+               kernel: str = "python3", log=print,
+               wait: bool | None = None) -> dict:     # wait for another process on the run folder
     "Run the stage notebooks for `domain` with papermill; returns per-stage status and seconds."
     params = dict(params or {})
     stages = list(stages or [s for s, _ in STAGE_NOTEBOOKS])
     bad = [s for s in stages if s not in dict(STAGE_NOTEBOOKS)]
-    if bad: raise PurposeError(f"unknown stage(s) {bad}: choose from {', '.join(s for s, _ in STAGE_NOTEBOOKS)}")
+    if bad:
+        raise PurposeError(f"unknown stage(s) {bad}: choose from "
+                           f"{', '.join(s for s, _ in STAGE_NOTEBOOKS)}")
     check_domain(domain)
+    # later stages read the run only
     papers = (resolve_papers_dir(domain, papers_dir, papers_root).resolve()
-              if "extract" in stages or papers_dir is not None else None)  # later stages read the run only
+              if "extract" in stages or papers_dir is not None else None)
     run = RunDir(Path(run_dir or Path(runs_root)/domain).resolve())
     declared = stage_parameters()
     check_parameters(params, declared)
@@ -128,43 +138,65 @@ def run_domain(domain: str, papers_dir: Path | str | None = None, run_dir: Path 
     with run_lock(run, wait):
         return _run_stages(domain, papers, run, params, stages, declared, kernel, log)
 
-# the kernel's own log (a TCP notice at every start, "KeyboardInterrupt caught" at shutdown after a user error) is
-# noise here: a cell's error reaches the user through papermill, with the stage and the notebook named
+# %% ../nbs/08_pipeline.ipynb #0efd30c9
+# the kernel's own log (a TCP notice at every start, "KeyboardInterrupt caught" at shutdown after a
+# user error) is noise here: a cell's error reaches the user through papermill, with the stage and
+# the notebook named
 KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]
 
+def _error_line(e: Exception) -> str:
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    return f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
+
+def _stage_params(accepted: dict, params: dict, domain: str, run: RunDir, papers) -> dict:
+    "The parameters one stage takes: those given, then `domain`, `run_dir` and `papers_dir`."
+    p = {k: v for k, v in params.items() if k in accepted}
+    given = {"domain": domain, "run_dir": str(run.root),
+             **({"papers_dir": str(papers)} if papers else {})}
+    return {**p, **{k: v for k, v in given.items() if k in accepted}}
+
+# %% ../nbs/08_pipeline.ipynb #f3cd8ea2
 def _run_stages(domain, papers, run, params, stages, declared, kernel, log) -> dict:
     import papermill as pm
-    # torch's compiler keeps its cache in the temporary folder unless told: the kernels keep it with the models
+    # torch's compiler keeps its cache in the temporary folder unless told: keep it with the models
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()/"torchinductor"))
     run.notebooks.mkdir(parents=True, exist_ok=True)
-    Manifest(run).update(domain=domain, parameters=params, **({"papers_dir": str(papers)} if papers else {}))
+    Manifest(run).update(domain=domain, parameters=params,
+                         **({"papers_dir": str(papers)} if papers else {}))
     nbs, summary = notebooks_dir(), {}
     for stage, nb in STAGE_NOTEBOOKS:
         if stage not in stages: continue
-        accepted = declared[stage]
-        p = {k: v for k, v in params.items() if k in accepted}
-        given = {"domain": domain, "run_dir": str(run.root), **({"papers_dir": str(papers)} if papers else {})}
-        p.update({k: v for k, v in given.items() if k in accepted})
-        out = run.notebooks/nb
+        p, out = _stage_params(declared[stage], params, domain, run, papers), run.notebooks/nb
         t0 = time.perf_counter()
         log(f"[{domain}] {stage} ...")
         try:
-            pm.execute_notebook(stage_notebook(nbs/nb), str(out), parameters=p, cwd=str(nbs), kernel_name=kernel, progress_bar=False,
-                                log_output=False, extra_arguments=KERNEL_QUIET)
+            pm.execute_notebook(stage_notebook(nbs/nb), str(out), parameters=p, cwd=str(nbs),
+                                kernel_name=kernel, progress_bar=False, log_output=False,
+                                extra_arguments=KERNEL_QUIET)
         except Exception as e:
-            summary[stage] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 2), "error": _error_line(e)}
-            raise PurposeError(f"stage '{stage}' failed for domain '{domain}': {_error_line(e)} (see {out})") from None
+            summary[stage] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
+                              "error": _error_line(e)}
+            raise PurposeError(f"stage '{stage}' failed for domain '{domain}': {_error_line(e)} "
+                               f"(see {out})") from None
         summary[stage] = {"status": "done", "seconds": round(time.perf_counter() - t0, 2)}
         log(f"[{domain}] {stage} done in {summary[stage]['seconds']:.1f} s")
     return summary
 
-def run_domains(domains: str | list[str], papers_root: Path | str = "papers", runs_root: Path | str = "runs", log=print, **kw) -> dict:
-    "Run several domains (`'all'` = every folder in `papers_root`) one after another, continuing past a failed domain."
-    names = list_domains(papers_root) if domains == "all" else ([domains] if isinstance(domains, str) else list(domains))
-    if not names: raise PurposeError(f"no domain folders in {papers_root}: create {Path(papers_root)}/<domain>/ with papers")
+# %% ../nbs/08_pipeline.ipynb #ade9dc62
+def run_domains(domains: str | list[str],  # domain names, or 'all': every folder in `papers_root`
+                papers_root: Path | str = "papers", runs_root: Path | str = "runs", log=print,
+                **kw) -> dict:             # passed to `run_domain`
+    "Run several domains one after another, continuing past a failed domain."
+    if domains == "all": names = list_domains(papers_root)
+    else: names = [domains] if isinstance(domains, str) else list(domains)
+    if not names:
+        raise PurposeError(f"no domain folders in {papers_root}: "
+                           f"create {Path(papers_root)}/<domain>/ with papers")
     results = {}
     for d in names:
-        try: results[d] = {"status": "done", "stages": run_domain(d, papers_root=papers_root, runs_root=runs_root, log=log, **kw)}
+        try:
+            stages = run_domain(d, papers_root=papers_root, runs_root=runs_root, log=log, **kw)
+            results[d] = {"status": "done", "stages": stages}
         except PurposeError as e:
             results[d] = {"status": "failed", "error": str(e)}
             log(f"[{d}] FAILED: {e}")

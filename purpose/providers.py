@@ -388,7 +388,8 @@ class ReplicateTeacher:
         p, t0 = self._post(url, body), time.monotonic()
         while (p.get("status") in ("starting", "processing")
               and time.monotonic() - t0 < self.timeout):
-            time.sleep(0.5); p = self._post(p["urls"]["get"], None)
+            time.sleep(0.5)
+            p = self._post(p["urls"]["get"], None)
         if p.get("status") != "succeeded":
             raise ProviderHTTPError(500, f"replicate prediction {p.get('status')}: "
                                          f"{p.get('error')}")
@@ -404,7 +405,7 @@ class ReplicateTeacher:
 
 # %% ../nbs/04a_providers.ipynb #a2cd32b6
 def _looks_local(model: str) -> bool:
-    from purpose.core import EMBEDDED_STUDENT, TINY_STUDENT
+    from purpose.student import EMBEDDED_STUDENT, TINY_STUDENT
     return model in (EMBEDDED_STUDENT, TINY_STUDENT) or Path(model).expanduser().exists()
 
 class HFTeacher:
@@ -419,7 +420,7 @@ class HFTeacher:
                     f"'{spec.model}' is a Hugging Face Hub id and is not available offline "
                     "(weights cannot be downloaded here): save it with save_pretrained and use "
                     "hf:/path/to/folder, or set HF_TOKEN to use the hosted router")
-            from purpose.core import load_student
+            from purpose.student import load_student
             model, tokenizer = load_student(spec.model)
         self.model, self.tok = model, tokenizer
         if self.tok.pad_token is None: self.tok.pad_token = self.tok.eos_token
@@ -502,7 +503,9 @@ def _sdk_lookup(s: TeacherSpec, key: str | None, url: str, timeout: float) -> st
     if s.provider == "anthropic":
         import anthropic as sdk
         client = sdk.Anthropic(api_key=key, base_url=url, max_retries=0, timeout=timeout)
-        try: client.models.retrieve(s.model); return "model found"
+        try:
+            client.models.retrieve(s.model)
+            return "model found"
         except sdk.NotFoundError: client.messages.create(model=s.model, max_tokens=1, messages=ping)
         return "answered a 1-token call"
     import openai as sdk

@@ -4,11 +4,14 @@
 
 # %% ../nbs/03_queries.ipynb #9e79ddbd
 from __future__ import annotations
-import itertools, json, re
+import itertools, re
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Optional
-from .core import read_chunks, PurposeError, RunDir, read_json, read_jsonl, stable_id, stage_run, write_json, write_jsonl
+from typing import Optional   # the parameters cell's annotations
+from fastcore.basics import patch
+from .core import (RunDir, read_chunks, read_json, stable_id, stage_run, write_json,
+                          write_jsonl)
+from .config import QueriesConfig, cell_fields, make_config
 from .domain import DEFAULT_VOCABULARY, Vocabulary, method_hint_re, run_vocabulary
 
 # %% auto #0
@@ -19,106 +22,170 @@ __all__ = ['DIMENSIONS', 'DEPTHS', 'TEMPLATES', 'METHOD_HINTS', 'GraphContexts',
 DIMENSIONS = ("factual", "methodological", "analytical", "comparative")
 DEPTHS = ("basic", "intermediate", "advanced", "expert")
 
-# Each template names the slots it needs: {a} one concept, {b} a linked concept, {m} a method concept,
-# {t} the common neighbour of a and b. Contradiction templates take {a} -> {b} pairs that papers disagree on.
 TEMPLATES: dict[tuple[str, str], list[str]] = {
-    ("factual", "basic"): ["What is {a}?", "What do the papers report about {a}?", "Define {a} in the context of this research."],
-    ("factual", "intermediate"): ["What values are reported for {a}?", "Which numbers characterise {a} in the studies?"],
-    ("factual", "advanced"): ["Which findings about {a} are reported together with {b}?", "What is known about {a} in relation to {b}?"],
-    ("factual", "expert"): ["What are the quantitative findings on {a}, and how large are the reported effects?",
-                            "Which statistics (sample sizes, p-values, effect sizes) are reported for {a}?"],
+    ("factual", "basic"): [
+        "What is {a}?", "What do the papers report about {a}?",
+        "Define {a} in the context of this research."],
+    ("factual", "intermediate"): [
+        "What values are reported for {a}?", "Which numbers characterise {a} in the studies?"],
+    ("factual", "advanced"): [
+        "Which findings about {a} are reported together with {b}?",
+        "What is known about {a} in relation to {b}?"],
+    ("factual", "expert"): [
+        "What are the quantitative findings on {a}, and how large are the reported effects?",
+        "Which statistics (sample sizes, p-values, effect sizes) are reported for {a}?"],
     ("methodological", "basic"): ["How was {m} measured?", "Which method was used to assess {m}?"],
-    ("methodological", "intermediate"): ["Which study design was used to investigate {m}?", "How were participants tested for {m}?"],
-    ("methodological", "advanced"): ["How was the relation between {m} and {b} measured in the studies?", "What are the limitations of how {m} was assessed?"],
-    ("methodological", "expert"): ["How could future studies measure {m} more validly, given the reported methods?",
-                                   "Which confounders affect the measurement of {m} and {b}?"],
+    ("methodological", "intermediate"): [
+        "Which study design was used to investigate {m}?", "How were participants tested for {m}?"],
+    ("methodological", "advanced"): [
+        "How was the relation between {m} and {b} measured in the studies?",
+        "What are the limitations of how {m} was assessed?"],
+    ("methodological", "expert"): [
+        "How could future studies measure {m} more validly, given the reported methods?",
+        "Which confounders affect the measurement of {m} and {b}?"],
     ("analytical", "basic"): ["Why does {a} matter in this research?", "What role does {a} play?"],
-    ("analytical", "intermediate"): ["How does {a} affect {b}?", "What is the relationship between {a} and {b}?"],
-    ("analytical", "advanced"): ["What mechanism links {a} and {b}?", "Why is {a} associated with {b}?"],
-    ("analytical", "expert"): ["How do {a}, {b} and {t} interact?", "What would change in {b} if {a} were improved, given the evidence?"],
+    ("analytical", "intermediate"): [
+        "How does {a} affect {b}?", "What is the relationship between {a} and {b}?"],
+    ("analytical", "advanced"): [
+        "What mechanism links {a} and {b}?", "Why is {a} associated with {b}?"],
+    ("analytical", "expert"): [
+        "How do {a}, {b} and {t} interact?",
+        "What would change in {b} if {a} were improved, given the evidence?"],
     ("comparative", "basic"): ["What is the difference between {a} and {b}?"],
-    ("comparative", "intermediate"): ["How do {a} and {b} compare?", "Is {a} or {b} reported as more important?"],
-    ("comparative", "advanced"): ["Which matters more for {t}: {a} or {b}?", "How do the studies compare {a} with {b}?",
-                                  "Do {a} and {b} change in the same direction in the reported results?"],
-    ("comparative", "expert"): ["The papers disagree on whether {a} affects {b}: what does each study claim, and what could explain the difference?",
-                                "How can the conflicting findings on {a} and {b} be reconciled?"],
+    ("comparative", "intermediate"): [
+        "How do {a} and {b} compare?", "Is {a} or {b} reported as more important?"],
+    ("comparative", "advanced"): [
+        "Which matters more for {t}: {a} or {b}?", "How do the studies compare {a} with {b}?",
+        "Do {a} and {b} change in the same direction in the reported results?"],
+    ("comparative", "expert"): [
+        "The papers disagree on whether {a} affects {b}: what does each study claim, "
+        "and what could explain the difference?",
+        "How can the conflicting findings on {a} and {b} be reconciled?"],
 }
 
-# %% ../nbs/03_queries.ipynb #f7d55022
+# %% ../nbs/03_queries.ipynb #01b5d1f8
 METHOD_HINTS = method_hint_re(DEFAULT_VOCABULARY)   # the general hints; a domain adds its own
 
+def _pair_chunks(nodes: dict, claims: list[dict], edges: list[dict]) -> defaultdict:
+    "(a, b) -> the chunks where concepts a and b meet: the graph's edges and claims."
+    out = defaultdict(set)
+    said = [{"source": c["source"], "target": c["target"], "chunks": c["chunk_id"]} for c in claims]
+    for e in list(edges) + said:
+        a, b = e["source"], e["target"]
+        if a in nodes and b in nodes and a != b:
+            out[(a, b)].update(x for x in str(e.get("chunks", "")).split("|") if x)
+    return out
+
+# %% ../nbs/03_queries.ipynb #f7d55022
 class GraphContexts:
-    "Concepts, linked pairs, triads, methods and contradictions of a graph, with their evidence chunks."
-    def __init__(self, nodes: list[dict], claims: list[dict], contradictions: list[dict], edges: list[dict] = (),
-                 methods: list[dict] = (),
-                 vocab: Vocabulary = DEFAULT_VOCABULARY):   # its method hints pick methodological concepts
-        self.nodes = {n["id"]: n for n in nodes}
-        cent = lambda k: -self.nodes[k].get("centrality", 0)
+    "Concepts, linked pairs, triads, methods and contradictions of a graph, with their evidence."
+    def __init__(self, nodes: list[dict],         # graph/nodes.json
+                 claims: list[dict],              # graph/claims.json
+                 contradictions: list[dict],      # graph/contradictions.json
+                 edges: list[dict] = (),          # graph/edges.json
+                 methods: list[dict] = (),        # graph/methods.json (from the methods sections)
+                 vocab: Vocabulary = DEFAULT_VOCABULARY):  # its method hints name method concepts
+        self.nodes, self.contradictions = {n["id"]: n for n in nodes}, contradictions
+        central = sorted(self.nodes, key=lambda k: -self.nodes[k].get("centrality", 0))
         self.by_comm = defaultdict(list)
-        for k in sorted(self.nodes, key=cent): self.by_comm[self.nodes[k].get("community", 0)].append(k)
-        self.chunks = {k: [c for c in n.get("chunks", "").split("|") if c] for k, n in self.nodes.items()}
-        pair_chunks = defaultdict(set)
-        for e in list(edges) + [{"source": c["source"], "target": c["target"], "chunks": c["chunk_id"]} for c in claims]:
-            if e["source"] in self.nodes and e["target"] in self.nodes and e["source"] != e["target"]:
-                pair_chunks[(e["source"], e["target"])].update(x for x in str(e.get("chunks", "")).split("|") if x)
-        self.pair_chunks = pair_chunks
+        for k in central: self.by_comm[self.nodes[k].get("community", 0)].append(k)
+        self.chunks = {k: [c for c in n.get("chunks", "").split("|") if c]
+                       for k, n in self.nodes.items()}
+        self.pair_chunks = _pair_chunks(self.nodes, claims, edges)
         self.neighbours = defaultdict(set)
-        for a, b in pair_chunks: self.neighbours[a].add(b); self.neighbours[b].add(a)
-        rel = [(c["source"], c["target"]) for c in claims]
-        self.pairs = list(dict.fromkeys(rel + sorted(pair_chunks, key=lambda p: (-len(pair_chunks[p]), p))))
-        reported = [m["method"] for m in methods if m["method"] in self.nodes]     # graph/methods.json: methods sections
-        hinted = [k for k in sorted(self.nodes, key=cent) if method_hint_re(vocab).search(k)]
-        self.methods = list(dict.fromkeys(reported + hinted)) or sorted(self.nodes, key=cent)
-        self.contradictions = contradictions
+        for a, b in self.pair_chunks:
+            self.neighbours[a].add(b)
+            self.neighbours[b].add(a)
+        by_support = sorted(self.pair_chunks, key=lambda p: (-len(self.pair_chunks[p]), p))
+        self.pairs = list(dict.fromkeys([(c["source"], c["target"]) for c in claims] + by_support))
+        reported = [m["method"] for m in methods if m["method"] in self.nodes]
+        hinted = [k for k in central if method_hint_re(vocab).search(k)]
+        self.methods = list(dict.fromkeys(reported + hinted)) or central
 
-    def communities(self) -> list[int]: return sorted(self.by_comm)
+# %% ../nbs/03_queries.ipynb #3888a837
+@patch(cls_method=True)
+def from_run(cls: GraphContexts, run_dir: Path | str) -> GraphContexts:
+    "The contexts of a run folder's graph, with the vocabulary its extract stage used."
+    run = RunDir(run_dir)
+    run.require("nodes", "claims", "contradictions")
+    return cls(read_json(run.nodes), read_json(run.claims), read_json(run.contradictions),
+               read_json(run.edges, []), read_json(run.methods, []), run_vocabulary(run.root))
 
-    def chunks_for(self, *concepts: str, extra: tuple = (), k: int = 3, offset: int = 0) -> list[str]:
-        "Up to `k` evidence chunks: those shared by the concepts first, then each concept's own, starting `offset` into the list."
-        shared = set(extra)
-        for a, b in itertools.combinations(concepts, 2): shared |= self.pair_chunks.get((a, b), set()) | self.pair_chunks.get((b, a), set())
-        ordered = list(dict.fromkeys(sorted(shared) + [c for x in concepts for c in self.chunks.get(x, [])]))
-        if len(ordered) > k and offset: ordered = ordered[offset % len(ordered):] + ordered[:offset % len(ordered)]
-        return ordered[:k]
+# %% ../nbs/03_queries.ipynb #f8e91142
+@patch
+def communities(self: GraphContexts) -> list[int]:
+    "The graph's communities, in order."
+    return sorted(self.by_comm)
 
-    def fillers(self, dim: str, depth: str):
-        "Yield `(slots, concepts, chunk_ids, community)` for a cell, cycling over communities."
-        if (dim, depth) == ("comparative", "expert") and self.contradictions:
-            for t_i in range(len(TEMPLATES[(dim, depth)])):        # each contradiction once per template, then linked pairs
-                for c in self.contradictions:
-                    if c["source"] not in self.nodes or c["target"] not in self.nodes: continue
-                    ids = sorted({cl["doc_id"]: cl["chunk_id"] for cl in c["claims"]}.values())   # one chunk per disagreeing paper
-                    yield {"a": self._label(c["source"]), "b": self._label(c["target"]), "_template": t_i}, [c["source"], c["target"]], ids[:4], self.nodes[c["source"]].get("community", 0)
-        needs_pair = "{b}" in " ".join(TEMPLATES[(dim, depth)])
-        offset = DEPTHS.index(depth) + 4 * DIMENSIONS.index(dim)      # different cells look at different chunks of a concept
-        pools = {c: list(ks) for c, ks in self.by_comm.items()}
-        seen = set()
-        for rnd in itertools.count():
-            progressed = False
-            for comm in self.communities():
-                ks = pools[comm]
-                if rnd >= len(ks): continue
-                progressed = True
-                a = ks[rnd]
-                if dim == "methodological":
-                    a = self.methods[(rnd * len(self.by_comm) + comm) % len(self.methods)]
-                if needs_pair:
-                    nbs = sorted(self.neighbours[a], key=lambda b: (-len(self.pair_chunks.get((a, b), set()) | self.pair_chunks.get((b, a), set())), b))
-                    for b in nbs:
-                        if (a, b) in seen: continue
-                        seen.add((a, b))
-                        common = sorted((self.neighbours[a] & self.neighbours[b]) - {a, b})
-                        slots = {"a": self._label(a), "b": self._label(b), "m": self._label(a)}
-                        if common: slots["t"] = self._label(common[0])
-                        yield slots, [a, b] + common[:1], self.chunks_for(a, b, *common[:1], offset=offset), comm
-                        break
-                else:
-                    if a in seen: continue
-                    seen.add(a)
-                    yield {"a": self._label(a), "m": self._label(a)}, [a], self.chunks_for(a, offset=offset), comm
-            if not progressed: return
+@patch
+def _label(self: GraphContexts, k: str) -> str: return self.nodes[k].get("label", k)
 
-    def _label(self, k): return self.nodes[k].get("label", k)
+# %% ../nbs/03_queries.ipynb #1d2d8e1e
+@patch
+def _shared(self: GraphContexts, a: str, b: str) -> set[str]:
+    "The chunks where concepts `a` and `b` meet, either way round."
+    return self.pair_chunks.get((a, b), set()) | self.pair_chunks.get((b, a), set())
+
+@patch
+def chunks_for(self: GraphContexts, *concepts: str, extra: tuple = (), k: int = 3,
+               offset: int = 0) -> list[str]:
+    "Up to `k` evidence chunks: those the concepts share, then each one's own, from `offset` on."
+    shared = set(extra)
+    for a, b in itertools.combinations(concepts, 2): shared |= self._shared(a, b)
+    own = [c for x in concepts for c in self.chunks.get(x, [])]
+    ordered = list(dict.fromkeys(sorted(shared) + own))
+    if len(ordered) > k and offset:
+        at = offset % len(ordered)
+        ordered = ordered[at:] + ordered[:at]
+    return ordered[:k]
+
+# %% ../nbs/03_queries.ipynb #051bb2f6
+@patch
+def _contradiction_fillers(self: GraphContexts, dim: str, depth: str):
+    "Each contradiction once per template of the cell: its concepts, one chunk per paper."
+    for t_i in range(len(TEMPLATES[(dim, depth)])):
+        for c in self.contradictions:
+            a, b = c["source"], c["target"]
+            if a not in self.nodes or b not in self.nodes: continue
+            ids = sorted({cl["doc_id"]: cl["chunk_id"] for cl in c["claims"]}.values())
+            slots = {"a": self._label(a), "b": self._label(b), "_template": t_i}
+            yield slots, [a, b], ids[:4], self.nodes[a].get("community", 0)
+
+# %% ../nbs/03_queries.ipynb #9ad7e31f
+@patch
+def _pair_filler(self: GraphContexts, a: str, seen: set, offset: int) -> tuple | None:
+    "Slots, concepts and chunks for `a` and its best-linked unseen neighbour (and a common one)."
+    for b in sorted(self.neighbours[a], key=lambda b: (-len(self._shared(a, b)), b)):
+        if (a, b) in seen: continue
+        seen.add((a, b))
+        common = sorted((self.neighbours[a] & self.neighbours[b]) - {a, b})
+        slots = {"a": self._label(a), "b": self._label(b), "m": self._label(a)}
+        if common: slots["t"] = self._label(common[0])
+        return slots, [a, b] + common[:1], self.chunks_for(a, b, *common[:1], offset=offset)
+    return None
+
+# %% ../nbs/03_queries.ipynb #4fe1f885
+@patch
+def fillers(self: GraphContexts, dim: str, depth: str):
+    "Yield `(slots, concepts, chunk_ids, community)` for a cell, cycling over communities."
+    if (dim, depth) == ("comparative", "expert") and self.contradictions:
+        yield from self._contradiction_fillers(dim, depth)     # then linked pairs
+    needs_pair = "{b}" in " ".join(TEMPLATES[(dim, depth)])
+    offset = DEPTHS.index(depth) + 4 * DIMENSIONS.index(dim)  # each cell its own chunks of `a`
+    seen = set()
+    for rnd in itertools.count():
+        live = [comm for comm in self.communities() if rnd < len(self.by_comm[comm])]
+        if not live: return
+        for comm in live:
+            a = self.by_comm[comm][rnd]
+            if dim == "methodological":
+                a = self.methods[(rnd * len(self.by_comm) + comm) % len(self.methods)]
+            if needs_pair:
+                if found := self._pair_filler(a, seen, offset): yield (*found, comm)
+            elif a not in seen:
+                seen.add(a)
+                slots = {"a": self._label(a), "m": self._label(a)}
+                yield slots, [a], self.chunks_for(a, offset=offset), comm
 
 # %% ../nbs/03_queries.ipynb #0106ec4a
 def _words(q: str) -> set[str]: return set(re.findall(r"[a-z0-9]+", q.lower()))
@@ -128,24 +195,34 @@ def near_duplicate(q: str, others: list[set[str]], threshold: float = 0.9) -> bo
     w = _words(q)
     return any(len(w & o) / max(1, len(w | o)) >= threshold for o in others)
 
-def generate_queries(ctx: GraphContexts, per_cell: int = 8, heldout_fraction: float = 0.2, seed: int = 0) -> list[dict]:
-    "`per_cell` questions for each dimension × depth cell, spread over communities, with a fixed held-out split."
+# %% ../nbs/03_queries.ipynb #3e102081
+def _question(templates: list[str], slots: dict, i: int) -> str | None:
+    "Template `i` (or the filler's own) with the slots filled; None when every template needs more."
+    usable = [t for t in templates if all(f"{{{k}}}" not in t for k in "abmt" if k not in slots)]
+    if not usable: return None
+    q = usable[slots.pop("_template", i) % len(usable)].format(**slots)
+    return q[0].upper() + q[1:]
+
+def _split(qid: str, seed: int, heldout_fraction: float) -> str:
+    return "heldout" if int(stable_id(seed, qid), 16) % 1000 < heldout_fraction * 1000 else "train"
+
+# %% ../nbs/03_queries.ipynb #8dcbd134
+def generate_queries(ctx: GraphContexts, per_cell: int = 8, heldout_fraction: float = 0.2,
+                     seed: int = 0) -> list[dict]:
+    "`per_cell` questions for each dimension × depth cell, spread over communities, with a split."
     out, seen_words = [], []
-    for dim in DIMENSIONS:
-        for depth in DEPTHS:
-            templates, n = TEMPLATES[(dim, depth)], 0
-            for i, (slots, concepts, chunk_ids, comm) in enumerate(ctx.fillers(dim, depth)):
-                if n >= per_cell or i > 50 * per_cell: break
-                usable = [t for t in templates if all(f"{{{k}}}" not in t for k in "abmt" if k not in slots)]   # no filler invented
-                if not usable: continue
-                q = usable[slots.pop("_template", i) % len(usable)].format(**slots)
-                q = q[0].upper() + q[1:]
-                if not chunk_ids or near_duplicate(q, seen_words): continue
-                seen_words.append(_words(q)); n += 1
-                qid = stable_id(dim, depth, q)
-                split = "heldout" if int(stable_id(seed, qid), 16) % 1000 < heldout_fraction * 1000 else "train"
-                out.append({"query_id": qid, "question": q, "dimension": dim, "depth": depth, "concepts": concepts,
-                            "community": comm, "chunk_ids": chunk_ids, "split": split})
+    for dim, depth in itertools.product(DIMENSIONS, DEPTHS):
+        n = 0
+        for i, (slots, concepts, chunk_ids, comm) in enumerate(ctx.fillers(dim, depth)):
+            if n >= per_cell or i > 50 * per_cell: break
+            q = _question(TEMPLATES[(dim, depth)], slots, i)
+            if not q or not chunk_ids or near_duplicate(q, seen_words): continue
+            seen_words.append(_words(q))
+            n += 1
+            qid = stable_id(dim, depth, q)
+            out.append({"query_id": qid, "question": q, "dimension": dim, "depth": depth,
+                        "concepts": concepts, "community": comm, "chunk_ids": chunk_ids,
+                        "split": _split(qid, seed, heldout_fraction)})
     return out
 
 # %% ../nbs/03_queries.ipynb #23a74ca9
@@ -158,6 +235,7 @@ def coverage(queries: list[dict], n_communities: int) -> dict:
             "communities_covered": len(comms), "communities_total": n_communities,
             "splits": dict(Counter(q["split"] for q in queries))}
 
+# %% ../nbs/03_queries.ipynb #79d6644f
 def plot_coverage(cov: dict, path: Path | str | None = None):
     "Heatmap of questions per dimension × depth, titled with community coverage."
     import matplotlib
@@ -167,61 +245,76 @@ def plot_coverage(cov: dict, path: Path | str | None = None):
     grid = np.array([[cov["grid"][d][p] for p in DEPTHS] for d in DIMENSIONS])
     fig, ax = plt.subplots(figsize=(7, 4.2))
     im = ax.imshow(grid, cmap="Blues", vmin=0)
-    ax.set_xticks(range(len(DEPTHS)), DEPTHS); ax.set_yticks(range(len(DIMENSIONS)), DIMENSIONS)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            ax.text(j, i, int(grid[i, j]), ha="center", va="center", color="white" if grid[i, j] > grid.max() / 2 else "black")
-    ax.set_title(f"Questions per cell ({cov['cells_filled']}/16 filled; communities {cov['communities_covered']}/{cov['communities_total']})")
-    fig.colorbar(im, ax=ax); fig.tight_layout()
-    if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
+    ax.set_xticks(range(len(DEPTHS)), DEPTHS)
+    ax.set_yticks(range(len(DIMENSIONS)), DIMENSIONS)
+    for (i, j), n in np.ndenumerate(grid):
+        colour = "white" if n > grid.max() / 2 else "black"
+        ax.text(j, i, int(n), ha="center", va="center", color=colour)
+    ax.set_title(f"Questions per cell ({cov['cells_filled']}/{grid.size} filled; "
+                 f"communities {cov['communities_covered']}/{cov['communities_total']})")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
     return fig
 
 # %% ../nbs/03_queries.ipynb #d27b4aa9
 def heldout_documents(chunks: list[dict], fraction: float, seed: int = 0) -> list[str]:
-    "Documents held out whole: taken in a seeded order until they hold `fraction` of the chunks; none for a one-document corpus."
+    "Documents held out whole: taken in a seeded order until they hold `fraction` of the chunks."
     per = Counter(c["doc_id"] for c in chunks)
     if fraction <= 0 or len(per) < 2: return []
     held, n = [], 0
     for d in sorted(per, key=lambda d: stable_id(seed, "heldout-document", d)):
-        if n >= fraction * sum(per.values()) or len(held) == len(per) - 1: break     # at least one document stays for training
-        held.append(d); n += per[d]
+        # at least one document stays for training
+        if n >= fraction * sum(per.values()) or len(held) == len(per) - 1: break
+        held.append(d)
+        n += per[d]
     return sorted(held)
 
-def split_by_document(queries: list[dict], chunk_doc: dict[str, str], held: list[str]) -> list[dict]:
-    "Held out: the questions whose first evidence chunk is in a held-out document; each question keeps only its own side's chunks."
+# %% ../nbs/03_queries.ipynb #8177aedd
+def split_by_document(queries: list[dict], chunk_doc: dict[str, str],
+                      held: list[str]) -> list[dict]:
+    "Each question on the side of its first evidence chunk's document, with that side's chunks."
     held, out = set(held), []
     for q in queries:
         side = chunk_doc.get(q["chunk_ids"][0]) in held
-        out.append({**q, "split": "heldout" if side else "train", "chunk_ids": [c for c in q["chunk_ids"] if (chunk_doc.get(c) in held) == side]})
+        ids = [c for c in q["chunk_ids"] if (chunk_doc.get(c) in held) == side]
+        out.append({**q, "split": "heldout" if side else "train", "chunk_ids": ids})
     return out
 
+# %% ../nbs/03_queries.ipynb #c76af25a
+def _hold_out_documents(run: RunDir, qs: list[dict], cfg: QueriesConfig) -> tuple[list, list]:
+    "The questions split by whole documents, and those documents (none: split by question)."
+    run.require("chunks")
+    chunks = read_chunks(run.chunks, fields=("chunk_id", "doc_id"))
+    held = heldout_documents(chunks, cfg.heldout_fraction, cfg.seed)
+    if not held: return qs, []
+    return split_by_document(qs, {c["chunk_id"]: c["doc_id"] for c in chunks}, held), held
+
 # %% ../nbs/03_queries.ipynb #9610ccc4
-def queries_stage(run_dir: Path | str, per_cell: int = 8, heldout_fraction: float = 0.2, heldout_by: str = "document", seed: int = 0) -> dict:
+def queries_stage(run_dir: Path | str,              # the run folder, with the graph stage done
+                  cfg: QueriesConfig | None = None,  # the stage's settings; None for the defaults
+                  **overrides) -> dict:              # `QueriesConfig` fields to change
     "Generate the stratified questions of a run folder from its graph and write `queries/`."
+    cfg = make_config(QueriesConfig, cfg, **overrides)
     run = RunDir(run_dir)
     run.require("nodes", "claims", "contradictions", "taxonomy")
-    if not 0 <= heldout_fraction < 1: raise PurposeError(f"heldout_fraction={heldout_fraction}: use a fraction in [0, 1)")
-    if per_cell < 1: raise PurposeError(f"per_cell={per_cell}: ask for at least 1 question per cell")
-    if heldout_by not in ("document", "question"): raise PurposeError(f"heldout_by={heldout_by!r}: use 'document' or 'question'")
-    params = {"per_cell": per_cell, "heldout_fraction": heldout_fraction, "heldout_by": heldout_by, "seed": seed}
+    params = {f.name: getattr(cfg, f.name) for f in cell_fields(QueriesConfig)}
     with stage_run(run, "queries", params) as rec:
-        ctx = GraphContexts(read_json(run.nodes), read_json(run.claims),
-                            read_json(run.contradictions), read_json(run.edges, []), read_json(run.methods, []),
-                            run_vocabulary(run.root))
-        qs = generate_queries(ctx, per_cell=per_cell, heldout_fraction=heldout_fraction, seed=seed)
+        qs = generate_queries(GraphContexts.from_run(run.root), per_cell=cfg.per_cell,
+                              heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
         held = []
-        if heldout_by == "document":
-            run.require("chunks")
-            chunks = read_chunks(run.chunks, fields=("chunk_id", "doc_id"))
-            held = heldout_documents(chunks, heldout_fraction, seed)
-            if held: qs = split_by_document(qs, {c["chunk_id"]: c["doc_id"] for c in chunks}, held)
-            else: rec.info["note"] = "fewer than two documents: held out question by question instead"
+        if cfg.heldout_by == "document": qs, held = _hold_out_documents(run, qs, cfg)
+        if cfg.heldout_by == "document" and not held:
+            rec.info["note"] = "fewer than two documents: held out question by question instead"
         write_jsonl(run.queries_file, qs)
         cov = {**coverage(qs, len(read_json(run.taxonomy)["communities"])),
                "heldout_by": "document" if held else "question", "heldout_documents": held}
         write_json(run.coverage, cov)
         plot_coverage(cov, run.coverage_png)
-        rec.counts.update({"queries": len(qs), **{f"split_{k}": v for k, v in cov["splits"].items()},
-                           "cells_filled": cov["cells_filled"], "communities_covered": cov["communities_covered"],
+        splits = {f"split_{k}": v for k, v in cov["splits"].items()}
+        rec.counts.update({"queries": len(qs), **splits, "cells_filled": cov["cells_filled"],
+                           "communities_covered": cov["communities_covered"],
                            "heldout_documents": len(held)})
     return rec.counts

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01b_records.ipynb #f601bfc5
 from __future__ import annotations
-import codecs, csv, fnmatch, io, json, re, string, unicodedata
+import codecs, csv, errno, fnmatch, io, json, os, re, stat, string, unicodedata
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,8 +13,9 @@ from .core import PurposeError
 
 # %% auto #0
 __all__ = ['STATUSES', 'HEAD_BYTES', 'KINDS', 'FileProblem', 'bom_encoding', 'utf16_guess', 'binary_reason', 'describe_bytes',
-           'sniff_kind', 'detect_encoding', 'decode_text', 'Line', 'normalize_text', 'flatten_record', 'render_record',
-           'jsonl_records', 'records_of', 'template_for', 'html_lines', 'markdown_lines']
+           'sniff_kind', 'not_a_file', 'list_inputs', 'detect_encoding', 'decode_text', 'Line', 'normalize_text',
+           'flatten_record', 'render_record', 'jsonl_records', 'records_of', 'template_for', 'html_lines',
+           'markdown_lines', 'text_lines']
 
 # %% ../nbs/01b_records.ipynb #705d5e02
 STATUSES = {
@@ -26,8 +27,10 @@ STATUSES = {
     "too_large": "over the size or page limit",
     "empty": "no content",
     "binary": "named as a text file (.txt, .csv, .json, ...) but holds binary data",
-    "undecodable": "text whose encoding is not UTF-8 and could not be detected with confidence, or garbled text",
-    "not_a_file": "a folder, named pipe (FIFO), socket, broken link or link loop, not a regular file",
+    "undecodable": "text whose encoding is not UTF-8 and could not be detected with confidence, "
+                   "or garbled text",
+    "not_a_file": "a folder, named pipe (FIFO), socket, broken link or link loop, "
+                  "not a regular file",
     "unsupported": "a file type the stage does not read",
     "timeout": "took longer than the per-file time limit",
     "duplicate": "same content as another document",
@@ -40,21 +43,22 @@ class FileProblem(Exception):
     def __init__(self, status: str, error: str, **info):
         if status not in STATUSES:
             raise ValueError(f"unknown file status {status!r}: use one of {', '.join(STATUSES)}")
-        super().__init__(error); self.status, self.error, self.info = status, error, info
+        super().__init__(error)
+        self.status, self.error, self.info = status, error, info
 
 # %% ../nbs/01b_records.ipynb #5252d9e7
 HEAD_BYTES = 8192   # how much of a file is read to decide what it is
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))   # UTF-32 LE starts like UTF-16 LE
-_CONTROL = bytes(sorted(set(range(32)) - {8, 9, 10, 12, 13, 27}))   # bytes text does not hold (backspace, tab, newline,
-                                                                    # form feed, CR and escape allowed)
+# UTF-32 LE starts like UTF-16 LE: it comes first
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 def bom_encoding(head: bytes) -> str | None:
     "The encoding named by a byte-order mark at the start of `head`, or None."
     return next((enc for bom, enc in _BOMS if head.startswith(bom)), None)
 
 def _decodes(head: bytes, enc: str) -> str | None:
-    "`head` decoded as `enc` (an incomplete character at the end is fine), or None when it is not valid `enc`."
+    "`head` decoded as `enc` (an incomplete character at the end is fine), or None when it is not."
     try: return codecs.getincrementaldecoder(enc)().decode(head, final=False)
     except UnicodeDecodeError: return None
 
@@ -62,7 +66,7 @@ def _few_controls(text: str, share: float = 0.05) -> bool:
     return sum(c < " " and c not in "\b\t\n\f\r\x1b" for c in text) <= share * max(1, len(text))
 
 def utf16_guess(head: bytes) -> str | None:
-    "`utf-16-le` or `utf-16-be` when `head` is UTF-16 text without a byte-order mark (every other byte zero), else None."
+    "`utf-16-le` or `utf-16-be` when `head` is UTF-16 text without a byte-order mark, else None."
     if len(head) < 8: return None
     even, odd = head[0::2], head[1::2]
     ze, zo = even.count(0) / len(even), odd.count(0) / len(odd)
@@ -71,42 +75,55 @@ def utf16_guess(head: bytes) -> str | None:
     text = _decodes(head, enc) if enc else None
     return enc if text and _few_controls(text) else None
 
+# %% ../nbs/01b_records.ipynb #ae3e628b
+_CONTROL = bytes(sorted(set(range(32)) - {8, 9, 10, 12, 13, 27}))   # bytes text does not hold
+
 def binary_reason(head: bytes) -> str | None:
-    "Why the first bytes of a file are binary data and not text (NUL bytes, many control bytes), or None for text."
+    "Why the first bytes of a file are binary data and not text (NUL or control bytes), or None."
     if not head or bom_encoding(head) or utf16_guess(head): return None
-    if not head.strip(b"\x00"): return "only zero bytes (an incomplete download or a pre-allocated placeholder)"
+    if not head.strip(b"\x00"):
+        return "only zero bytes (an incomplete download or a pre-allocated placeholder)"
     if nul := head.count(0): return f"binary data ({nul} NUL bytes in the first {len(head)} bytes)"
     ctrl = len(head) - len(head.translate(None, _CONTROL))
-    if ctrl > 0.05 * len(head): return f"binary data ({ctrl} control bytes in the first {len(head)} bytes)"
+    if ctrl > 0.05 * len(head):
+        return f"binary data ({ctrl} control bytes in the first {len(head)} bytes)"
     return None
 
 # %% ../nbs/01b_records.ipynb #2b76f65d
-KINDS = {".pdf": "pdf", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-         ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
+KINDS = {".pdf": "pdf", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "jsonl",
+         ".ndjson": "jsonl", ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md",
+         ".html": "html", ".htm": "html"}
 
 def _texty(head: bytes) -> bool:
     "Whether `head` is the start of a UTF-8 (or BOM-marked, or UTF-16) text file."
-    return bool(bom_encoding(head) or utf16_guess(head)) or (_decodes(head, "utf-8") is not None and not binary_reason(head))
+    if bom_encoding(head) or utf16_guess(head): return True
+    return _decodes(head, "utf-8") is not None and not binary_reason(head)
+
+# %% ../nbs/01b_records.ipynb #e2e923a7
+_LOOKS = ((b"PK\x03\x04", "a ZIP archive (perhaps a .docx or .epub): export it as PDF"),
+          ((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*"),
+           "an image: convert it to PDF (and OCR it) first"),
+          (b"%!PS", "a PostScript file: convert it with ps2pdf"),
+          (b"{\\rtf", "an RTF document: export it as PDF"))
 
 def describe_bytes(head: bytes) -> str:
     "What the first bytes of a file look like, in words a user recognises."
     h = head.lstrip()[:200].lower()
     if not head.strip(): return "an empty file"
     if h.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer, not the file itself: run `git lfs pull` in the repository it came from, or download the real PDF"
+        return ("a Git LFS pointer, not the file itself: run `git lfs pull` in the repository it "
+                "came from, or download the real PDF")
     if h.startswith((b"<!doctype html", b"<html")) or b"<html" in h:
-        return "a web page (HTML), often a login or paywall page saved instead of the paper: download the PDF again"
-    if head.startswith(b"PK\x03\x04"): return "a ZIP archive (perhaps a .docx or .epub): export it as PDF"
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")):
-        return "an image: convert it to PDF (and OCR it) first"
-    if head.startswith(b"%!PS"): return "a PostScript file: convert it with ps2pdf"
-    if head.startswith(b"{\\rtf"): return "an RTF document: export it as PDF"
+        return ("a web page (HTML), often a login or paywall page saved instead of the paper: "
+                "download the PDF again")
+    if looks := next((w for start, w in _LOOKS if head.startswith(start)), None): return looks
     if not head.strip(b"\x00"): return binary_reason(head) + ": download the file again"
     if _texty(head): return "a text file: rename it to .txt"
     return binary_reason(head) or "an unknown binary format"
 
+# %% ../nbs/01b_records.ipynb #a3f2f1d6
 def sniff_kind(path: Path, head: bytes) -> str:
-    "The kind of input (`pdf`, `csv`, `json`, `jsonl`, `txt`, `md`, `html`), or `unknown`; content beats extension."
+    "The kind of input (`pdf`, `csv`, `json`, `jsonl`, `txt`, `md`, `html`) or `unknown`."
     if b"%PDF-" in head[:1024]: return "pdf"
     kind = KINDS.get(path.suffix.lower())
     if kind: return kind
@@ -114,29 +131,81 @@ def sniff_kind(path: Path, head: bytes) -> str:
     if h.startswith((b"<!doctype html", b"<html")): return "html"
     return "txt" if _texty(head) else "unknown"
 
+# %% ../nbs/01b_records.ipynb #abaa2c59
+def _broken_link(path: Path, e: OSError) -> str:
+    "What a symbolic link whose target cannot be reached is."
+    if e.errno == errno.ELOOP:
+        return ("a symbolic link loop (it points back to itself through links): delete the link "
+                "or point it at the real file")
+    try: target = os.readlink(path)
+    except OSError: target = "?"
+    return (f"a broken symbolic link (its target {target} does not exist): delete the link "
+            "or restore the file")
+
+def _special(m: int) -> str:
+    "The name of a file type that is not a regular file or a folder."
+    if stat.S_ISFIFO(m): return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(m): return "a socket"
+    if stat.S_ISCHR(m) or stat.S_ISBLK(m): return "a device file"
+    return "not a regular file"
+
+# %% ../nbs/01b_records.ipynb #ad7a3494
+def not_a_file(path: Path | str) -> str | None:
+    "What `path` is when not a regular file (a folder, FIFO, link...), else None; never opened."
+    path = Path(path)
+    try: st = os.lstat(path)
+    except FileNotFoundError: return "gone: it was removed while the stage ran"
+    link = stat.S_ISLNK(st.st_mode)
+    if link:
+        try: st = os.stat(path)
+        except OSError as e: return _broken_link(path, e)
+    m = st.st_mode
+    if stat.S_ISREG(m): return None
+    if stat.S_ISDIR(m) and link:
+        return ("a link to a folder: links to folders are not followed; copy or move the folder "
+                "itself here")
+    if stat.S_ISDIR(m):
+        return "a folder named like a file: rename it (the files inside it are read on their own)"
+    what = f"a link to {_special(m)}" if link else _special(m)
+    return f"{what}, not a file: it was not opened; remove it from the papers folder"
+
+def list_inputs(folder: Path | str) -> list[Path]:
+    "The entries of a papers folder the stage reports on: files and not-files (not hidden, `_`)."
+    folder, out = Path(folder), []
+    for d, dirs, names in os.walk(folder):   # links to folders are listed, never entered: no loops
+        dirs[:] = [x for x in dirs if not x.startswith((".", "_"))]
+        out += [Path(d)/x for x in dirs
+                if (Path(d)/x).is_symlink() or (Path(d)/x).suffix.lower() in KINDS]
+        out += [Path(d)/x for x in names if not x.startswith((".", "_"))]
+    return sorted(out)
+
 # %% ../nbs/01b_records.ipynb #c7a133f1
-_EBCDIC = ["cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"]   # mainframe code pages: never papers
+_EBCDIC = ["cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"]   # mainframe code pages
 
 def detect_encoding(raw: bytes, max_chaos: float = 0.2) -> str | None:
-    "The encoding of non-UTF-8 text by charset-normalizer (Windows-1252 when it reads as cleanly), or None if none is confident."
+    "The encoding of non-UTF-8 text (charset-normalizer; cp1252 when as clean), or None if unsure."
     from charset_normalizer import from_bytes
     best = from_bytes(raw, cp_exclusion=_EBCDIC).best()
     west = from_bytes(raw, cp_isolation=["cp1252"]).best()
-    if west is not None and west.encoding == "cp1252" and west.chaos <= 0.1 and (best is None or west.chaos <= best.chaos + 0.1):
+    if (west is not None and west.encoding == "cp1252" and west.chaos <= 0.1
+            and (best is None or west.chaos <= best.chaos + 0.1)):
         return "cp1252"
     if best is None or best.chaos > max_chaos: return None
     return codecs.lookup(best.encoding).name
 
+# %% ../nbs/01b_records.ipynb #025d5b49
 def _line_of(text: str, i: int) -> int: return text.count("\n", 0, i) + 1
 
 _MULTIBYTE = re.compile(r"[^\x00-\x7f\ufffd]")
+_FIX = "open it in an editor and save it as UTF-8 (or convert it: `iconv -f <encoding> -t UTF-8`)"
 
 def _check_decoded(text: str, name: str) -> str:
     "`text`, unless it holds replacement characters (U+FFFD) from an earlier wrong conversion."
     if (n := text.count("\ufffd")):
-        raise FileProblem("undecodable", f"{name} holds {n} replacement character(s) '\ufffd' (U+FFFD, first on line "
-                          f"{_line_of(text, text.index(chr(0xfffd)))}): it was garbled by an earlier wrong conversion; "
-                          "re-save the original as UTF-8")
+        line = _line_of(text, text.index(chr(0xfffd)))
+        raise FileProblem("undecodable", f"{name} holds {n} replacement character(s) '\ufffd' "
+                          f"(U+FFFD, first on line {line}): it was garbled by an earlier wrong "
+                          "conversion; re-save the original as UTF-8")
     return text
 
 def _sample(raw: bytes, n: int = 2**19) -> bytes:
@@ -144,35 +213,48 @@ def _sample(raw: bytes, n: int = 2**19) -> bytes:
     tail = raw[-n:]
     return raw[:n].rsplit(b"\n", 1)[0] + b"\n" + tail[tail.find(b"\n") + 1:]
 
-def decode_text(raw: bytes, name: str = "the file") -> tuple[str, str]:
-    "`(text, encoding)` of a text file: by its BOM, else strict UTF-8, else detected; raises `FileProblem('undecodable')`."
-    fix = "open it in an editor and save it as UTF-8 (or convert it: `iconv -f <encoding> -t UTF-8`)"
+# %% ../nbs/01b_records.ipynb #f2bd48a0
+def _decode_marked(raw: bytes, name: str) -> tuple[str, str] | None:
+    "`(text, encoding)` of text with a byte-order mark or UTF-16 without one; None for other text."
     if enc := bom_encoding(raw):
         bom = next(b for b, e in _BOMS if e == enc)
         try: return _check_decoded(raw[len(bom):].decode(enc.removesuffix("-sig")), name), enc
         except UnicodeDecodeError as e:
-            raise FileProblem("undecodable", f"{name} starts with a {enc} byte-order mark but is not valid {enc} "
-                              f"(byte {e.start}): {fix}") from None
-    if enc := utf16_guess(raw[:HEAD_BYTES]):   # before UTF-8: UTF-16 English is valid UTF-8 full of NUL bytes
+            raise FileProblem("undecodable", f"{name} starts with a {enc} byte-order mark but is "
+                              f"not valid {enc} (byte {e.start}): {_FIX}") from None
+    # before UTF-8: UTF-16 English is valid UTF-8 full of NUL bytes
+    if enc := utf16_guess(raw[:HEAD_BYTES]):
         try: return _check_decoded(raw.decode(enc), name), enc
         except UnicodeDecodeError: pass
-    try: return _check_decoded(raw.decode("utf-8"), name), "utf-8"
-    except UnicodeDecodeError as e: err = e
+    return None
+
+def _check_broken_utf8(raw: bytes, err: UnicodeDecodeError, name: str):
+    "Raise when `raw` is UTF-8 with a few broken bytes (more good multi-byte characters than bad)."
     loose = raw.decode("utf-8", errors="replace")
-    if len(_MULTIBYTE.findall(loose)) >= loose.count("\ufffd"):   # more valid multi-byte characters than broken bytes
+    if len(_MULTIBYTE.findall(loose)) >= loose.count("\ufffd"):
         line = raw.count(b"\n", 0, err.start) + 1
-        raise FileProblem("undecodable", f"{name} is UTF-8 with {loose.count(chr(0xfffd))} broken byte sequence(s) (first "
+        n = loose.count(chr(0xfffd))
+        raise FileProblem("undecodable", f"{name} is UTF-8 with {n} broken byte sequence(s) (first "
                           f"on line {line}): fix those bytes or re-save the original as UTF-8")
-    for sample in ([_sample(raw), raw] if len(raw) > 2**20 else [raw]):   # big: detect on a sample, decode it all
+
+# %% ../nbs/01b_records.ipynb #5d8c629f
+def decode_text(raw: bytes, name: str = "the file") -> tuple[str, str]:
+    "`(text, encoding)` of a text file: by its BOM, UTF-8, else detected; else `undecodable`."
+    if marked := _decode_marked(raw, name): return marked
+    try: return _check_decoded(raw.decode("utf-8"), name), "utf-8"
+    except UnicodeDecodeError as e: _check_broken_utf8(raw, e, name)
+    # a big file: the encoding is detected on a sample, then it is decoded whole
+    for sample in ([_sample(raw), raw] if len(raw) > 2**20 else [raw]):
         if enc := detect_encoding(sample):
             try: return _check_decoded(raw.decode(enc), name), enc
             except UnicodeDecodeError: pass
-    raise FileProblem("undecodable", f"{name} is not UTF-8 and its encoding could not be detected with confidence: {fix}")
+    raise FileProblem("undecodable", f"{name} is not UTF-8 and its encoding could not be detected "
+                      f"with confidence: {_FIX}")
 
 # %% ../nbs/01b_records.ipynb #68c76d99
 @dataclass(slots=True)
 class Line:
-    "One line of text with its page (1-based, None outside PDFs) and, from PDFium, its box and font height."
+    "A line of text with its page (1-based; None outside PDFs) and, from PDFium, its box and size."
     text: str
     page: int | None = None
     x0: float | None = None
@@ -185,20 +267,21 @@ class Line:
 # %% ../nbs/01b_records.ipynb #2c207cd7
 _WS = re.compile(r"\s+")
 def normalize_text(s: str) -> str:
-    "NFKC (ligatures such as 'ﬁ' become 'fi'), unified dashes and quotes kept, whitespace collapsed."
+    "NFKC (ligatures such as 'ﬁ' become 'fi'), minus signs as '-', whitespace collapsed."
     s = unicodedata.normalize("NFKC", s)
     return _WS.sub(" ", s.replace("\u2212", "-")).strip()
 
 # %% ../nbs/01b_records.ipynb #0a00b7b2
 def flatten_record(rec: Any, prefix: str = "") -> dict:
-    "A flat `{field: value}` view of a (nested) record; nested keys are joined with `_`, lists of scalars with ', '."
+    "A flat `{field: value}` view of a (nested) record: keys joined with `_`, lists with ', '."
     if not isinstance(rec, dict): return {prefix or "value": rec}
     out = {}
     for k, v in rec.items():
         key = f"{prefix}_{k}" if prefix else str(k)
         if isinstance(v, dict): out.update(flatten_record(v, key))
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            out[key] = "; ".join(", ".join(f"{a}: {b}" for a, b in flatten_record(x).items()) for x in v)
+            out[key] = "; ".join(", ".join(f"{a}: {b}" for a, b in flatten_record(x).items())
+                                 for x in v)
         elif isinstance(v, list): out[key] = ", ".join(str(x) for x in v)
         else: out[key] = v
     return out
@@ -207,40 +290,51 @@ class _Missing(dict):
     def __missing__(self, k): return "?"
 
 def render_record(rec: dict, template: str | None = None) -> str:
-    "One paragraph for a record: `template` formatted with its (flattened) fields, or a generic field: value sentence."
+    "One paragraph for a record: `template` with its flattened fields, or 'field: value; ...'."
     flat = flatten_record(rec)
     if template:
         try: return normalize_text(string.Formatter().vformat(template, (), _Missing(flat)))
         except (ValueError, IndexError, KeyError, AttributeError) as e:
-            raise PurposeError(f"record template {template!r} does not format ({type(e).__name__}: {e}): use {{field}} names from the file") from None
+            raise PurposeError(f"record template {template!r} does not format ({type(e).__name__}: "
+                               f"{e}): use {{field}} names from the file") from None
     parts = [f"{str(k).replace('_', ' ')}: {v}" for k, v in flat.items() if v not in (None, "")]
     return normalize_text("; ".join(parts)) + "."
 
+# %% ../nbs/01b_records.ipynb #c05b27d3
 def jsonl_records(path: Path, text: str) -> tuple[list, list[int]]:
-    "`(records, bad_line_numbers)` of a JSON-lines `text`; raises `FileProblem` only when no line is valid JSON."
+    "`(records, bad_line_numbers)` of a JSON-lines `text`; `FileProblem` only when no line is JSON."
     recs, bad, first = [], [], None
-    for i, line in enumerate(text.split("\n"), 1):   # not splitlines: JSON strings may hold U+2028 and friends
+    for i, line in enumerate(text.split("\n"), 1):   # not splitlines: JSON strings may hold U+2028
         if not line.strip(): continue
         try: recs.append(json.loads(line))
-        except json.JSONDecodeError as e: bad.append(i); first = first or e
+        except json.JSONDecodeError as e:
+            bad.append(i)
+            first = first or e
     if bad and not recs:
-        raise FileProblem("corrupt", f"{path.name} is not valid JSONL: none of its {len(bad)} line(s) is JSON (line {bad[0]}: "
-                          f"{first}): fix the file or remove it")
+        raise FileProblem("corrupt", f"{path.name} is not valid JSONL: none of its {len(bad)} "
+                          f"line(s) is JSON (line {bad[0]}: {first}): fix the file or remove it")
     return recs, bad
 
+def _csv_rows(path: Path, text: str) -> list[dict]:
+    "The rows of a CSV (or tab-separated) text as dicts."
+    tabs = path.suffix.lower() == ".tsv" or text[:2000].count("\t") > text[:2000].count(",")
+    rows = csv.DictReader(io.StringIO(text), dialect="excel-tab" if tabs else "excel")
+    return [dict(r) for r in rows]
+
+# %% ../nbs/01b_records.ipynb #339f1197
 def records_of(path: Path, kind: str, text: str) -> list[dict]:
-    "The records of a csv/json/jsonl file's `text` (bad JSONL lines skipped); raises `FileProblem` when it does not parse."
+    "The records of a csv/json/jsonl file's `text` (bad JSONL lines skipped), or `FileProblem`."
     if kind == "jsonl": return jsonl_records(path, text)[0]
     try:
-        if kind == "csv":
-            dialect = "excel-tab" if path.suffix.lower() == ".tsv" or text[:2000].count("\t") > text[:2000].count(",") else "excel"
-            return [dict(r) for r in csv.DictReader(io.StringIO(text), dialect=dialect)]
+        if kind == "csv": return _csv_rows(path, text)
         obj = json.loads(text)
     except (json.JSONDecodeError, csv.Error) as e:
-        raise FileProblem("corrupt", f"{path.name} is not valid {kind.upper()} ({e}): fix the file or remove it") from None
+        raise FileProblem("corrupt", f"{path.name} is not valid {kind.upper()} ({e}): fix the file "
+                          "or remove it") from None
     if isinstance(obj, list): return obj
-    if isinstance(obj, dict):
-        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if isinstance(obj, dict):   # one list of records, and the fields around it as their context
+        lists = [v for v in obj.values()
+                 if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) == 1:
             ctx = {k: v for k, v in obj.items() if not isinstance(v, (list, dict))}
             return [{**ctx, **x} for x in lists[0]]
@@ -254,35 +348,44 @@ def template_for(name: str, templates: dict | None) -> str | None:
     return None
 
 # %% ../nbs/01b_records.ipynb #13ccc7af
+_HIDDEN = ("script", "style", "noscript", "nav", "footer")
+_BLOCK = {"p", "div", "br", "li", "tr", "section", "article", "blockquote", "pre", "table", "ul",
+          "ol", "figcaption", "caption", "dd", "dt"}
+
 class _HTMLLines(HTMLParser):
     "Collects the visible text of an HTML page as lines, marking h1-h6 as headings."
-    BLOCK = {"p", "div", "br", "li", "tr", "section", "article", "blockquote", "pre", "table", "ul", "ol", "figcaption", "caption", "dd", "dt"}
     def __init__(self):
-        super().__init__(convert_charrefs=True); self.lines, self.buf, self.skip, self.head, self.title, self._in_title = [], [], 0, None, None, False
+        super().__init__(convert_charrefs=True)
+        self.lines, self.buf, self.skip = [], [], 0
+        self.head, self.title, self._in_title = None, None, False
     def _flush(self):
-        t = normalize_text("".join(self.buf)); self.buf = []
+        t = normalize_text("".join(self.buf))
+        self.buf = []
         if t: self.lines.append(Line(t, None, heading=t if self.head else None))
-    def handle_starttag(self, tag, attrs):
-        if tag in ("script", "style", "noscript", "nav", "footer"): self.skip += 1
-        elif tag == "title": self._in_title = True
-        elif re.fullmatch(r"h[1-6]", tag): self._flush(); self.head = tag
-        elif tag in self.BLOCK: self._flush()
-    def handle_endtag(self, tag):
-        if tag in ("script", "style", "noscript", "nav", "footer"): self.skip = max(0, self.skip - 1)
-        elif tag == "title": self._in_title = False
-        elif re.fullmatch(r"h[1-6]", tag): self._flush(); self.head = None
-        elif tag in self.BLOCK: self._flush()
+    def _tag(self, tag, opens: bool):
+        if tag in _HIDDEN: self.skip = self.skip + 1 if opens else max(0, self.skip - 1)
+        elif tag == "title": self._in_title = opens
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.head = tag if opens else None
+        elif tag in _BLOCK: self._flush()
+    def handle_starttag(self, tag, attrs): self._tag(tag, True)
+    def handle_endtag(self, tag): self._tag(tag, False)
     def handle_data(self, data):
         if self._in_title: self.title = normalize_text((self.title or "") + data)
         elif not self.skip: self.buf.append(data)
 
+# %% ../nbs/01b_records.ipynb #c107464c
 def html_lines(text: str) -> tuple[list[Line], str | None]:
     "Visible lines of an HTML document (h1-h6 marked as headings) and its `<title>`."
-    p = _HTMLLines(); p.feed(text); p.close(); p._flush()
+    p = _HTMLLines()
+    p.feed(text)
+    p.close()
+    p._flush()
     return p.lines, p.title
 
 def markdown_lines(text: str) -> list[Line]:
-    "Lines of a Markdown or plain-text document; `#` headings marked, blank lines kept as paragraph breaks."
+    "Lines of a Markdown or plain-text document; `#` headings marked, blank lines kept."
     out = []
     for raw in text.splitlines():
         m = re.match(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", raw)
@@ -290,3 +393,24 @@ def markdown_lines(text: str) -> list[Line]:
         elif raw.strip(): out.append(Line(raw.rstrip(), None))
         else: out.append(Line("", None))
     return out
+
+# %% ../nbs/01b_records.ipynb #88b9bcd9
+def _paragraph_lines(lines: list[Line]) -> list[Line]:
+    "Give text-file lines fake tops so blank lines (and headings) end paragraphs in `paragraphs`."
+    out, y = [], 10_000.0
+    for l in lines:
+        if not l.text.strip() and l.heading is None:
+            y -= 30
+            continue
+        y -= 10
+        out.append(Line(l.text, None, 0, 1, y, y - 8, 8, l.heading))
+    return out
+
+def text_lines(kind: str, text: str) -> tuple[list[Line], str | None]:
+    "The lines of a text, Markdown (`md`) or `html` file (blank lines end paragraphs); its title."
+    if kind == "html": lines, title = html_lines(text)
+    else:
+        lines = markdown_lines(text)
+        title = (next((l.heading for l in lines if l.heading), None)
+                 or next((normalize_text(l.text) for l in lines if l.text.strip()), None))
+    return _paragraph_lines(lines), title

@@ -21,28 +21,40 @@ __all__ = ['CANONICAL', 'RECORD_FIELDS', 'STAT_KINDS', 'RECORD_SCHEMA', 'canonic
 CANONICAL = {
     "abstract": r"abstract|summary",
     "introduction": r"introduction|background",
-    "methods": r"methods?|materials?,?\s+and\s+methods?|methodology|methods and materials|patients and methods|participants and methods|subjects and methods|experimental (?:design|procedures?)|study design",
+    "methods": r"methods?|materials?,?\s+and\s+methods?|methodology|methods and materials"
+               r"|patients and methods|participants and methods|subjects and methods"
+               r"|experimental (?:design|procedures?)|study design",
     "results": r"results?|findings",
     "discussion": r"discussion|general discussion|results and discussion",
-    "conclusion": r"conclusions?|concluding remarks|practical applications|practical implications|conclusions? and practical applications",
-    "references": r"references|bibliography|literature cited|works cited|reference list|cited literature",
-    "back_matter": r"acknowledge?ments?|funding(?: information)?|author contributions|conflicts? of interest|declarations?|competing interests|data availability(?: statement)?|supplementary (?:material|information)|abbreviations|appendix|ethics statement|publisher.s note|disclosure statement",
+    "conclusion": r"conclusions?|concluding remarks|practical applications|practical implications"
+                  r"|conclusions? and practical applications",
+    "references": r"references|bibliography|literature cited|works cited|reference list"
+                  r"|cited literature",
+    "back_matter": r"acknowledge?ments?|funding(?: information)?|author contributions"
+                   r"|conflicts? of interest|declarations?|competing interests"
+                   r"|data availability(?: statement)?|supplementary (?:material|information)"
+                   r"|abbreviations|appendix|ethics statement|publisher.s note"
+                   r"|disclosure statement",
 }
-_CANON_RE = re.compile(r"^(?:(?P<num>(?:\d{1,2}(?:\.\d{1,2}){0,3}|[IVX]{1,4})\.?)\s+)?(?P<name>" +
-                       "|".join(f"(?P<{k}>{v})" for k, v in CANONICAL.items()) + r")\s*[:.]?$", re.I)
-_NUM_HEAD = re.compile(r"^(?P<num>\d{1,2}(?:\.\d{1,2}){0,3})\.?\s+(?P<title>[A-Z][A-Za-z\-’'‘(),:/& ]{2,80})$")
-_ABSTRACT_INLINE = re.compile(r"^(abstract|summary)\s*[:.—–-]?\s+(?=\S)(?P<rest>.{20,})$", re.I)
+_CANON_RE = re.compile(r"^(?:(?P<num>(?:\d{1,2}(?:\.\d{1,2}){0,3}|[IVX]{1,4})\.?)\s+)?(?P<name>"
+                       + "|".join(f"(?P<{k}>{v})" for k, v in CANONICAL.items())
+                       + r")\s*[:.]?$", re.I)
 
 def canonical_section(name: str) -> str | None:
     "The canonical kind of a section name (`methods` for '2. Materials and Methods'), or None."
     m = _CANON_RE.match(name.strip())
     return next((k for k in CANONICAL if m.group(k)), None) if m else None
 
+# %% ../nbs/01d_sections.ipynb #6bacde7f
+_NUM_HEAD = re.compile(r"^(?P<num>\d{1,2}(?:\.\d{1,2}){0,3})\.?\s+"
+                       r"(?P<title>[A-Z][A-Za-z\-’'‘(),:/& ]{2,80})$")
+_ABSTRACT_INLINE = re.compile(r"^(abstract|summary)\s*[:.—–-]?\s+(?=\S)(?P<rest>.{20,})$", re.I)
+
 def _num_tuple(s: str) -> tuple[int, ...] | None:
     return tuple(int(x) for x in s.split(".")) if re.fullmatch(r"\d+(?:\.\d+)*", s) else None
 
 def _follows(prev: tuple[int, ...] | None, cur: tuple[int, ...]) -> bool:
-    "Whether numbered heading `cur` can come after `prev` (next sibling, first child, or next at an upper level)."
+    "Whether numbered heading `cur` can follow `prev` (next sibling, first child, or next above)."
     if prev is None: return cur in ((1,), (1, 1))
     if cur[:-1] == prev and cur[-1] == 1: return True
     for k in range(1, len(prev) + 1):
@@ -50,28 +62,38 @@ def _follows(prev: tuple[int, ...] | None, cur: tuple[int, ...]) -> bool:
     return False
 
 def _num_style(t: str) -> str:
+    "How a heading is numbered: '.s' for '2. Methods', 's' for '2 Methods'."
     m = re.match(r"^[\dIVX.]+?(\.?)(\s)", t)
     return (m.group(1) + ("s" if m.group(2) == " " else "w")) if m else ""
 
-def heading_of(line: str, prev_num: tuple[int, ...] | None = None, style: str | None = None) -> tuple[str, tuple[int, ...] | None] | None:
-    "`(name, number)` when `line` is a section heading, else None; `style` is the numbering style seen so far ('.s' for '2. Methods')."
+# %% ../nbs/01d_sections.ipynb #1025729b
+def _numbered_heading(t: str, prev_num, style) -> tuple | None:
+    "`(name, number)` when `t` is a numbered heading that follows `prev_num` in the paper's style."
+    m = _NUM_HEAD.match(t)
+    if not m or len(t.split()) > 10 or t.endswith((".", "?")) or t.count(",") > 1: return None
+    if re.search(r"\bet al\b|(19|20)\d\d", t): return None
+    num = _num_tuple(m.group("num"))
+    fits = num and _follows(prev_num, num) and (not style or len(num) > 1 or _num_style(t) == style)
+    return (normalize_text(t), num) if fits else None
+
+def heading_of(line: str, prev_num: tuple[int, ...] | None = None,  # the number of the last heading
+               style: str | None = None,  # the numbering style so far ('.s' for '2. Methods')
+               ) -> tuple[str, tuple[int, ...] | None] | None:
+    "`(name, number)` when `line` is a section heading, else None."
     t = line.strip()
     if len(t) > 90 or len(t) < 3: return None
     m = _CANON_RE.match(t)
-    if m:
-        num = _num_tuple(m.group("num").rstrip(".")) if m.group("num") else None
-        if num is not None and prev_num is not None and not _follows(prev_num, num):
-            if num <= prev_num: return None        # a repeated numbered heading (running title, table of contents)
-            num = None
-        return normalize_text(t.rstrip(":. ")), num
-    m = _NUM_HEAD.match(t)
-    if m and len(t.split()) <= 10 and not t.endswith((".", "?")) and t.count(",") <= 1 and not re.search(r"\bet al\b|(19|20)\d\d", t):
-        num = _num_tuple(m.group("num"))
-        if num and _follows(prev_num, num) and (not style or len(num) > 1 or _num_style(t) == style): return normalize_text(t), num
-    return None
+    if not m: return _numbered_heading(t, prev_num, style)
+    num = _num_tuple(m.group("num").rstrip(".")) if m.group("num") else None
+    if num is not None and prev_num is not None and not _follows(prev_num, num):
+        # a repeated numbered heading (a running title, the table of contents)
+        if num <= prev_num: return None
+        num = None
+    return normalize_text(t.rstrip(":. ")), num
 
 # %% ../nbs/01d_sections.ipynb #c728e768
-_CAPTION = re.compile(r"^(fig\.?|figure|table|tab\.|supplementary (figure|table))\s*[S]?\d+[a-z]?\b", re.I)
+_CAPTION = re.compile(r"^(fig\.?|figure|table|tab\.|supplementary (figure|table))\s*[S]?\d+[a-z]?"
+                      r"\b", re.I)
 _END = re.compile(r"[.!?:;]['\"”’)\]]?$")
 
 def join_lines(a: str, b: str) -> str:
@@ -79,32 +101,40 @@ def join_lines(a: str, b: str) -> str:
     if a.endswith("-") and len(a) > 1 and a[-2].isalpha() and b[:1].islower(): return a[:-1] + b
     return a + ("" if a.endswith("-") and b[:1].isdigit() else " ") + b
 
+def _pitch(lines: list[Line]) -> float | None:
+    "The usual distance between the tops of consecutive lines on a page."
+    pitches = [a.top - b.top for a, b in zip(lines, lines[1:])
+               if a.top is not None and b.top is not None and 0 < a.top - b.top < 40]
+    return sorted(pitches)[len(pitches) // 2] if pitches else None
+
+# %% ../nbs/01d_sections.ipynb #e3f2fc33
+def _new_paragraph(cur: str, prev: Line | None, l: Line, pitch: float | None) -> bool:
+    "Whether line `l` starts a paragraph after the text `cur` (whose last line was `prev`)."
+    t = l.text.strip()
+    if not cur or _CAPTION.match(t): return True
+    if prev is None: return False
+    ends = _END.search(cur.rstrip()) is not None
+    if prev.page == l.page and pitch and prev.top is not None and l.top is not None:
+        return prev.top - l.top > 1.7 * pitch and ends
+    return prev.page != l.page and ends and not t[:1].islower()
+
 def paragraphs(lines: list[Line]) -> list[tuple[int | None, int | None, str]]:
     "Paragraphs `(page_start, page_end, text)` from consecutive lines of one section."
-    pitches = [a.top - b.top for a, b in zip(lines, lines[1:]) if a.top is not None and b.top is not None and 0 < a.top - b.top < 40]
-    pitch = sorted(pitches)[len(pitches) // 2] if pitches else None
-    out, cur, p0, p1, prev = [], "", None, None, None
-    def flush():
-        nonlocal cur
-        if cur.strip(): out.append((p0, p1, normalize_text(cur)))
-        cur = ""
+    pitch, out, cur, p0, p1, prev = _pitch(lines), [], "", None, None, None
     for l in lines:
         t = l.text.strip()
-        new = not cur or bool(_CAPTION.match(t))
-        if cur and not new and prev is not None:
-            if prev.page == l.page and pitch and prev.top is not None and l.top is not None:
-                d = prev.top - l.top
-                new = d > 1.7 * pitch and _END.search(cur.rstrip()) is not None
-            elif prev.page != l.page: new = _END.search(cur.rstrip()) is not None and not t[:1].islower()
-        if new: flush(); p0 = l.page
+        if _new_paragraph(cur, prev, l, pitch):
+            if cur.strip(): out.append((p0, p1, normalize_text(cur)))
+            cur, p0 = "", l.page
         cur = join_lines(cur, t) if cur else t
         p1, prev = l.page, l
-    flush()
+    if cur.strip(): out.append((p0, p1, normalize_text(cur)))
     return out
 
 # %% ../nbs/01d_sections.ipynb #6818847a
 _REF_NUM = re.compile(r"^\s*(\[\d{1,3}\]|\d{1,3}\.(?!\d)|\d{1,3}\s+(?=[A-Z]))")
 _REF_AUTHOR = re.compile(r"^[A-Z][\w'’\-]+(?:[\s\-][A-Z][\w'’\-]+)?,?\s+(?:[A-Z]{1,3}\b|[A-Z]\.)")
+_REF_END = re.compile(r"[.\d)]$|\S+/\S+$")   # how a reference ends: a full stop, a number, a link
 
 def split_references(lines: list[str]) -> list[str]:
     "Reference entries from the lines of a reference list (numbered or author-year)."
@@ -113,7 +143,8 @@ def split_references(lines: list[str]) -> list[str]:
     numbered = sum(bool(_REF_NUM.match(l)) for l in lines) >= 0.15 * len(lines)
     refs: list[str] = []
     for l in lines:
-        start = bool(_REF_NUM.match(l)) if numbered else (bool(_REF_AUTHOR.match(l)) and (not refs or re.search(r"[.\d)]$|\S+/\S+$", refs[-1]) is not None))
+        if numbered: start = bool(_REF_NUM.match(l))
+        else: start = bool(_REF_AUTHOR.match(l)) and (not refs or bool(_REF_END.search(refs[-1])))
         if start or not refs: refs.append(l)
         else: refs[-1] = join_lines(refs[-1], l)
     return [normalize_text(r) for r in refs if len(r) > 15]
@@ -121,7 +152,7 @@ def split_references(lines: list[str]) -> list[str]:
 # %% ../nbs/01d_sections.ipynb #ac276db3
 @dataclass
 class Section:
-    "A section: its heading, canonical kind, page range and paragraphs `(page_start, page_end, text)`."
+    "A section: its heading, canonical kind, page range and paragraphs `(page0, page1, text)`."
     name: str
     kind: str | None
     page_start: int | None
@@ -129,43 +160,65 @@ class Section:
     paragraphs: list = field(default_factory=list)
     @property
     def text(self) -> str: return "\n".join(p[2] for p in self.paragraphs)
-    def info(self) -> dict: return {"name": self.name, "page_start": self.page_start, "page_end": self.page_end}
+    def info(self) -> dict:
+        return {"name": self.name, "page_start": self.page_start, "page_end": self.page_end}
 
-_BACK_AFTER_REFS = re.compile(r"^(appendix|supplementary|tables?|figures?|figure legends|publisher.s note)\b", re.I)
+_BACK_AFTER_REFS = re.compile(r"^(appendix|supplementary|tables?|figures?|figure legends"
+                              r"|publisher.s note)\b", re.I)
 
-def sectionize(lines: list[Line], front: str = "Front matter") -> tuple[list[Section], list[str]]:
-    "Sections (with page ranges and paragraphs) and reference entries from the cleaned lines of a document."
-    groups: list[list] = [[front, None, [], None]]          # name, kind, lines, page of the heading
+# %% ../nbs/01d_sections.ipynb #402d4681
+def _heading_here(l: Line, cur: list, num, style) -> tuple:
+    "`(heading or None, numbering style)` of line `l` in the group `cur`."
+    if l.heading is not None: return (l.heading, None), style
+    h = heading_of(l.text, num, style)
+    if h and h[1] and len(h[1]) == 1 and style is None: style = _num_style(l.text.strip())
+    if h is None and cur[1] == "references" and _BACK_AFTER_REFS.match(l.text) and len(l.text) < 40:
+        h = (l.text.strip(), None)
+    return h, style
+
+def _group_lines(lines: list[Line], front: str) -> list[list]:
+    "`[name, kind, lines, page of the heading]` for each heading, the front matter first."
+    groups: list[list] = [[front, None, [], None]]
     num, style = None, None
     for l in lines:
         cur = groups[-1]
-        if l.heading is not None: h = (l.heading, None)
+        h, style = _heading_here(l, cur, num, style)
+        opens = h is None and cur[1] is None and cur[0] == front
+        inline = opens and _ABSTRACT_INLINE.match(l.text.strip())
+        if inline:
+            rest = Line(inline.group("rest"), l.page, l.x0, l.x1, l.top, l.bottom, l.size)
+            groups.append(["Abstract", "abstract", [rest], l.page])
+        elif h is None: cur[2].append(l)
         else:
-            h = heading_of(l.text, num, style)
-            if h and h[1] and len(h[1]) == 1 and style is None: style = _num_style(l.text.strip())
-            if h is None and cur[1] == "references" and _BACK_AFTER_REFS.match(l.text) and len(l.text) < 40: h = (l.text.strip(), None)
-        if h is None and cur[1] is None and cur[0] == front and (m := _ABSTRACT_INLINE.match(l.text.strip())):
-            groups.append(["Abstract", "abstract", [Line(m.group("rest"), l.page, l.x0, l.x1, l.top, l.bottom, l.size)], l.page]); continue
-        if h is None: cur[2].append(l); continue
-        num = h[1] or num
-        groups.append([h[0], canonical_section(h[0]) or ("heading" if l.heading is not None else None), [], l.page])
-    body_sizes = sorted(l.size for l in lines if l.size)
-    body = body_sizes[len(body_sizes) // 2] if body_sizes else None
+            num = h[1] or num
+            kind = canonical_section(h[0]) or ("heading" if l.heading is not None else None)
+            groups.append([h[0], kind, [], l.page])
+    return groups
+
+# %% ../nbs/01d_sections.ipynb #f5a29dba
+def _median(xs: list):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+def _untangle_references(groups: list[list], body: float | None):
+    "Body-font lines out of a small-font reference list, reference-font lines after it into it."
     for i, g in enumerate(groups):
         if g[1] != "references" or i == 0 or body is None: continue
-        sizes = sorted(l.size for l in g[2][:8] if l.size)
-        ref = sizes[len(sizes) // 2] if sizes else None
-        if ref is None or ref > 0.92 * body: continue   # references set in the body font: nothing to tell apart
-        # body text that the layout put inside the reference list (body font) goes back to the section before it,
-        # and reference lines (reference font) in the back-matter sections after it join the list
-        back = [l for l in g[2] if l.size and l.size > 1.1 * ref]
-        g[2] = [l for l in g[2] if not (l.size and l.size > 1.1 * ref)]
-        groups[i - 1][2] += back
+        ref = _median([l.size for l in g[2][:8] if l.size])
+        # set in the body font: nothing to tell apart
+        if ref is None or ref > 0.92 * body: continue
+        big = lambda l: l.size and l.size > 1.1 * ref
+        groups[i - 1][2] += [l for l in g[2] if big(l)]
+        g[2] = [l for l in g[2] if not big(l)]
+        like_refs = lambda l: l.size and abs(l.size - ref) <= 0.06 * ref
         for h in groups[i + 1:]:
-            if h[1] in ("back_matter", None):
-                moved = [l for l in h[2] if l.size and abs(l.size - ref) <= 0.06 * ref]
-                h[2] = [l for l in h[2] if not (l.size and abs(l.size - ref) <= 0.06 * ref)]
-                g[2] += moved
+            if h[1] not in ("back_matter", None): continue
+            g[2] += [l for l in h[2] if like_refs(l)]
+            h[2] = [l for l in h[2] if not like_refs(l)]
+
+# %% ../nbs/01d_sections.ipynb #93a81ef7
+def _sections_of(groups: list[list], front: str) -> tuple[list[Section], list[str]]:
+    "A `Section` per group (the front matter only when it has text), and the reference entries."
     sections, refs = [], []
     for name, kind, ls, hpage in groups:
         pages = [l.page for l in ls if l.page is not None] + ([hpage] if hpage is not None else [])
@@ -178,36 +231,50 @@ def sectionize(lines: list[Line], front: str = "Front matter") -> tuple[list[Sec
             if paras or name != front: sections.append(Section(name, kind, p0, p1, paras))
     return sections, refs
 
+def sectionize(lines: list[Line], front: str = "Front matter") -> tuple[list[Section], list[str]]:
+    "Sections (with pages and paragraphs) and reference entries from the lines of a document."
+    groups = _group_lines(lines, front)
+    _untangle_references(groups, _median([l.size for l in lines if l.size]))
+    return _sections_of(groups, front)
+
 # %% ../nbs/01d_sections.ipynb #e6093ebf
-RECORD_FIELDS = ("research_question", "hypotheses", "methods", "findings", "statistics", "terminology")
+RECORD_FIELDS = ("research_question", "hypotheses", "methods", "findings", "statistics",
+                 "terminology")
 STAT_KINDS = ("p_value", "effect_size", "sample_size", "measurement")
 _NUM = r"[-−–]?\d+(?:[.,·]\d+)?"
-_P_RE = re.compile(r"\b[pP]\s*(?:-?value)?\s*(<|>|=|≤|≥|<=|>=|\ufffd)\s*(0?[.·]\d+|1(?:\.0+)?)(?!\d)")
-_ES_RE = re.compile(r"(?<!\w)(?=[CHSEdgηωORr])(Cohen['’]?s\s*d|Hedges['’]?\s*g|\bSMD\b|\bES\b|\bd\b|\bg\b"
-                    r"|η\s*p?\s*2|ηp²|η²|\bω2|\bOR\b|\bRR\b|\bHR\b|\br\b|\bR2\b|R²)\s*[=:]\s*(" + _NUM + r")")
+_P_RE = re.compile(r"\b[pP]\s*(?:-?value)?\s*(<|>|=|≤|≥|<=|>=|\ufffd)\s*"
+                   r"(0?[.·]\d+|1(?:\.0+)?)(?!\d)")
+_ES_RE = re.compile(r"(?<!\w)(?=[CHSEdgηωORr])(Cohen['’]?s\s*d|Hedges['’]?\s*g|\bSMD\b|\bES\b"
+                    r"|\bd\b|\bg\b"
+                    r"|η\s*p?\s*2|ηp²|η²|\bω2|\bOR\b|\bRR\b|\bHR\b|\br\b|\bR2\b|R²)\s*[=:]\s*("
+                    + _NUM + r")")
 
 def _num(s: str) -> float | None:
     try: return float(s.replace("−", "-").replace("–", "-").replace("·", ".").replace(",", "."))
     except ValueError: return None
 
 def _snippet(text: str, a: int, b: int, width: int = 90) -> str:
+    "The text around `text[a:b]`, starting at a word."
     s, e = max(0, a - width), min(len(text), b + width)
     s = text.rfind(" ", 0, a - width // 2) + 1 if a - width // 2 > 0 else 0
     return normalize_text(text[s:e])
 
+# %% ../nbs/01d_sections.ipynb #f8a37ba2
 def extract_statistics(text: str,                              # the text of a document
                        limit: int = 80,                        # at most this many, half of one kind
                        vocab: Vocabulary = DEFAULT_VOCABULARY, # populations and units of the domain
                        ) -> list[dict]:
-    "Statistical results in `text`: p-values, effect sizes, sample sizes and measurements with units."
+    "Statistical results in `text`: p-values, effect sizes, sample sizes, measurements with units."
     out, seen, per = [], set(), Counter()
     def add(kind, m, value, unit):
         if value is None or (kind, m.start()) in seen or per[kind] >= limit // 2: return
-        seen.add((kind, m.start())); per[kind] += 1
-        out.append({"text": _snippet(text, m.start(), m.end()), "value": value, "unit": unit, "kind": kind,
-                    "_pos": m.start()})
+        seen.add((kind, m.start()))
+        per[kind] += 1
+        out.append({"text": _snippet(text, m.start(), m.end()), "value": value, "unit": unit,
+                    "kind": kind, "_pos": m.start()})
     for m in _P_RE.finditer(text): add("p_value", m, _num(m.group(2)), None)
-    for m in _ES_RE.finditer(text): add("effect_size", m, _num(m.group(2)), normalize_text(m.group(1)))
+    for m in _ES_RE.finditer(text):
+        add("effect_size", m, _num(m.group(2)), normalize_text(m.group(1)))
     for m in sample_size_re(vocab).finditer(text):
         add("sample_size", m, _num(m.group(1) or m.group(2)), m.group(3) or "n")
     for m in measurement_re(vocab).finditer(text):
@@ -217,31 +284,35 @@ def extract_statistics(text: str,                              # the text of a d
     return out[:limit]
 
 # %% ../nbs/01d_sections.ipynb #0d282ca1
-_STOP = frozenset("""a an the of and or in on at to for with by from as is are was were be been being this that
-these those it its their our we they he she not no but than then there here which who whom whose what when where
-how all any both each few more most other some such only own same so too very can will just into over under between
-during before after above below up down out off again further once also may might must should would could has have
-had do does did using used use based between among per via within without versus vs et al however therefore thus
-while whereas although because since study studies group groups results result data analysis effect effects
+_STOP = frozenset("""a an the of and or in on at to for with by from as is are was were be been
+being this that
+these those it its their our we they he she not no but than then there here which who whom
+whose what when where
+how all any both each few more most other some such only own same so too very can will just
+into over under between
+during before after above below up down out off again further once also may might must
+should would could has have
+had do does did using used use based between among per via within without versus vs et al
+however therefore thus
+while whereas although because since study studies group groups results result data
+analysis effect effects
 significant significantly table figure fig compared values value mean sd""".split())
-_RQ = re.compile(r"\b(aims?|purpose|objectives?|goals?)\s+of\s+(this|the\s+present|the\s+current|our)\b"
-                 r"|\bwe\s+(aimed|sought|set out|investigated|examined|compared)\b"
-                 r"|\bthis\s+(study|review|meta-analysis|paper)\s+(aimed|aims|examined|investigated|compared|evaluated)\b"
-                 r"|\bresearch question\b|\bthe aim was\b", re.I)
-_HYP = re.compile(r"\bhypothes[ie][sz]", re.I)
-_METH = re.compile(r"\b(random|participants?|subjects?|design|protocol|measured|assessed|recruited|intervention"
-                   r"|training program|statistical|ANOVA|regression|meta-analy|systematic(ally)? search"
-                   r"|inclusion criteria|crossover|controlled|allocated|sessions?)\b", re.I)
-_FIND = (r"significant(ly)?|improve[ds]?|increase[ds]?|decrease[ds]?|reduc(ed|tion)|greater|higher|lower|faster|slower"
-         r"|associated|correlat\w+|no (significant )?differen\w+|effective|did not|superior|inferior")
-
-@functools.lru_cache(maxsize=32)
-def _finding_re(comparisons: tuple = ()) -> re.Pattern:
-    "Cue words of a finding, with the domain's comparisons ('faster')."
-    extra = "".join("|" + re.escape(w) for w in comparisons)
-    return re.compile(r"\b(" + _FIND + extra + r")\b", re.I)
-
 _ACRO = re.compile(r"\(([A-Z][A-Za-z0-9]{1,8})\)")
+
+# %% ../nbs/01d_sections.ipynb #6d1a96b2
+def _long_form(words: list[str], acro: str, full: str, stop) -> str | None:
+    "'countermovement jump (CMJ)' when the last of `words` spell acronym `acro`, else None."
+    caps = [c for c in acro if c.isupper()]
+    for k in range(min(len(words), max(len(caps), 1)), 0, -1):
+        cand = words[-k:]
+        if cand[0].lower() in stop: continue
+        initials = "".join(w[0] for w in cand).lower()
+        pattern = ".*".join(map(re.escape, acro.lower()))
+        spelled = len(cand) == 1 and re.search(pattern, cand[0].lower())
+        dropped = len(cand) > 1 and initials[0] == acro[0].lower() and len(cand) == len(caps) - 1
+        if initials == "".join(caps).lower() or spelled or dropped:
+            return f"{' '.join(cand)} ({full})"
+    return None
 
 def _acronym_terms(text: str, stop) -> dict[str, None]:
     "Acronyms defined in `text` with their long form: 'countermovement jump (CMJ)'."
@@ -250,28 +321,23 @@ def _acronym_terms(text: str, stop) -> dict[str, None]:
         words = re.findall(r"[A-Za-z][\w\-]*", text[max(0, m.start() - 80):m.start()])[-5:]
         if not words or m.start() < 2 or not text[m.start() - 2].isalnum(): continue
         acro = m.group(1)[:-1] if m.group(1).endswith("s") and len(m.group(1)) > 2 else m.group(1)
-        caps = [c for c in acro if c.isupper()]
-        for k in range(min(len(words), max(len(caps), 1)), 0, -1):
-            cand = words[-k:]
-            if cand[0].lower() in stop: continue
-            initials = "".join(w[0] for w in cand).lower()
-            spelled = len(cand) == 1 and re.search(".*".join(map(re.escape, acro.lower())), cand[0].lower())
-            if initials == "".join(caps).lower() or spelled \
-               or (len(cand) > 1 and initials[0] == acro[0].lower() and len(cand) == len(caps) - 1):
-                terms.setdefault(f"{' '.join(cand)} ({m.group(1)})", None); break
+        if term := _long_form(words, acro, m.group(1), stop): terms.setdefault(term, None)
     return terms
 
+# %% ../nbs/01d_sections.ipynb #0cf4f104
 def key_terms(text: str, limit: int = 25,
               stopwords: tuple = (),   # the domain's words that are never terms
               ) -> list[str]:
-    "Domain terminology: acronyms defined in the text ('countermovement jump (CMJ)') and phrases repeated across it."
+    "Domain terminology: acronyms defined in the text and phrases repeated across it."
     stop = _STOP | set(stopwords)
     terms = _acronym_terms(text, stop)
     toks = re.findall(r"[a-z][a-z\-]+", text.lower())
-    grams = Counter(zip(toks, toks[1:])); grams.update(zip(toks, toks[1:], toks[2:]))   # counted in C, filtered after
+    grams = Counter(zip(toks, toks[1:]))   # counted in C, filtered after
+    grams.update(zip(toks, toks[1:], toks[2:]))
     good = lambda g: (g[0] not in stop and g[-1] not in stop and all(len(w) > 2 for w in g)
                       and sum(w in stop for w in g) <= 1)
-    frequent = sorted(((g, c) for g, c in grams.items() if c >= 3), key=lambda gc: -gc[1])   # ties keep text order
+    # the most frequent first; ties keep their order in the text
+    frequent = sorted(((g, c) for g, c in grams.items() if c >= 3), key=lambda gc: -gc[1])
     for g, c in frequent:
         if len(terms) >= limit: break
         if not good(g): continue
@@ -279,18 +345,46 @@ def key_terms(text: str, limit: int = 25,
         if not any(g in t.lower() for t in terms): terms.setdefault(g, None)
     return list(terms)[:limit]
 
+# %% ../nbs/01d_sections.ipynb #922236e9
+_RQ = re.compile(r"\b(aims?|purpose|objectives?|goals?)\s+of\s+(this|the\s+present|the\s+current"
+                 r"|our)\b"
+                 r"|\bwe\s+(aimed|sought|set out|investigated|examined|compared)\b"
+                 r"|\bthis\s+(study|review|meta-analysis|paper)\s+(aimed|aims|examined|investigated"
+                 r"|compared"
+                 r"|evaluated)\b|\bresearch question\b|\bthe aim was\b", re.I)
+_HYP = re.compile(r"\bhypothes[ie][sz]", re.I)
+_METH = re.compile(r"\b(random|participants?|subjects?|design|protocol|measured|assessed"
+                   r"|recruited|intervention"
+                   r"|training program|statistical|ANOVA|regression|meta-analy"
+                   r"|systematic(ally)? search"
+                   r"|inclusion criteria|crossover|controlled|allocated|sessions?)\b", re.I)
+_FIND = (r"significant(ly)?|improve[ds]?|increase[ds]?|decrease[ds]?|reduc(ed|tion)|greater"
+         r"|higher|lower"
+         r"|faster|slower|associated|correlat\w+|no (significant )?differen\w+|effective"
+         r"|did not|superior"
+         r"|inferior")
+
+@functools.lru_cache(maxsize=32)
+def _finding_re(comparisons: tuple = ()) -> re.Pattern:
+    "Cue words of a finding, with the domain's comparisons ('faster')."
+    extra = "".join("|" + re.escape(w) for w in comparisons)
+    return re.compile(r"\b(" + _FIND + extra + r")\b", re.I)
+
+# %% ../nbs/01d_sections.ipynb #4697a78c
 def offline_record(sections: list[Section], text: str | None = None,
                    vocab: Vocabulary = DEFAULT_VOCABULARY,   # the domain's words (`purpose.domain`)
                    ) -> dict:
-    "The structured record of a document from its sections, by cue phrases and patterns (no model needed)."
+    "The structured record of a document from its sections, by cue phrases and patterns (no model)."
     text = text if text is not None else "\n".join(s.text for s in sections)
     sents_of = {id(s): split_sentences(s.text) for s in sections
                 if s.kind not in ("references", "back_matter")}
-    by = lambda *kinds: [x for s in sections if s.kind in kinds and id(s) in sents_of for x in sents_of[id(s)]]
+    by = lambda *kinds: [x for s in sections if s.kind in kinds and id(s) in sents_of
+                         for x in sents_of[id(s)]]
     every = [x for v in sents_of.values() for x in v]
     sents = by("abstract", None, "introduction") or every
     rq = next((s for s in sents + by("methods", "discussion") if _RQ.search(s)), None)
-    hyp = [s for s in sents + by("methods") if _HYP.search(s) and not re.search(r"null hypothes", s, re.I)][:3]
+    hyp = [s for s in sents + by("methods")
+           if _HYP.search(s) and not re.search(r"null hypothes", s, re.I)][:3]
     msents = by("methods") or [s for s in sents if _METH.search(s)]
     methods = [s[:300] for s in msents if _METH.search(s)][:6]
     fsents = by("abstract", "conclusion") + by("results", "discussion") or every
@@ -298,7 +392,8 @@ def offline_record(sections: list[Section], text: str | None = None,
     findings = [s[:400] for s in fsents
                 if find.search(s) and not _RQ.search(s) and not _HYP.search(s) and len(s) > 30][:8]
     return {"research_question": rq[:500] if rq else None, "hypotheses": [h[:400] for h in hyp],
-            "methods": methods, "findings": findings, "statistics": extract_statistics(text, vocab=vocab),
+            "methods": methods, "findings": findings,
+            "statistics": extract_statistics(text, vocab=vocab),
             "terminology": key_terms(text, stopwords=vocab.stopwords)}
 
 # %% ../nbs/01d_sections.ipynb #444919e9
@@ -313,31 +408,36 @@ RECORD_SCHEMA = {"type": "object", "required": list(RECORD_FIELDS),
                                 "statistics": {"type": "array", "items": _STAT},
                                 "terminology": _STRINGS}}
 
+def _valid_statistic(i: int, s) -> dict:
+    "Statistic `i` of a reply, normalised (a number given as text becomes a number)."
+    if not isinstance(s, dict) or not {"text", "value", "kind"} <= set(s):
+        raise ValueError(f"statistics[{i}] must have text, value, unit and kind")
+    if s["kind"] not in STAT_KINDS:
+        raise ValueError(f"statistics[{i}].kind must be one of {', '.join(STAT_KINDS)}")
+    v = _num(s["value"].strip()) if isinstance(s["value"], str) else s["value"]
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise ValueError(f"statistics[{i}].value must be a number")
+    return {"text": str(s["text"]), "value": v, "unit": s.get("unit"), "kind": s["kind"]}
+
+# %% ../nbs/01d_sections.ipynb #ae8060c7
 def validate_record(obj: Any) -> dict:
     "A record in the schema, normalised; raises `ValueError` saying what is wrong."
     if not isinstance(obj, dict): raise ValueError("the reply must be a JSON object")
     missing = [f for f in RECORD_FIELDS if f not in obj]
     if missing: raise ValueError(f"missing fields: {', '.join(missing)}")
     rq = obj["research_question"]
-    if rq is not None and not isinstance(rq, str): raise ValueError("research_question must be a string or null")
+    if rq is not None and not isinstance(rq, str):
+        raise ValueError("research_question must be a string or null")
     out = {"research_question": rq}
     for f in ("hypotheses", "methods", "findings", "terminology"):
         v = obj[f]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v): raise ValueError(f"{f} must be a list of strings")
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ValueError(f"{f} must be a list of strings")
         out[f] = [x.strip() for x in v if x.strip()]
-    stats = obj["statistics"]
-    if not isinstance(stats, list): raise ValueError("statistics must be a list of objects")
-    out["statistics"] = []
-    for i, s in enumerate(stats):
-        if not isinstance(s, dict) or not {"text", "value", "kind"} <= set(s):
-            raise ValueError(f"statistics[{i}] must have text, value, unit and kind")
-        if s["kind"] not in STAT_KINDS: raise ValueError(f"statistics[{i}].kind must be one of {', '.join(STAT_KINDS)}")
-        v = s["value"]
-        if isinstance(v, str): v = _num(v.strip())
-        if not isinstance(v, (int, float)) or isinstance(v, bool): raise ValueError(f"statistics[{i}].value must be a number")
-        out["statistics"].append({"text": str(s["text"]), "value": v, "unit": s.get("unit"), "kind": s["kind"]})
+    if not isinstance(obj["statistics"], list):
+        raise ValueError("statistics must be a list of objects")
+    out["statistics"] = [_valid_statistic(i, s) for i, s in enumerate(obj["statistics"])]
     return out
-
 
 # %% ../nbs/01d_sections.ipynb #00513815
 _TEACHER_PROMPT = """Read this research document and fill in its record: the research question
@@ -354,8 +454,9 @@ def record_messages(title: str | None, text: str, max_chars: int = 6000) -> list
     prompt = _TEACHER_PROMPT.format(title=title or "(unknown)", text=text[:max_chars])
     return [{"role": "system", "content": _TEACHER_SYSTEM}, {"role": "user", "content": prompt}]
 
+# %% ../nbs/01d_sections.ipynb #dbd3ea03
 def _outcome(r) -> dict:
-    "What `teacher_records` says of one `modelhub.Result`."
+    "What `teacher_records` says of one `engine.Result`."
     calls = r.attempts + r.repairs
     if r.ok: return {"record": r.parsed, "error": None, "calls": calls, "status": "ok"}
     if r.status == "budget":
@@ -366,16 +467,17 @@ def _outcome(r) -> dict:
             "error": f"teacher extraction failed after {calls} calls ({r.error}); "
                      "the offline record was kept"}
 
+# %% ../nbs/01d_sections.ipynb #f4adb2b8
 def teacher_records(teacher,            # spec ('openai:gpt-4o-mini', 'a|b' falls back) or a teacher
                     docs: list[dict],   # documents with `title` and `_text`
                     retries: int = 2,   # re-asks of an invalid reply, each with the reason
                     cache=True,         # ModelHub response cache: True (shared), False, or a folder
                     budget_usd: float | None = None,  # stop asking above this spend
                     concurrency: int = 4,  # requests in flight
-                    ledger=None,        # a `modelhub.Ledger` that adds up calls, tokens and cost
+                    ledger=None,        # an `engine.Ledger` that adds up calls, tokens and cost
                     progress: bool = False, max_chars: int = 6000) -> list[dict]:
     "`{record, error, calls, status}` per document, from the teacher through the ModelHub."
-    from purpose.modelhub import complete_many
+    from purpose.engine import complete_many
     chain = [s.strip() for s in teacher.split("|")] if isinstance(teacher, str) else [teacher]
     msgs = [record_messages(d.get("title"), d.get("_text", ""), max_chars) for d in docs]
     res = complete_many(chain, msgs, json_schema=RECORD_SCHEMA, validate=validate_record,

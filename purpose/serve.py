@@ -4,360 +4,135 @@
 
 # %% ../nbs/11_serve.ipynb #6e62fa7c
 from __future__ import annotations
-import asyncio, collections, copy, json, math, os, queue, socket, threading, time, uuid
+import asyncio, copy, json, os, socket, threading, time, uuid
+from dataclasses import dataclass
 from pathlib import Path
 from fastcore.basics import patch
+from .config import StageConfig, make_config
 from .core import PurposeError
+from .decode import APIError, BatchEngine, Job
 
 # %% auto #0
-__all__ = ['ROLES', 'LOCAL_HOSTS', 'APIError', 'parse_chat_request', 'StopFilter', 'sample_next', 'Job', 'BatchEngine', 'Guard',
-           'ChatAPI', 'make_app', 'Server', 'make_server', 'serve']
+__all__ = ['ROLES', 'LOCAL_HOSTS', 'ServeConfig', 'parse_chat_request', 'Guard', 'ChatAPI', 'make_app', 'Server', 'make_server',
+           'serve']
 
-# %% ../nbs/11_serve.ipynb #97d955c7
-class APIError(Exception):
-    "An HTTP error with an OpenAI-style body (and headers such as `Retry-After`)."
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = dict(headers or {})
-    def body(self) -> dict: return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+# %% ../nbs/11_serve.ipynb #cfd439cd
+@dataclass
+class ServeConfig(StageConfig):
+    "How `purpose serve` listens, batches and limits requests."
+    stage = "serve"
+    host: str = "127.0.0.1"            # address to bind; 127.0.0.1 keeps the server on this machine
+    port: int = 8000                   # TCP port; 0 picks a free one (0 to 65535)
+    model_id: str | None = None        # the model name clients ask for; default purpose-<domain>
+    max_tokens_limit: int = 1024       # the most max_tokens a request may ask for (min 1)
+    default_max_tokens: int = 256      # reply tokens when a request names no max_tokens (min 1)
+    max_batch: int = 16                # requests decoded together (min 1)
+    max_queue: int = 256               # requests that may wait; beyond, 429 (min 1)
+    max_context: int | None = None     # prompt + reply tokens; default the model's (min 16)
+    max_body: int = 1 << 20            # bytes of a request body; beyond, 413 (min 1)
+    request_timeout: float = 300.0     # seconds a reply may take, queue included; beyond, 504 (> 0)
+    body_timeout: float = 30.0         # seconds for the request body to arrive; beyond, 408 (> 0)
+    header_timeout: float = 10.0       # seconds for the request headers; beyond, closed (> 0)
+    keep_alive: int = 5                # seconds an idle keep-alive connection stays open (min 1)
+    allowed_hosts: tuple = ()          # Host names accepted besides the localhost names ("*": any)
+    allowed_origins: tuple = ()        # browser Origins accepted ("*": any); none by default
 
 # %% ../nbs/11_serve.ipynb #69a68ca7
 ROLES = ("system", "developer", "user", "assistant")
 
 def _content_text(content, param: str) -> str:
+    "A message's text: a string, or the joined text of a list of text parts."
     if isinstance(content, str): return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    raise APIError(400, f"Invalid value for '{param}': expected a string or a list of text parts ({{'type': 'text', 'text': ...}}).", param=param,
-                   code="invalid_type")
+    parts = isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                              and isinstance(p.get("text"), str) for p in content)
+    if parts: return "".join(p["text"] for p in content)
+    raise APIError(400, f"Invalid value for '{param}': expected a string or a list of text parts "
+                   "({'type': 'text', 'text': ...}).", param=param, code="invalid_type")
 
+# %% ../nbs/11_serve.ipynb #36c116cc
 def _number(body: dict, key: str, lo: float, hi: float, default, integer: bool = False):
+    "`body[key]` checked to be a number (or an integer) in [lo, hi]; `default` when absent or null."
     v = body.get(key, default)
     if v is None: return default
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok:
-        raise APIError(400, f"Invalid type for '{key}': expected {'an integer' if integer else 'a number'}, got {type(v).__name__}.", param=key, code="invalid_type")
-    if not lo <= v <= hi: raise APIError(400, f"Invalid value for '{key}': {v} is outside [{lo}, {hi}].", param=key, code="invalid_value")
+        want = "an integer" if integer else "a number"
+        raise APIError(400, f"Invalid type for '{key}': expected {want}, got {type(v).__name__}.",
+                       param=key, code="invalid_type")
+    if not lo <= v <= hi:
+        raise APIError(400, f"Invalid value for '{key}': {v} is outside [{lo}, {hi}].", param=key,
+                       code="invalid_value")
     return v
 
-def parse_chat_request(body, model_id: str, max_tokens_limit: int = 1024) -> dict:
-    "The validated generation settings of a chat-completion request body (`max_tokens` None when not given), or an `APIError`."
-    if not isinstance(body, dict): raise APIError(400, "The request body must be a JSON object.")
-    if "model" not in body: raise APIError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
-    if not isinstance(body["model"], str): raise APIError(400, "Invalid type for 'model': expected a string.", param="model", code="invalid_type")
-    if body["model"] != model_id:
-        raise APIError(404, f"The model '{body['model']}' does not exist; this server serves '{model_id}'.", param="model", code="model_not_found")
-    msgs = body.get("messages")
-    if msgs is None: raise APIError(400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+# %% ../nbs/11_serve.ipynb #73014d86
+def _messages(msgs) -> list[dict]:
+    "The chat's messages as `{role, content}` with text content; `developer` becomes `system`."
+    if msgs is None:
+        raise APIError(400, "Missing required parameter: 'messages'.", param="messages",
+                       code="missing_required_parameter")
     if not isinstance(msgs, list) or not msgs:
-        raise APIError(400, "Invalid value for 'messages': expected a non-empty array of messages.", param="messages", code="invalid_type")
-    messages = []
+        raise APIError(400, "Invalid value for 'messages': expected a non-empty array of messages.",
+                       param="messages", code="invalid_type")
+    out = []
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict): raise APIError(400, f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages[{i}]", code="invalid_type")
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise APIError(400, f"Invalid type for '{where}': expected an object.", param=where,
+                           code="invalid_type")
         if m.get("role") not in ROLES:
-            raise APIError(400, f"Invalid value for 'messages[{i}].role': {m.get('role')!r}; supported roles are {', '.join(ROLES)}.",
-                           param=f"messages[{i}].role", code="invalid_value")
-        messages.append({"role": "system" if m["role"] == "developer" else m["role"], "content": _content_text(m.get("content"), f"messages[{i}].content")})
-    if messages[-1]["role"] == "assistant":
-        raise APIError(400, "Invalid value for 'messages': the last message must not be the assistant's.", param="messages", code="invalid_value")
-    stop = body.get("stop")
-    if isinstance(stop, str): stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, "Invalid value for 'stop': expected a string or up to 4 non-empty strings.", param="stop", code="invalid_value")
-    if _number(body, "n", 1, 1, 1, integer=True) != 1: raise APIError(400, "Only n=1 is supported.", param="n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool): raise APIError(400, "Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
-    opts = body.get("stream_options") or {}
-    if not isinstance(opts, dict): raise APIError(400, "Invalid type for 'stream_options': expected an object.", param="stream_options", code="invalid_type")
-    mt = body.get("max_completion_tokens", body.get("max_tokens"))
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    return {"messages": messages, "temperature": float(_number(body, "temperature", 0, 2, 0.7)),
-            "max_tokens": _number({key: mt}, key, 1, max_tokens_limit, None, integer=True), "stop": stop or [], "stream": stream,
-            "include_usage": bool(opts.get("include_usage")), "top_p": float(_number(body, "top_p", 0, 1, 1.0))}
-
-# %% ../nbs/11_serve.ipynb #0aa93946
-class StopFilter:
-    "Feed text pieces; get back what may be sent, cut before the first stop sequence."
-    def __init__(self, stops: list[str]):
-        self.stops, self.buf, self.stopped = list(stops), "", False
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-    def feed(self, piece: str) -> str:
-        if self.stopped: return ""
-        self.buf += piece
-        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buf, self.stopped = self.buf[:min(hits)], "", True
-            return out
-        cut = len(self.buf) - self.hold if self.hold else len(self.buf)
-        out, self.buf = self.buf[:max(0, cut)], self.buf[max(0, cut):]
-        return out
-    def flush(self) -> str:
-        out, self.buf = ("" if self.stopped else self.buf), ""
-        return out
-
-# %% ../nbs/11_serve.ipynb #5a1c0e01
-def sample_next(logits, temperature, top_p, generator=None):
-    "The next token of each row of `logits` [B, V]: greedy where temperature is 0, else nucleus sampling with its top_p."
-    import torch
-    logits = logits.detach().float().cpu()
-    greedy = logits.argmax(-1)
-    temp = torch.as_tensor(temperature, dtype=torch.float32).reshape(-1)
-    hot = (temp > 0).nonzero().reshape(-1)
-    if not len(hot): return greedy
-    p, order = (logits[hot] / temp[hot, None]).softmax(-1).sort(-1, descending=True)
-    drop = p.cumsum(-1) - p >= torch.as_tensor(top_p, dtype=torch.float32).reshape(-1)[hot, None]
-    drop[:, 0] = False                                            # the most likely token always stays
-    pick = torch.multinomial(p.masked_fill(drop, 0.0), 1, generator=generator)
-    out = greedy.clone()
-    out[hot] = order.gather(-1, pick).reshape(-1)
+            raise APIError(400, f"Invalid value for '{where}.role': {m.get('role')!r}; supported "
+                           f"roles are {', '.join(ROLES)}.", param=f"{where}.role",
+                           code="invalid_value")
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append({"role": role, "content": _content_text(m.get("content"), f"{where}.content")})
+    if out[-1]["role"] == "assistant":
+        raise APIError(400, "Invalid value for 'messages': the last message must not be the "
+                       "assistant's.", param="messages", code="invalid_value")
     return out
 
-# %% ../nbs/11_serve.ipynb #5a1c0e04
-class Job:
-    "One generation request in the engine; its events go to `sink` (by default a queue read by `result`)."
-    def __init__(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: list[str] = (), sink=None, deadline: float | None = None):
-        self.ids, self.max_tokens, self.temperature, self.top_p = list(ids), max_tokens, temperature, top_p
-        self.filter, self.deadline = StopFilter(list(stop)), deadline   # deadline: a time.monotonic() value
-        self.events = queue.SimpleQueue()
-        self.sink = sink or self.events.put
-        self.out, self.content, self.finish = [], "", None        # generated ids, text sent, finish reason
-        self._chars, self._ws, self._started, self.t0 = 0, "", False, time.monotonic()
-        self.cancelled = threading.Event()
-    def cancel(self):
-        "Ask the engine to drop this request at its next step."
-        self.cancelled.set()
-    def send(self, event: tuple):
-        try: self.sink(event)
-        except RuntimeError: self.cancel()                        # the receiving event loop is gone
-    def result(self, timeout: float | None = None) -> dict:
-        "Wait for the end (when `sink` is the default): the `done` info with the whole `text`."
-        while True:
-            kind, val = self.events.get(timeout=timeout)
-            if kind == "error": raise APIError(500, val, type="server_error")
-            if kind == "done": return {**val, "text": self.content}
+# %% ../nbs/11_serve.ipynb #cdde26d3
+def _stops(stop) -> list[str]:
+    "The stop sequences: one string, or up to 4 non-empty strings."
+    if isinstance(stop, str): stop = [stop]
+    ok = stop is None or (isinstance(stop, list) and len(stop) <= 4
+                          and all(isinstance(s, str) and s for s in stop))
+    if not ok:
+        raise APIError(400, "Invalid value for 'stop': expected a string or up to 4 non-empty "
+                       "strings.", param="stop", code="invalid_value")
+    return stop or []
 
-# %% ../nbs/11_serve.ipynb #5a1c0e05
-def _emit(job: Job, piece: str, final: bool = False):
-    "Pass `piece` through the job's stop filter and whitespace rules; send what the client may see now."
-    if not job._started:
-        piece = piece.lstrip()
-        job._started = bool(piece)
-    out = job.filter.feed(piece) + (job.filter.flush() if final else "")
-    if job.filter.stopped: text, job._ws = job._ws + out, ""      # cut before the stop: keep its spaces
-    else:
-        s = job._ws + out
-        text = s.rstrip()
-        job._ws = "" if final else s[len(text):]
-    if text:
-        job.content += text
-        job.send(("text", text))
+def _model(body: dict, model_id: str):
+    "Check that the request names the model served (404 `model_not_found` for another)."
+    if "model" not in body:
+        raise APIError(400, "Missing required parameter: 'model'.", param="model",
+                       code="missing_required_parameter")
+    if not isinstance(body["model"], str):
+        raise APIError(400, "Invalid type for 'model': expected a string.", param="model",
+                       code="invalid_type")
+    if body["model"] != model_id:
+        raise APIError(404, f"The model '{body['model']}' does not exist; this server serves "
+                       f"'{model_id}'.", param="model", code="model_not_found")
 
-# %% ../nbs/11_serve.ipynb #5a1c0e08
-class BatchEngine:
-    "One thread owns `model`: it decodes up to `max_batch` jobs together, step by step, with a shared KV cache."
-    def __init__(self, model, tok, max_batch: int = 16, max_queue: int = 256, max_context: int | None = None,
-                 prefill_tokens: int = 16384, seed: int = 0):
-        import torch
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-        if any(type(l) is not DynamicLayer for l in DynamicCache(config=model.config).layers):
-            raise PurposeError(f"{type(model).__name__} has sliding-window or linear attention layers, which the "
-                               "batching engine cannot join: serve a full-attention model (Llama-like)")
-        self.model, self.tok, self.max_batch, self.max_queue = model, tok, max_batch, max_queue
-        self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 2048
-        self.prefill_tokens, self.gen = prefill_tokens, torch.Generator().manual_seed(seed)
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        eos = [eos] if isinstance(eos, int) or eos is None else list(eos)
-        self.eos = {e for e in eos + [tok.eos_token_id] if e is not None}
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos, default=0)
-        self.waiting, self.rows, self.cond, self.closed = collections.deque(), [], threading.Condition(), False
-        self.cache = self.mask = self.last = None
-        self.stats = dict(submitted=0, completed=0, cancelled=0, timed_out=0, failed=0, steps=0, tokens=0,
-                          max_batch_seen=0, job_seconds=0.0)
-        self.thread = threading.Thread(target=self._loop, name="purpose-engine", daemon=True)
-        self.thread.start()
-
-# %% ../nbs/11_serve.ipynb #5a1c0e09
-@patch
-def check_context(self: BatchEngine, n_prompt: int, max_tokens: int | None, default_max_tokens: int = 256) -> int:
-    "The max_tokens a prompt of `n_prompt` tokens gets, or a 400 `context_length_exceeded` naming both counts."
-    room = self.max_context - n_prompt
-    want = max_tokens if max_tokens is not None else min(default_max_tokens, room)
-    if want < 1 or n_prompt + want > self.max_context:
-        asked = f"{n_prompt + (max_tokens or 1)} tokens ({n_prompt} in the messages, {max_tokens or 1} in the completion)"
-        raise APIError(400, f"This model's maximum context length is {self.max_context} tokens. However, you requested "
-                       f"{asked}. Please reduce the length of the messages or completion.", param="messages",
-                       code="context_length_exceeded")
-    return want
-
-@patch
-def submit(self: BatchEngine, job: Job) -> Job:
-    "Queue `job` (429 with `Retry-After` when `max_queue` jobs already wait, 503 once closed)."
-    self.check_context(len(job.ids), job.max_tokens)
-    with self.cond:
-        if self.closed: raise APIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
-        if len(self.waiting) >= self.max_queue:
-            waves = (len(self.waiting) + len(self.rows)) / self.max_batch   # batches ahead, each about a job's time
-            wait = min(60, max(1, math.ceil(waves * (self.stats["job_seconds"] or 1))))
-            raise APIError(429, f"The server is busy ({len(self.waiting)} requests queued); retry after {wait} s.",
-                           type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
-        self.waiting.append(job)
-        self.stats["submitted"] += 1
-        self.cond.notify()
-    return job
-
-@patch
-def snapshot(self: BatchEngine) -> dict:
-    "The engine's counters, with how many jobs wait and run now."
-    with self.cond:
-        return {**self.stats, "queued": len(self.waiting), "running": len(self.rows), "alive": self.thread.is_alive()}
-
-@patch
-def close(self: BatchEngine, timeout: float = 10):
-    "Stop the engine thread; queued and running jobs end with a 503 error event."
-    with self.cond:
-        self.closed = True
-        self.cond.notify()
-    self.thread.join(timeout)
-
-# %% ../nbs/11_serve.ipynb #5a1c0e0a
-@patch
-def _loop(self: BatchEngine):
-    import torch
-    torch.set_grad_enabled(False)                                 # for this thread
-    while True:
-        with self.cond:
-            while not self.closed and not self.rows and not self.waiting: self.cond.wait()
-            if self.closed: break
-            new = self._take()
-        try:
-            if new: self._admit(new)
-            if self.rows: self._step()
-        except Exception as e:                                    # the batch fails, the engine goes on
-            victims = {id(j): j for j in new + self.rows}.values()
-            for j in victims:
-                j.finish = j.finish or "error"
-                j.send(("error", f"The model failed to generate: {type(e).__name__}: {e}"))
-            self.stats["failed"] += len(victims)
-            self.rows, self.cache, self.mask, self.last = [], None, None, None
-    with self.cond: left, self.waiting = list(self.waiting) + self.rows, collections.deque()
-    for j in left: j.send(("error", "The server is shutting down."))
-
-@patch
-def _take(self: BatchEngine) -> list:
-    "Waiting jobs that fit into the free slots and the prefill budget (called with the lock held)."
-    new, budget, now = [], self.prefill_tokens, time.monotonic()
-    while self.waiting and len(self.rows) + len(new) < self.max_batch:
-        j = self.waiting[0]
-        if j.cancelled.is_set() or (j.deadline and now > j.deadline):
-            self.waiting.popleft()
-            self._end(j, "cancelled" if j.cancelled.is_set() else "timeout")
-            continue
-        if new and len(j.ids) > budget: break
-        budget -= len(self.waiting.popleft().ids)
-        new.append(j)
-    return new
-
-# %% ../nbs/11_serve.ipynb #5a1c0e0b
-def _left_pad(t, n: int, dim: int):
-    "`t` with `n` zeros in front along `dim`."
-    import torch
-    if n == 0: return t
-    shape = list(t.shape)
-    shape[dim] = n
-    return torch.cat([t.new_zeros(shape), t], dim)
-
-@patch
-def _admit(self: BatchEngine, new: list):
-    "Prefill the prompts of `new` together and join their cache to the running batch."
-    import torch
-    from transformers import DynamicCache
-    L, dev = max(len(j.ids) for j in new), self.model.device
-    ids = torch.full((len(new), L), self.pad, dtype=torch.long, device=dev)
-    mask = torch.zeros((len(new), L), dtype=torch.long, device=dev)
-    for i, j in enumerate(new):
-        ids[i, L - len(j.ids):] = torch.tensor(j.ids)
-        mask[i, L - len(j.ids):] = 1
-    cache = DynamicCache(config=self.model.config)
-    out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache,
-                     use_cache=True, logits_to_keep=1)
-    nxt = sample_next(out.logits[:, -1], [j.temperature for j in new], [j.top_p for j in new], self.gen).to(dev)
-    if self.rows:                                                 # join: pad the shorter cache on the left
-        T = max(L, self.mask.shape[1])
-        a, b = T - self.mask.shape[1], T - L
-        for old, fresh in zip(self.cache.layers, cache.layers):
-            old.keys = torch.cat([_left_pad(old.keys, a, 2), _left_pad(fresh.keys, b, 2)])
-            old.values = torch.cat([_left_pad(old.values, a, 2), _left_pad(fresh.values, b, 2)])
-        self.mask = torch.cat([_left_pad(self.mask, a, 1), _left_pad(mask, b, 1)])
-        self.last = torch.cat([self.last, nxt])
-    else: self.cache, self.mask, self.last = cache, mask, nxt
-    self.rows += new
-    self._accept(nxt.tolist(), first=len(self.rows) - len(new))
-
-@patch
-def _step(self: BatchEngine):
-    "Decode one token for every running job."
-    import torch
-    pos = self.mask.sum(-1, keepdim=True)
-    self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], 1)
-    out = self.model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True)
-    temps, top_ps = [j.temperature for j in self.rows], [j.top_p for j in self.rows]
-    self.last = sample_next(out.logits[:, -1], temps, top_ps, self.gen).to(self.model.device)
-    self.stats["steps"] += 1
-    self._accept(self.last.tolist())
-
-# %% ../nbs/11_serve.ipynb #5a1c0e0c
-@patch
-def _accept(self: BatchEngine, tokens: list[int], first: int = 0):
-    "Give each running job (from row `first`) its new token, then let finished, cancelled and late jobs leave."
-    self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(self.rows))
-    for j, t in zip(self.rows[first:], tokens):
-        if t in self.eos:
-            j.finish = "stop"
-            continue
-        j.out.append(t)
-        self.stats["tokens"] += 1
-        text = self.tok.decode(j.out, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):                          # a character still incomplete waits for its bytes
-            _emit(j, text[j._chars:])
-            j._chars = len(text)
-        if j.filter.stopped: j.finish = "stop"
-        elif len(j.out) >= j.max_tokens: j.finish = "length"
-    now, keep = time.monotonic(), []
-    for i, j in enumerate(self.rows):
-        if j.finish is None and j.cancelled.is_set(): j.finish = "cancelled"
-        elif j.finish is None and j.deadline and now > j.deadline: j.finish = "timeout"
-        if j.finish is None: keep.append(i)
-        else: self._end(j, j.finish)
-    if len(keep) < len(self.rows): self._select(keep)
-
-@patch
-def _end(self: BatchEngine, j: Job, finish: str):
-    j.finish = finish
-    if finish in ("stop", "length"):
-        _emit(j, "", final=True)
-        self.stats["completed"] += 1
-        secs, avg = time.monotonic() - j.t0, self.stats["job_seconds"]
-        self.stats["job_seconds"] = 0.9 * avg + 0.1 * secs if avg else secs     # a running mean, for Retry-After
-    else: self.stats["cancelled" if finish == "cancelled" else "timed_out"] += 1
-    j.send(("done", {"finish_reason": finish, "prompt_tokens": len(j.ids), "completion_tokens": len(j.out)}))
-
-@patch
-def _select(self: BatchEngine, keep: list[int]):
-    "Keep only the rows `keep` of the batch, and cut cache columns that none of them attends to."
-    import torch
-    self.rows = [self.rows[i] for i in keep]
-    if not keep:
-        self.cache = self.mask = self.last = None
-        return
-    idx = torch.tensor(keep, device=self.mask.device)
-    self.mask, self.last = self.mask[idx], self.last[idx]
-    cut = int((self.mask.sum(0) > 0).nonzero()[0])
-    self.mask = self.mask[:, cut:]
-    for l in self.cache.layers: l.keys, l.values = l.keys[idx, :, cut:], l.values[idx, :, cut:]
+# %% ../nbs/11_serve.ipynb #664a18fd
+def parse_chat_request(body, model_id: str, max_tokens_limit: int = 1024) -> dict:
+    "The validated settings of a chat-completion request body (`max_tokens` None when not given)."
+    if not isinstance(body, dict): raise APIError(400, "The request body must be a JSON object.")
+    _model(body, model_id)
+    messages, stop = _messages(body.get("messages")), _stops(body.get("stop"))
+    if _number(body, "n", 1, 1, 1, integer=True) != 1:
+        raise APIError(400, "Only n=1 is supported.", param="n")
+    stream, opts = body.get("stream", False), body.get("stream_options") or {}
+    if not isinstance(stream, bool):
+        raise APIError(400, "Invalid type for 'stream': expected a boolean.", param="stream",
+                       code="invalid_type")
+    if not isinstance(opts, dict):
+        raise APIError(400, "Invalid type for 'stream_options': expected an object.",
+                       param="stream_options", code="invalid_type")
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    return {"messages": messages, "temperature": float(_number(body, "temperature", 0, 2, 0.7)),
+            "max_tokens": _number(body, key, 1, max_tokens_limit, None, integer=True), "stop": stop,
+            "stream": stream, "include_usage": bool(opts.get("include_usage")),
+            "top_p": float(_number(body, "top_p", 0, 1, 1.0))}
 
 # %% ../nbs/11_serve.ipynb #a5471f17
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -368,7 +143,9 @@ def _hostname(host: str) -> str:
     if host.startswith("["): return host[1:host.find("]")] if "]" in host else ""
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
+# %% ../nbs/11_serve.ipynb #bbced60e
 async def _send_error(send, e: APIError):
+    "Answer an ASGI request with `e` and close the connection."
     data = json.dumps(e.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
                (b"connection", b"close")]
@@ -376,47 +153,57 @@ async def _send_error(send, e: APIError):
     await send({"type": "http.response.body", "body": data})
 
 class Guard:
-    "ASGI middleware: refuse a request whose `Host` is not allowed, or that carries an `Origin` not allowed (403)."
+    "ASGI middleware: 403 for a `Host` that is not allowed, or an `Origin` that is not allowed."
     def __init__(self, app, hosts=LOCAL_HOSTS, origins=()):
         self.app, self.hosts, self.origins = app, {h.lower() for h in hosts}, set(origins)
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
-        headers = {k: v.decode("latin-1") for k, v in reversed(scope["headers"])}   # the first of repeated headers
+        # the first of repeated headers
+        headers = {k: v.decode("latin-1") for k, v in reversed(scope["headers"])}
         host, origin = _hostname(headers.get(b"host", "")), headers.get(b"origin")
         if "*" not in self.hosts and host not in self.hosts:
             names = ", ".join(sorted(self.hosts))
-            return await _send_error(send, APIError(403, f"Host '{host}' is not allowed; this server answers {names} "
-                                                    "(see allowed_hosts).", code="host_not_allowed"))
+            e = APIError(403, f"Host '{host}' is not allowed; this server answers {names} "
+                         "(see allowed_hosts).", code="host_not_allowed")
+            return await _send_error(send, e)
         if origin is not None and "*" not in self.origins and origin not in self.origins:
-            return await _send_error(send, APIError(403, f"Requests from web pages (Origin {origin}) are not "
-                                                    "allowed (see allowed_origins).", code="origin_not_allowed"))
+            e = APIError(403, f"Requests from web pages (Origin {origin}) are not allowed "
+                         "(see allowed_origins).", code="origin_not_allowed")
+            return await _send_error(send, e)
         await self.app(scope, receive, send)
 
 # %% ../nbs/11_serve.ipynb #a5471f19
-async def _read_json(request, limit: int, timeout: float):
-    "The parsed JSON body: 413 beyond `limit` bytes, 408 when it takes over `timeout` s, 400 when it is not JSON."
-    n = int(request.headers.get("content-length") or 0)           # uvicorn already refused a malformed one with 400
-    too_big = lambda n: APIError(413, f"Request body of {n} bytes is larger than {limit} bytes.", code="body_too_large")
+async def _read_body(request, limit: int) -> bytes:
+    "The body's bytes; 413 beyond `limit` (an oversized body is drained: the client hears the 413)."
+    n = int(request.headers.get("content-length") or 0)   # uvicorn refused a malformed one with 400
+    too_big = lambda n: APIError(413, f"Request body of {n} bytes is larger than {limit} bytes.",
+                                 code="body_too_large")
     if n > 16 * limit: raise too_big(n)
+    chunks, size = [], 0
+    async for c in request.stream():
+        size += len(c)
+        if size <= limit: chunks.append(c)
+        elif size > 16 * limit: break
+    if size > limit: raise too_big(size)
+    return b"".join(chunks)
+
+async def _read_json(request, limit: int, timeout: float):
+    "The parsed JSON body: 413 beyond `limit` bytes, 408 after `timeout` s, 400 when not JSON."
     from starlette.requests import ClientDisconnect
-    async def read():
-        chunks, size = [], 0
-        async for c in request.stream():                          # drain an oversized body: the client hears the 413
-            size += len(c)
-            if size <= limit: chunks.append(c)
-            elif size > 16 * limit: break
-        if size > limit: raise too_big(size)
-        return b"".join(chunks)
-    try: raw = await asyncio.wait_for(read(), timeout)
+    try: raw = await asyncio.wait_for(_read_body(request, limit), timeout)
     except asyncio.TimeoutError:
-        raise APIError(408, f"The request body did not arrive within {timeout:g} s.", code="request_timeout") from None
+        raise APIError(408, f"The request body did not arrive within {timeout:g} s.",
+                       code="request_timeout") from None
     except ClientDisconnect:
-        raise APIError(499, "The client went away while sending the body.", code="cancelled") from None
+        raise APIError(499, "The client went away while sending the body.",
+                       code="cancelled") from None
     try: return json.loads(raw or b"null")
     except (ValueError, RecursionError) as e:
         why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
-        raise APIError(400, f"We could not parse the JSON body of your request ({why}).", code="invalid_json") from None
+        raise APIError(400, f"We could not parse the JSON body of your request ({why}).",
+                       code="invalid_json") from None
 
+# %% ../nbs/11_serve.ipynb #b6ee05f5
 async def _until_disconnect(receive):
     "Return when the client has gone away."
     while (await receive())["type"] != "http.disconnect": pass
@@ -431,53 +218,71 @@ def _usage(info: dict) -> dict:
 
 def _late(finish: str, timeout: float) -> APIError:
     if finish == "timeout":
-        return APIError(504, f"The request took longer than {timeout:g} s.", type="server_error", code="timeout")
+        return APIError(504, f"The request took longer than {timeout:g} s.", type="server_error",
+                        code="timeout")
     return APIError(499, "The request was cancelled.", code="cancelled")
 
 # %% ../nbs/11_serve.ipynb #a5471f1a
 class ChatAPI:
     "The routes of the OpenAI-compatible API over a `BatchEngine`."
-    def __init__(self, inference, engine: BatchEngine, model_id: str, api_key: str | None = None,
-                 max_tokens_limit: int = 1024, max_body: int = 1 << 20, body_timeout: float = 30.0,
-                 request_timeout: float = 300.0, default_max_tokens: int = 256):
-        self.inference, self.engine, self.model_id, self.api_key = inference, engine, model_id, api_key
-        self.max_tokens_limit, self.max_body, self.body_timeout = max_tokens_limit, max_body, body_timeout
-        self.request_timeout, self.default_max_tokens = request_timeout, default_max_tokens
+    def __init__(self, inference, engine: BatchEngine, cfg: ServeConfig | None = None,
+                 api_key: str | None = None):   # requests must carry `Authorization: Bearer <key>`
+        self.inference, self.engine, self.api_key = inference, engine, api_key
+        self.cfg = cfg = cfg or ServeConfig()
+        self.model_id = cfg.model_id or f"purpose-{getattr(inference, 'domain', 'domain')}"
+        self.max_tokens_limit = cfg.max_tokens_limit
+        self.default_max_tokens = cfg.default_max_tokens
+        self.max_body, self.body_timeout = cfg.max_body, cfg.body_timeout
+        self.request_timeout = cfg.request_timeout
         self.created = int(time.time())
-        self.tok, self.tok_lock = copy.deepcopy(engine.tok), threading.Lock()   # the engine decodes with its own
+        # the engine decodes with its own
+        self.tok, self.tok_lock = copy.deepcopy(engine.tok), threading.Lock()
 
-    def check_key(self, request):
-        if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+# %% ../nbs/11_serve.ipynb #2569900c
+@patch
+def check_key(self: ChatAPI, request):
+    "401 unless the request carries the server's key (when it has one)."
+    if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    def encode(self, messages: list[dict]) -> list[int]:
-        "Prompt token ids of a conversation, as the model sees it."
-        with self.tok_lock:
-            msgs = self.inference.messages(messages)
-            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            return self.tok(text, add_special_tokens=False)["input_ids"]
+# %% ../nbs/11_serve.ipynb #c496216f
+@patch
+def encode(self: ChatAPI, messages: list[dict]) -> list[int]:
+    "Prompt token ids of a conversation, as the model sees it."
+    with self.tok_lock:
+        msgs = self.inference.messages(messages)
+        text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def model_card(self) -> dict:
-        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "purpose"}
+# %% ../nbs/11_serve.ipynb #34691a79
+@patch
+def model_card(self: ChatAPI) -> dict:
+    "The served model as `/v1/models` lists it."
+    return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "purpose"}
 
-# %% ../nbs/11_serve.ipynb #a5471f1b
 @patch
 async def health(self: ChatAPI, request):
+    "`GET /health`: ok and the engine's counters (503 once the engine has stopped)."
     from starlette.responses import JSONResponse
     s = self.engine.snapshot()
-    return JSONResponse({"status": "ok" if s["alive"] else "engine stopped", "model": self.model_id, **s},
+    status = "ok" if s["alive"] else "engine stopped"
+    return JSONResponse({"status": status, "model": self.model_id, **s},
                         status_code=200 if s["alive"] else 503)
 
+# %% ../nbs/11_serve.ipynb #0d185545
 @patch
 async def models(self: ChatAPI, request):
+    "`GET /v1/models` (the list of one) and `GET /v1/models/{name}`."
     from starlette.responses import JSONResponse
     self.check_key(request)
     name = request.path_params.get("name")
     if name is None: return JSONResponse({"object": "list", "data": [self.model_card()]})
     if name != self.model_id:
-        raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+        raise APIError(404, f"The model '{name}' does not exist.", param="model",
+                       code="model_not_found")
     return JSONResponse(self.model_card())
 
+# %% ../nbs/11_serve.ipynb #a5471f1b
 @patch
 async def chat(self: ChatAPI, request):
     "`POST /v1/chat/completions`: checks in order of cost, then the engine; streamed or whole."
@@ -489,27 +294,33 @@ async def chat(self: ChatAPI, request):
                        code="unsupported_media_type")
     body = await _read_json(request, self.max_body, self.body_timeout)
     req = parse_chat_request(body, self.model_id, self.max_tokens_limit)
-    ids = await run_in_threadpool(self.encode, req["messages"])   # the tokenizer lets go of the GIL: the loop answers on
+    # the tokenizer lets go of the GIL: the loop answers on
+    ids = await run_in_threadpool(self.encode, req["messages"])
     max_tokens = self.engine.check_context(len(ids), req["max_tokens"], self.default_max_tokens)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = Job(ids, max_tokens, req["temperature"], req["top_p"], req["stop"], deadline=time.monotonic() + self.request_timeout,
+    job = Job(ids, max_tokens, req["temperature"], req["top_p"], req["stop"],
+              deadline=time.monotonic() + self.request_timeout,
               sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
     self.engine.submit(job)
     if req["stream"]: return _Stream(self, job, events, req["include_usage"])
     return await self._whole(request, job, events)
 
 # %% ../nbs/11_serve.ipynb #a5471f1c
+async def _finished(events: asyncio.Queue) -> dict:
+    "The job's `done` info (its text pieces are skipped: the job keeps the whole text)."
+    while True:
+        kind, val = await events.get()
+        if kind == "error": raise APIError(500, val, type="server_error")
+        if kind == "done": return val
+
 @patch
 async def _whole(self: ChatAPI, request, job: Job, events: asyncio.Queue):
     "Wait for the job's end while watching the client: one that goes away cancels it."
     from starlette.responses import JSONResponse, Response
-    async def finished():
-        while True:
-            kind, val = await events.get()
-            if kind == "error": raise APIError(500, val, type="server_error")
-            if kind == "done": return val
-    done_t, gone_t = asyncio.ensure_future(finished()), asyncio.ensure_future(_until_disconnect(request.receive))
-    try: await asyncio.wait({done_t, gone_t}, timeout=self.request_timeout + 5, return_when="FIRST_COMPLETED")
+    done_t = asyncio.ensure_future(_finished(events))
+    gone_t = asyncio.ensure_future(_until_disconnect(request.receive))
+    try: await asyncio.wait({done_t, gone_t}, timeout=self.request_timeout + 5,
+                            return_when="FIRST_COMPLETED")
     finally:
         if not done_t.done(): job.cancel()
         for t in (done_t, gone_t): t.cancel()
@@ -517,15 +328,17 @@ async def _whole(self: ChatAPI, request, job: Job, events: asyncio.Queue):
         if gone_t.done(): return Response(status_code=499)        # nobody is listening
         return JSONResponse(_late("timeout", self.request_timeout).body(), 504)
     info = done_t.result()
-    if info["finish_reason"] not in ("stop", "length"): raise _late(info["finish_reason"], self.request_timeout)
-    choice = {"index": 0, "message": {"role": "assistant", "content": job.content}, "logprobs": None,
-              "finish_reason": info["finish_reason"]}
-    return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                         "model": self.model_id, "system_fingerprint": None, "choices": [choice], "usage": _usage(info)})
+    finish = info["finish_reason"]
+    if finish not in ("stop", "length"): raise _late(finish, self.request_timeout)
+    choice = {"index": 0, "message": {"role": "assistant", "content": job.content},
+              "logprobs": None, "finish_reason": finish}
+    return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+                         "created": int(time.time()), "model": self.model_id,
+                         "system_fingerprint": None, "choices": [choice], "usage": _usage(info)})
 
 # %% ../nbs/11_serve.ipynb #a5471f1d
 class _Stream:
-    "An ASGI response streaming a job as server-sent events; a client that goes away cancels the job."
+    "An ASGI response streaming a job as server-sent events; a client that goes away cancels it."
     def __init__(self, api: ChatAPI, job: Job, events: asyncio.Queue, include_usage: bool):
         self.api, self.job, self.events, self.include_usage = api, job, events, include_usage
         self.cid, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -541,65 +354,93 @@ class _Stream:
             gone.cancel()
             if self.job.finish is None: self.job.cancel()
 
+    def _chunk(self, delta: dict, finish=None) -> dict:
+        return _chunk(self.cid, self.created, self.api.model_id, delta, finish)
+
     async def _event(self, send, obj):
         data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-        await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+        body = b"data: " + data + b"\n\n"
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
-    async def _events(self, send, gone):
-        model, job = self.api.model_id, self.job
-        await self._event(send, _chunk(self.cid, self.created, model, {"role": "assistant", "content": ""}))
-        while True:
-            get = asyncio.ensure_future(self.events.get())
-            await asyncio.wait({get, gone}, timeout=self.api.request_timeout + 5, return_when="FIRST_COMPLETED")
-            if gone.done() or not get.done():
-                get.cancel()
-                job.cancel()
-                if gone.done(): return
-                await self._event(send, _late("timeout", self.api.request_timeout).body())
-                break
-            kind, val = get.result()
-            if kind == "text": await self._event(send, _chunk(self.cid, self.created, model, {"content": val}))
-            elif kind == "error":
-                await self._event(send, APIError(500, val, type="server_error").body())
-                break
-            elif val["finish_reason"] not in ("stop", "length"):
-                await self._event(send, _late(val["finish_reason"], self.api.request_timeout).body())
-                break
-            else:
-                await self._event(send, _chunk(self.cid, self.created, model, {}, val["finish_reason"]))
-                if self.include_usage:
-                    await self._event(send, {"id": self.cid, "object": "chat.completion.chunk", "created": self.created,
-                                             "model": model, "choices": [], "usage": _usage(val)})
-                break
-        await self._event(send, b"[DONE]")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+# %% ../nbs/11_serve.ipynb #ce1dbbf6
+@patch
+async def _next(self: _Stream, gone):
+    "The job's next event; `None` when the client went away, a timeout when it came too late."
+    get = asyncio.ensure_future(self.events.get())
+    await asyncio.wait({get, gone}, timeout=self.api.request_timeout + 5,
+                       return_when="FIRST_COMPLETED")
+    if get.done() and not gone.done(): return get.result()
+    get.cancel()
+    self.job.cancel()
+    return None if gone.done() else ("done", {"finish_reason": "timeout"})
+
+# %% ../nbs/11_serve.ipynb #1af1774c
+@patch
+async def _end(self: _Stream, send, kind: str, val):
+    "The stream's last event: an error, or the finish reason (and the usage when asked for)."
+    if kind == "error":
+        return await self._event(send, APIError(500, val, type="server_error").body())
+    finish = val["finish_reason"]
+    if finish not in ("stop", "length"):
+        return await self._event(send, _late(finish, self.api.request_timeout).body())
+    await self._event(send, self._chunk({}, finish))
+    if self.include_usage:
+        await self._event(send, {"id": self.cid, "object": "chat.completion.chunk",
+                                 "created": self.created, "model": self.api.model_id, "choices": [],
+                                 "usage": _usage(val)})
+
+# %% ../nbs/11_serve.ipynb #d7752e9c
+@patch
+async def _events(self: _Stream, send, gone):
+    "Send the role, a chunk per piece of text, the end and `[DONE]` (unless the client is gone)."
+    await self._event(send, self._chunk({"role": "assistant", "content": ""}))
+    while True:
+        ev = await self._next(gone)
+        if ev is None: return                                     # nobody is listening
+        kind, val = ev
+        if kind != "text": break
+        await self._event(send, self._chunk({"content": val}))
+    await self._end(send, kind, val)
+    await self._event(send, b"[DONE]")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 # %% ../nbs/11_serve.ipynb #a5471f1e
+async def _on_api_error(request, e: APIError):
+    "An `APIError` in OpenAI's shape; 408, 413 and 415 close the connection (body maybe unread)."
+    close = {"Connection": "close"} if e.status in (408, 413, 415) else {}
+    from starlette.responses import JSONResponse
+    return JSONResponse(e.body(), e.status, headers={**e.headers, **close})
+
+async def _on_http_error(request, e):
+    "Starlette's 404 (no route) and 405 (wrong method) in OpenAI's shape."
+    from starlette.responses import JSONResponse
+    where = f"({request.method} {request.url.path})."
+    if e.status_code == 404: e2 = APIError(404, f"Invalid URL {where}", code="unknown_url")
+    else: e2 = APIError(e.status_code, f"{e.detail} {where}",
+                        code="method_not_allowed" if e.status_code == 405 else None)
+    return JSONResponse(e2.body(), e.status_code)
+
+async def _on_crash(request, e: Exception):
+    "Any other exception: a 500 with one line, never a traceback."
+    from starlette.responses import JSONResponse
+    err = APIError(500, f"Internal error: {type(e).__name__}: {e}", type="server_error")
+    return JSONResponse(err.body(), 500)
+
 def make_app(api: ChatAPI, allowed_hosts=(), allowed_origins=()):
     "The Starlette app of `api` behind the `Guard`; every error in OpenAI's shape."
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse
     from starlette.routing import Route
-    async def failed(request, e: APIError):                       # the body may be unread: close the connection
-        close = {"Connection": "close"} if e.status in (408, 413, 415) else {}
-        return JSONResponse(e.body(), e.status, headers={**e.headers, **close})
-    async def http_error(request, e: HTTPException):
-        where = f"({request.method} {request.url.path})."
-        if e.status_code == 404: e2 = APIError(404, f"Invalid URL {where}", code="unknown_url")
-        else: e2 = APIError(e.status_code, f"{e.detail} {where}", code="method_not_allowed" if e.status_code == 405 else None)
-        return JSONResponse(e2.body(), e.status_code)
-    async def crashed(request, e: Exception):
-        return JSONResponse(APIError(500, f"Internal error: {type(e).__name__}: {e}", type="server_error").body(), 500)
-    routes = [Route("/health", api.health), Route("/v1/models", api.models), Route("/v1/models/{name:path}", api.models),
+    routes = [Route("/health", api.health), Route("/v1/models", api.models),
+              Route("/v1/models/{name:path}", api.models),
               Route("/v1/chat/completions", api.chat, methods=["POST"])]
-    handlers = {APIError: failed, HTTPException: http_error, Exception: crashed}
+    handlers = {APIError: _on_api_error, HTTPException: _on_http_error, Exception: _on_crash}
     app = Starlette(routes=routes, exception_handlers=handlers)
     return Guard(app, tuple(LOCAL_HOSTS) + tuple(allowed_hosts), allowed_origins)
 
 # %% ../nbs/11_serve.ipynb #a5471f20
 def _protocol(header_timeout: float):
-    "uvicorn's h11 protocol, closing connections whose request headers take longer than `header_timeout` s."
+    "uvicorn's h11 protocol, closing connections whose headers take over `header_timeout` s."
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
     class Protocol(H11Protocol):
@@ -607,7 +448,8 @@ def _protocol(header_timeout: float):
             if getattr(self, "_hdr", None): self._hdr.cancel()
             self._hdr = self.loop.call_later(header_timeout, self._late)
         def _late(self):
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing(): self.transport.close()
+            idle = self.conn.their_state is h11.IDLE
+            if idle and not self.transport.is_closing(): self.transport.close()
         def connection_made(self, transport):
             super().connection_made(transport)
             self._arm()
@@ -619,70 +461,90 @@ def _protocol(header_timeout: float):
             super().connection_lost(exc)
     return Protocol
 
+# %% ../nbs/11_serve.ipynb #aa3dc969
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    "A listening TCP socket on `host`:`port` (IPv6 when `host` has a colon)."
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try: sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(backlog)
+    return sock
+
 class Server:
-    "uvicorn serving `app` on an already bound socket: `server_address`, `serve_forever()`, `shutdown()`, `server_close()`."
-    def __init__(self, app, engine: BatchEngine, host: str, port: int, keep_alive: int = 5, header_timeout: float = 10.0,
-                 verbose: bool = False, backlog: int = 2048):
+    "uvicorn serving `app` on a bound socket (`server_address`), until `shutdown`."
+    def __init__(self, app, engine: BatchEngine, host: str, port: int, keep_alive: int = 5,
+                 header_timeout: float = 10.0, verbose: bool = False, backlog: int = 2048):
         import uvicorn
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try: self.sock.bind((host, port))
+        try: self.sock = _bind(host, port, backlog)
         except OSError:
-            self.sock.close()
             engine.close()
             raise
-        self.sock.listen(backlog)
         self.server_address, self.engine, self.app = self.sock.getsockname(), engine, app
-        cfg = uvicorn.Config(app, http=_protocol(header_timeout), timeout_keep_alive=keep_alive, lifespan="off",
-                             log_config=uvicorn.config.LOGGING_CONFIG if verbose else None,
-                             log_level="info" if verbose else "error", access_log=verbose,
-                             backlog=backlog, timeout_graceful_shutdown=3)
+        logs = uvicorn.config.LOGGING_CONFIG if verbose else None
+        cfg = uvicorn.Config(app, http=_protocol(header_timeout), timeout_keep_alive=keep_alive,
+                             lifespan="off", log_config=logs, access_log=verbose,
+                             log_level="info" if verbose else "error", backlog=backlog,
+                             timeout_graceful_shutdown=3)
         self.uv, self.stopped = uvicorn.Server(cfg), threading.Event()
-    def serve_forever(self):
-        "Serve until `shutdown()` (or Ctrl-C in the main thread)."
-        try: self.uv.run(sockets=[self.sock])
-        finally: self.stopped.set()
-    def shutdown(self, timeout: float = 10):
-        self.uv.should_exit = True
-        self.stopped.wait(timeout)
-    def server_close(self):
-        self.engine.close()
-        self.sock.close()
+
+# %% ../nbs/11_serve.ipynb #cf6d8e98
+@patch
+def serve_forever(self: Server):
+    "Serve until `shutdown()` (or Ctrl-C in the main thread)."
+    try: self.uv.run(sockets=[self.sock])
+    finally: self.stopped.set()
+
+@patch
+def shutdown(self: Server, timeout: float = 10):
+    "Ask uvicorn to stop, and wait until it has."
+    self.uv.should_exit = True
+    self.stopped.wait(timeout)
+
+@patch
+def server_close(self: Server):
+    "Stop the engine and close the socket."
+    self.engine.close()
+    self.sock.close()
 
 # %% ../nbs/11_serve.ipynb #0719a725
-def make_server(inference, host: str = "127.0.0.1", port: int = 8000, model_id: str | None = None, api_key: str | None = None,
-                max_tokens_limit: int = 1024, verbose: bool = False,
-                max_batch: int = 16, # requests decoded together
-                max_queue: int = 256, # requests that may wait; beyond, 429
-                max_context: int | None = None, # prompt + reply tokens; default the model's max_position_embeddings
-                max_body: int = 1 << 20, # bytes of a request body; beyond, 413
-                request_timeout: float = 300.0, # seconds a generation may take (queue included); beyond, 504
-                body_timeout: float = 30.0, # seconds for the request body to arrive; beyond, 408
-                header_timeout: float = 10.0, # seconds for the request headers to arrive; beyond, closed
-                keep_alive: int = 5, # seconds an idle keep-alive connection stays open
-                allowed_hosts=(), # Host names accepted besides localhost, 127.0.0.1, ::1 ("*": any)
-                allowed_origins=(), # browser Origins accepted ("*": any); none by default
-               ) -> Server:
-    "An OpenAI-compatible server for `inference` (a `DomainInference`); `port=0` picks a free port. Call `serve_forever()`."
-    engine = BatchEngine(inference.model, inference.tok, max_batch, max_queue, max_context)
-    api = ChatAPI(inference, engine, model_id or f"purpose-{getattr(inference, 'domain', 'domain')}", api_key,
-                  max_tokens_limit, max_body, body_timeout, request_timeout)
-    if host not in ("0.0.0.0", "::", ""): allowed_hosts = (*allowed_hosts, host)
-    app = make_app(api, allowed_hosts, allowed_origins)
-    server = Server(app, engine, host, port, keep_alive, header_timeout, verbose)
+def make_server(inference,                       # a `DomainInference`: model, tokenizer, prompt
+                cfg: ServeConfig | None = None,  # the settings; default `ServeConfig()`
+                api_key: str | None = None,      # requests must carry `Authorization: Bearer <key>`
+                verbose: bool = False,           # uvicorn's access log
+                **overrides) -> Server:          # `ServeConfig` fields to change
+    "An OpenAI-compatible server for `inference` (`port=0`: a free port); run `serve_forever()`."
+    cfg = make_config(ServeConfig, cfg, **overrides)
+    engine = BatchEngine(inference.model, inference.tok, cfg.max_batch, cfg.max_queue,
+                         cfg.max_context)
+    api = ChatAPI(inference, engine, cfg, api_key)
+    hosts = tuple(cfg.allowed_hosts)
+    if cfg.host not in ("0.0.0.0", "::", ""): hosts = (*hosts, cfg.host)
+    app = make_app(api, hosts, cfg.allowed_origins)
+    server = Server(app, engine, cfg.host, cfg.port, cfg.keep_alive, cfg.header_timeout, verbose)
     server.api, server.model_id = api, api.model_id
     return server
 
-def serve(model_dir: Path | str, host: str = "127.0.0.1", port: int = 8000, model_id: str | None = None, domain: str | None = None,
-          max_tokens_limit: int = 1024, verbose: bool = True, log=print, **kw):
-    "Serve a tuned model (run folder, adapter or merged model) with the OpenAI chat API until interrupted; `kw` go to `make_server`."
-    from purpose.evaluate import DomainInference
+def serve(model_dir: Path | str,        # run folder, trained adapter folder or merged model
+          cfg: ServeConfig | None = None,  # the settings; default `ServeConfig()`
+          domain: str | None = None,    # domain of the system prompt; default the run's
+          verbose: bool = True,         # uvicorn's access log
+          log=print,                    # where the one-line banner goes
+          **overrides):                 # `ServeConfig` fields to change
+    "Serve a tuned model with the OpenAI chat API until interrupted; key: PURPOSE_SERVE_API_KEY."
+    from purpose.inference import DomainInference
+    cfg = make_config(ServeConfig, cfg, **overrides)
     inf = DomainInference(model_dir, domain=domain)
-    try: server = make_server(inf, host, port, model_id, os.environ.get("PURPOSE_SERVE_API_KEY") or None, max_tokens_limit, verbose, **kw)
-    except OSError as e: raise PurposeError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port or stop the process using it") from None
+    key = os.environ.get("PURPOSE_SERVE_API_KEY") or None
+    try: server = make_server(inf, cfg, key, verbose)
+    except OSError as e:
+        raise PurposeError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): pick another "
+                           "--port or stop the process using it") from None
     h, p = server.server_address[:2]
-    log(f"serving {server.model_id} from {inf.model_dir} at http://{h}:{p}/v1 (batches of {server.engine.max_batch}, "
-        f"context {server.engine.max_context} tokens; Ctrl-C stops)")
+    log(f"serving {server.model_id} from {inf.model_dir} at http://{h}:{p}/v1 (batches of "
+        f"{server.engine.max_batch}, context {server.engine.max_context} tokens; Ctrl-C stops)")
     try: server.serve_forever()
     except KeyboardInterrupt: pass
     finally: server.server_close()

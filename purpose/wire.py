@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+from fastcore.basics import patch
 from .text import count_tokens   # re-exported: tests import it from here
-
 
 # %% auto #0
 __all__ = ['WireRequest', 'sample_json', 'default_reply', 'Faults', 'error_body', 'WireServer']
@@ -18,7 +18,7 @@ __all__ = ['WireRequest', 'sample_json', 'default_reply', 'Faults', 'error_body'
 # %% ../nbs/10_wire.ipynb #ac62337b
 @dataclass
 class WireRequest:
-    "One request the server received. Credentials are recorded only as `had_key`, never their value."
+    "One request the server received. Credentials are recorded only as `had_key`, never as a value."
     protocol: str            # 'openai', 'anthropic' or 'replicate'
     path: str
     model: str
@@ -29,12 +29,13 @@ class WireRequest:
     t: float = field(default_factory=time.time)
     @property
     def prompt(self) -> str:
-        "The text of the request's messages (or Replicate input), for scripted replies and assertions."
+        "The text of the request's messages (or Replicate input), for scripted replies and checks."
         msgs = self.body.get("messages") or []
         parts = [self.body.get("system")] if isinstance(self.body.get("system"), str) else []
         for m in msgs:
             c = m.get("content")
-            parts.append(c if isinstance(c, str) else " ".join(b.get("text", "") for b in c or [] if isinstance(b, dict)))
+            blocks = " ".join(b.get("text", "") for b in c or [] if isinstance(b, dict))
+            parts.append(c if isinstance(c, str) else blocks)
         if "input" in self.body: parts.append(str(self.body["input"].get("prompt", "")))
         return "\n".join(p for p in parts if p)
     @property
@@ -45,6 +46,7 @@ class WireRequest:
         fmt = (self.body.get("output_config") or {}).get("format") or {}
         return fmt.get("schema") if fmt.get("type") == "json_schema" else None
 
+# %% ../nbs/10_wire.ipynb #88dd587b
 def sample_json(schema: dict) -> Any:
     "The smallest value that satisfies a simple JSON schema (objects, arrays, enums, scalars)."
     if "enum" in schema: return schema["enum"][0]
@@ -54,50 +56,208 @@ def sample_json(schema: dict) -> Any:
     if t == "object":
         props = schema.get("properties", {})
         return {k: sample_json(props[k]) for k in schema.get("required", list(props))}
-    if t == "array": return [sample_json(schema.get("items", {"type": "string"}))] * schema.get("minItems", 1)
+    if t == "array":
+        return [sample_json(schema.get("items", {"type": "string"}))] * schema.get("minItems", 1)
     return {"string": "wire", "integer": 1, "number": 1.0, "boolean": True, "null": None}[t]
 
 def default_reply(req: WireRequest) -> str:
-    "The default scripted reply: a sample object for structured requests, else a short echo of the question."
+    "The default scripted reply: a sample object for a structured request, else an echo."
     if req.json_schema is not None: return json.dumps(sample_json(req.json_schema))
     last = req.prompt.strip().splitlines()[-1] if req.prompt.strip() else ""
     return f"Wire reply from {req.model}: {last[:80]}"
+
+# %% ../nbs/10_wire.ipynb #02f8d55d
+def _reply_body(req: WireRequest, text: str) -> dict:
+    "A successful reply to `req` in its protocol, with token usage."
+    pt, ct = count_tokens(req.prompt), count_tokens(text)
+    if req.protocol == "anthropic":
+        return {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
+                "model": req.model, "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": pt, "output_tokens": ct}}
+    if req.protocol == "replicate":
+        return {"id": uuid.uuid4().hex[:16], "status": "succeeded",
+                "output": [w + " " for w in text.split(" ")],
+                "metrics": {"input_token_count": pt, "output_token_count": ct}}
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
+            "created": int(time.time()), "model": req.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
 
 # %% ../nbs/10_wire.ipynb #4cf47e6f
 @dataclass
 class Faults:
     "What the wire server gets wrong, and how often."
-    error_rate: float = 0.0
-    error_statuses: tuple = (429, 500)
-    retry_after: float | None = 0
-    latency: float = 0.0
-    jitter: float = 0.0
-    malformed_rate: float = 0.0
-    fail_models: dict = field(default_factory=dict)
-    seed: int = 0
+    error_rate: float = 0.0                       # share of deliveries that fail
+    error_statuses: tuple = (429, 500)            # the statuses failures get, drawn in turn
+    retry_after: float | None = 0                 # the Retry-After of an injected 429
+    latency: float = 0.0                          # seconds before every reply
+    jitter: float = 0.0                           # plus up to this many seconds, drawn per body
+    malformed_rate: float = 0.0                   # share of structured replies sent broken
+    fail_models: dict = field(default_factory=dict)  # model -> the status it always gets
+    seed: int = 0                                 # seed of the fault rule
 
 def _draw(seed: int, key: str, n: int, salt: str) -> float:
     "A number in [0, 1) that depends only on its arguments (order-independent fault choice)."
     return random.Random(f"{seed}:{salt}:{key}:{n}").random()
 
 # %% ../nbs/10_wire.ipynb #21a8d5d6
-_OPENAI_ERR = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_exceeded",
-               500: "server_error", 503: "server_error", 529: "server_error"}
-_ANTHROPIC_ERR = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                  429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
+_OPENAI_ERR = {400: "invalid_request_error", 401: "invalid_request_error",
+               404: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error",
+               503: "server_error", 529: "server_error"}
+_ANTHROPIC_ERR = {400: "invalid_request_error", 401: "authentication_error",
+                  403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+                  500: "api_error", 503: "api_error", 529: "overloaded_error"}
 
 def error_body(protocol: str, status: int, message: str) -> dict:
     "An error body as OpenAI or Anthropic would send it."
     if protocol == "anthropic":
-        return {"type": "error", "error": {"type": _ANTHROPIC_ERR.get(status, "api_error"), "message": message}}
-    return {"error": {"message": message, "type": _OPENAI_ERR.get(status, "server_error"), "param": None, "code": str(status)}}
+        kind = _ANTHROPIC_ERR.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    kind = _OPENAI_ERR.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
 
 # %% ../nbs/10_wire.ipynb #df51b78a
+class WireServer:
+    "A local OpenAI/Anthropic/Replicate server with fault injection, a log and scripted replies."
+    def __init__(self, reply: Callable[[WireRequest], str] | None = None,  # request -> reply text
+                 faults: Faults | None = None,            # what goes wrong; default from `fault_kw`
+                 models: tuple = ("wire-model", "wire-fallback"),  # models it knows (others: 404)
+                 require_key: bool = False,               # a request without a key gets a 401
+                 keys: tuple = (),                        # when set, any other key gets a 401
+                 echo_auth: bool = False,                 # careless: its 401 quotes the key
+                 **fault_kw):                             # `Faults` fields
+        self.reply = reply or default_reply
+        self.faults = faults or Faults(**fault_kw)
+        self.models, self.require_key = tuple(models), require_key
+        self.keys, self.echo_auth = tuple(keys), echo_auth
+        self.log: list[WireRequest] = []
+        self.lookups: list[WireRequest] = []      # GET /v1/models[/ID] requests (not in `log`)
+        self._lock, self._seen, self._queued = threading.Lock(), Counter(), []
+        self._httpd: ThreadingHTTPServer | None = None
+
+# %% ../nbs/10_wire.ipynb #fc2824e7
+@patch
+def fail_next(self: WireServer, n: int = 1, status: int = 500, retry_after: float | None = None):
+    "Make the next `n` requests fail with `status`."
+    with self._lock: self._queued += [(status, retry_after)] * n
+
+# %% ../nbs/10_wire.ipynb #367dd9c6
+@patch
+def _fault(self: WireServer, req: WireRequest, raw: bytes) -> tuple[int, float | None] | None:
+    "The (status, retry-after) this delivery of `raw` fails with, or `None` when it goes through."
+    f, key = self.faults, hashlib.sha1(raw).hexdigest()
+    with self._lock:
+        self._seen[key] += 1
+        n = self._seen[key]
+        if self._queued: return self._queued.pop(0)
+    if req.model in f.fail_models: return f.fail_models[req.model], None
+    if f.error_rate and _draw(f.seed, key, n, "error") < f.error_rate:
+        st = f.error_statuses[int(_draw(f.seed, key, n, "status") * len(f.error_statuses))]
+        return st, (f.retry_after if st == 429 else None)
+    return None
+
+# %% ../nbs/10_wire.ipynb #49d263b6
+@patch
+def _key_refused(self: WireServer, key: str | None, authorization: str | None) -> str | None:
+    "The 401 message for a missing or wrong key, or `None` when the key is accepted."
+    if self.require_key and not key: return "no API key sent"
+    if self.keys and key not in self.keys:
+        quoted = f" (Authorization: {authorization})" if self.echo_auth else ""
+        return "Incorrect API key provided" + quoted
+    return None
+
+# %% ../nbs/10_wire.ipynb #fb8ee1fa
+def _model_card(m: str) -> dict:
+    "A model as both SDKs read it from `/v1/models`."
+    return {"id": m, "object": "model", "type": "model", "created": 0, "owned_by": "purpose-wire",
+            "display_name": m, "created_at": "2024-01-01T00:00:00Z"}
+
+@patch
+def _lookup(self: WireServer, req: WireRequest, key: str | None = None,
+            authorization: str | None = None) -> tuple[int, dict, dict]:
+    "Answer `GET /v1/models` (the list) or `GET /v1/models/ID` (one model, or 404)."
+    if self.faults.latency: time.sleep(self.faults.latency)
+    status, msg = 200, self._key_refused(key, authorization)
+    if msg: status = 401
+    elif req.model and req.model not in self.models:
+        status, msg = 404, f"model '{req.model}' not found"
+    req.status, req.fault = status, {401: "refused key", 404: "unknown model"}.get(status)
+    with self._lock: self.lookups.append(req)
+    if status != 200:
+        return status, error_body(req.protocol, status, msg), {"x-should-retry": "false"}
+    if req.model: return 200, _model_card(req.model), {}
+    ms = self.models
+    return 200, {"object": "list", "data": [_model_card(m) for m in ms], "has_more": False,
+                 "first_id": ms[0] if ms else None, "last_id": ms[-1] if ms else None}, {}
+
+# %% ../nbs/10_wire.ipynb #48b4e47c
+@patch
+def _verdict(self: WireServer, req: WireRequest, raw: bytes, key: str | None = None,
+             authorization: str | None = None) -> tuple[int, dict, str | None, str | None]:
+    "(status, headers, fault, refusal message) of a POST, before any reply."
+    status, headers, fault = 200, {}, None
+    if refused := self._key_refused(key, authorization): status, fault = 401, "refused key"
+    elif (hit := self._fault(req, raw)) is not None:
+        status, ra = hit
+        fault = f"injected {status}"
+        if ra is not None:
+            headers = {"Retry-After": f"{ra:g}", "retry-after-ms": str(int(ra * 1000))}
+    unknown = req.protocol == "openai" and req.model and req.model not in self.models
+    if unknown and status == 200: status, fault = 404, "unknown model"
+    return status, headers, fault, refused
+
+# %% ../nbs/10_wire.ipynb #f3cc79c6
+@patch
+def _respond(self: WireServer, req: WireRequest, raw: bytes, key: str | None = None,
+             authorization: str | None = None) -> tuple[int, dict, dict]:
+    "Answer a POST: the verdict's error in the provider's shape, or the scripted reply."
+    f, digest = self.faults, hashlib.sha1(raw).hexdigest()
+    if f.latency or f.jitter: time.sleep(f.latency + f.jitter * _draw(f.seed, digest, 0, "latency"))
+    status, headers, fault, refused = self._verdict(req, raw, key, authorization)
+    req.status, req.fault = status, fault
+    with self._lock: self.log.append(req)
+    if status != 200:
+        msg = {401: refused or "no API key sent", 404: f"model '{req.model}' not found"}.get(
+            status, f"{fault} (purpose wire server)")
+        headers["x-should-retry"] = "false"
+        return status, error_body(req.protocol, status, msg), headers
+    text = self.reply(req)
+    n = self._seen[digest]
+    broken = f.malformed_rate and _draw(f.seed, digest, n, "malformed") < f.malformed_rate
+    if req.json_schema is not None and broken:
+        text, req.fault = text[: max(1, len(text) // 2)] + " ...", "malformed"
+    return 200, _reply_body(req, text), headers
+
+# %% ../nbs/10_wire.ipynb #6af44657
+@patch
+def counts(self: WireServer, status: int | None = 200) -> Counter:
+    "Requests per model (only those answered with `status`; `None` for all)."
+    with self._lock:
+        return Counter(r.model for r in self.log if status is None or r.status == status)
+
+@patch
+def requests(self: WireServer, model: str | None = None) -> list[WireRequest]:
+    "The logged requests (of `model`, when given)."
+    with self._lock: return [r for r in self.log if model is None or r.model == model]
+
+@patch
+def reset(self: WireServer):
+    "Forget the logs, the delivery counts and the queued failures."
+    with self._lock:
+        self.log.clear()
+        self.lookups.clear()
+        self._seen.clear()
+        self._queued.clear()
+
+# %% ../nbs/10_wire.ipynb #332fbc20
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True           # no 40 ms delayed-ACK stalls between headers and body
     server_version = "PurposeWire/1.0"
-    def log_message(self, *args): pass   # quiet: the WireServer keeps its own log
+    def log_message(self, *args): pass       # quiet: the WireServer keeps its own log
 
     def _send(self, status: int, body: dict, headers: dict | None = None):
         data = json.dumps(body).encode()
@@ -106,157 +266,81 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items(): self.send_header(k, v)
         self._headers_buffer.append(b"\r\n" + data)   # headers and body in one write
-        self.wfile.write(b"".join(self._headers_buffer)); self._headers_buffer = []
+        self.wfile.write(b"".join(self._headers_buffer))
+        self._headers_buffer = []
 
     def _auth(self) -> str | None:
-        "The credential sent (bearer token or `x-api-key`), for the key check only: it is never logged."
+        "The credential sent (bearer token or `x-api-key`), for the key check only: never logged."
         a = self.headers.get("Authorization") or ""
-        return (a.split(" ", 1)[1] if a.lower().startswith("bearer ") else a) or self.headers.get("x-api-key")
+        bearer = a.split(" ", 1)[1] if a.lower().startswith("bearer ") else a
+        return bearer or self.headers.get("x-api-key")
 
-    def do_GET(self):
-        ws: WireServer = self.server.wire
-        path = self.path.split("?")[0].rstrip("/")
-        protocol = "anthropic" if self.headers.get("anthropic-version") else "openai"
-        if path != "/v1/models" and not path.startswith("/v1/models/"):
-            return self._send(404, error_body(protocol, 404, f"no route GET {self.path}"))
-        model = path[len("/v1/models/"):] if path != "/v1/models" else ""
-        req = WireRequest(protocol, path, model, {}, bool(self._auth()))
-        self._send(*ws._lookup(req, self._auth(), self.headers.get("Authorization")))
+# %% ../nbs/10_wire.ipynb #8daf0f92
+@patch
+def do_GET(self: _Handler):
+    ws: WireServer = self.server.wire
+    path = self.path.split("?")[0].rstrip("/")
+    protocol = "anthropic" if self.headers.get("anthropic-version") else "openai"
+    if path != "/v1/models" and not path.startswith("/v1/models/"):
+        return self._send(404, error_body(protocol, 404, f"no route GET {self.path}"))
+    model = path[len("/v1/models/"):] if path != "/v1/models" else ""
+    req = WireRequest(protocol, path, model, {}, bool(self._auth()))
+    self._send(*ws._lookup(req, self._auth(), self.headers.get("Authorization")))
 
-    def do_POST(self):
-        ws: WireServer = self.server.wire
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n)
-        path = self.path.split("?")[0].rstrip("/")
-        protocol = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path)
-        if protocol is None and path.startswith("/v1/models/") and path.endswith("/predictions"): protocol = "replicate"
-        if protocol is None: return self._send(404, error_body("openai", 404, f"no route POST {self.path}"))
-        had_key = bool(self._auth())
-        try: body = json.loads(raw or b"{}")
-        except json.JSONDecodeError: return self._send(400, error_body(protocol, 400, "request body is not JSON"))
-        model = body.get("model") or ("/".join(path.split("/")[3:5]) if protocol == "replicate" else "")
-        req = WireRequest(protocol, path, model, body, had_key)
-        status, payload, headers = ws._respond(req, raw, self._auth(), self.headers.get("Authorization"))
-        self._send(status, payload, headers)
+def _protocol_of(path: str) -> str | None:
+    "The protocol of a POST route: openai, anthropic, replicate, or `None` for no route."
+    protocol = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path)
+    if protocol is None and path.startswith("/v1/models/") and path.endswith("/predictions"):
+        return "replicate"
+    return protocol
 
-class WireServer:
-    "A local OpenAI/Anthropic/Replicate-protocol server with fault injection, a request log and scripted replies."
-    def __init__(self, reply: Callable[[WireRequest], str] | None = None, faults: Faults | None = None,
-                 models: tuple = ("wire-model", "wire-fallback"), require_key: bool = False, keys: tuple = (),
-                 echo_auth: bool = False, **fault_kw):
-        self.reply = reply or default_reply                 # request -> reply text
-        self.faults = faults or Faults(**fault_kw)
-        self.models, self.require_key = tuple(models), require_key
-        self.keys = tuple(keys)                             # when set, any other key gets a 401
-        self.echo_auth = echo_auth                          # a careless server: its 401 quotes the Authorization header
-        self.log: list[WireRequest] = []
-        self.lookups: list[WireRequest] = []                # GET /v1/models[/ID] requests (not in `log`)
-        self._lock, self._seen, self._queued = threading.Lock(), Counter(), []
-        self._httpd: ThreadingHTTPServer | None = None
+@patch
+def do_POST(self: _Handler):
+    ws: WireServer = self.server.wire
+    raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    path = self.path.split("?")[0].rstrip("/")
+    protocol = _protocol_of(path)
+    if protocol is None:
+        return self._send(404, error_body("openai", 404, f"no route POST {self.path}"))
+    try: body = json.loads(raw or b"{}")
+    except json.JSONDecodeError:
+        return self._send(400, error_body(protocol, 400, "request body is not JSON"))
+    model = body.get("model") or ("/".join(path.split("/")[3:5]) if protocol == "replicate" else "")
+    req = WireRequest(protocol, path, model, body, bool(self._auth()))
+    self._send(*ws._respond(req, raw, self._auth(), self.headers.get("Authorization")))
 
-    # -- lifecycle --
-    def start(self) -> "WireServer":
-        "Bind 127.0.0.1 on a free port and serve in a daemon thread."
-        ThreadingHTTPServer.request_queue_size = 256
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.wire = self
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-    def stop(self):
-        if self._httpd: self._httpd.shutdown(); self._httpd.server_close(); self._httpd = None
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
-    @property
-    def url(self) -> str: return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-    @property
-    def openai_url(self) -> str: return self.url + "/v1"
-    def spec(self, model: str = "wire-model", provider: str = "openai-compatible") -> str:
-        "A teacher spec pointing at this server, e.g. `openai-compatible:wire-model@http://127.0.0.1:PORT/v1`."
-        return f"{provider}:{model}@{self.url if provider == 'anthropic' else self.openai_url}"
+# %% ../nbs/10_wire.ipynb #75276e74
+@patch
+def start(self: WireServer) -> WireServer:
+    "Bind 127.0.0.1 on a free port and serve in a daemon thread."
+    ThreadingHTTPServer.request_queue_size = 256
+    self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    self._httpd.daemon_threads = True
+    self._httpd.wire = self
+    kw = {"poll_interval": 0.05}
+    threading.Thread(target=self._httpd.serve_forever, kwargs=kw, daemon=True).start()
+    return self
 
-    # -- scripting --
-    def fail_next(self, n: int = 1, status: int = 500, retry_after: float | None = None):
-        "Make the next `n` requests fail with `status`."
-        with self._lock: self._queued += [(status, retry_after)] * n
-    def counts(self, status: int | None = 200) -> Counter:
-        "Requests per model (only those answered with `status`; `None` for all)."
-        with self._lock: return Counter(r.model for r in self.log if status is None or r.status == status)
-    def requests(self, model: str | None = None) -> list[WireRequest]:
-        with self._lock: return [r for r in self.log if model is None or r.model == model]
-    def reset(self):
-        with self._lock:
-            self.log.clear()
-            self.lookups.clear()
-            self._seen.clear()
-            self._queued.clear()
+@patch
+def stop(self: WireServer):
+    "Shut the server down and free its port."
+    if not self._httpd: return
+    self._httpd.shutdown()
+    self._httpd.server_close()
+    self._httpd = None
 
-    # -- answering --
-    def _fault(self, req: WireRequest, raw: bytes) -> tuple[int, float | None] | None:
-        f, key = self.faults, hashlib.sha1(raw).hexdigest()
-        with self._lock:
-            self._seen[key] += 1
-            n = self._seen[key]
-            if self._queued: return self._queued.pop(0)
-        if req.model in f.fail_models: return f.fail_models[req.model], None
-        if f.error_rate and _draw(f.seed, key, n, "error") < f.error_rate:
-            st = f.error_statuses[int(_draw(f.seed, key, n, "status") * len(f.error_statuses))]
-            return st, (f.retry_after if st == 429 else None)
-        return None
+# %% ../nbs/10_wire.ipynb #ab7c070f
+@patch
+def __enter__(self: WireServer): return self.start()
+@patch
+def __exit__(self: WireServer, *exc): self.stop()
 
-    def _key_refused(self, key: str | None, authorization: str | None) -> str | None:
-        "The 401 message for a missing or wrong key, or `None` when the key is accepted."
-        if self.require_key and not key: return "no API key sent"
-        if self.keys and key not in self.keys:
-            return "Incorrect API key provided" + (f" (Authorization: {authorization})" if self.echo_auth else "")
-        return None
+@patch(as_prop=True)
+def url(self: WireServer) -> str: return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+@patch(as_prop=True)
+def openai_url(self: WireServer) -> str: return self.url + "/v1"
 
-    def _lookup(self, req: WireRequest, key: str | None = None, authorization: str | None = None) -> tuple[int, dict, dict]:
-        "Answer `GET /v1/models` (the list, in a shape both SDKs read) or `GET /v1/models/ID` (one model, or 404)."
-        if self.faults.latency: time.sleep(self.faults.latency)
-        ms = [{"id": m, "object": "model", "type": "model", "created": 0, "owned_by": "purpose-wire", "display_name": m,
-               "created_at": "2024-01-01T00:00:00Z"} for m in self.models]
-        status, msg = 200, self._key_refused(key, authorization)
-        if msg: status = 401
-        elif req.model and req.model not in self.models: status, msg = 404, f"model '{req.model}' not found"
-        req.status, req.fault = status, {401: "refused key", 404: "unknown model"}.get(status)
-        with self._lock: self.lookups.append(req)
-        if status != 200: return status, error_body(req.protocol, status, msg), {"x-should-retry": "false"}
-        if req.model: return 200, next(m for m in ms if m["id"] == req.model), {}
-        return 200, {"object": "list", "data": ms, "has_more": False, "first_id": self.models[0] if ms else None,
-                     "last_id": self.models[-1] if ms else None}, {}
-
-    def _respond(self, req: WireRequest, raw: bytes, key: str | None = None,
-                 authorization: str | None = None) -> tuple[int, dict, dict]:
-        f = self.faults
-        digest = hashlib.sha1(raw).hexdigest()
-        if f.latency or f.jitter: time.sleep(f.latency + f.jitter * _draw(f.seed, digest, 0, "latency"))
-        status, headers, fault = 200, {}, None
-        if refused := self._key_refused(key, authorization): status, fault = 401, "refused key"
-        elif (hit := self._fault(req, raw)) is not None:
-            status, ra = hit
-            fault = f"injected {status}"
-            if ra is not None: headers = {"Retry-After": f"{ra:g}", "retry-after-ms": str(int(ra * 1000))}
-        if req.protocol == "openai" and req.model and req.model not in self.models and status == 200: status, fault = 404, "unknown model"
-        req.status, req.fault = status, fault
-        with self._lock: self.log.append(req)
-        if status != 200:
-            msg = {401: refused or "no API key sent", 404: f"model '{req.model}' not found"}.get(
-                status, f"{fault} (purpose wire server)")
-            headers["x-should-retry"] = "false"   # our own retry policy is the one under test
-            return status, error_body(req.protocol, status, msg), headers
-        text = self.reply(req)
-        if req.json_schema is not None and f.malformed_rate and _draw(f.seed, digest, self._seen[digest], "malformed") < f.malformed_rate:
-            text, req.fault = text[: max(1, len(text) // 2)] + " ...", "malformed"
-        pt, ct = count_tokens(req.prompt), count_tokens(text)
-        if req.protocol == "anthropic":
-            return 200, {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": req.model,
-                         "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-                         "usage": {"input_tokens": pt, "output_tokens": ct}}, headers
-        if req.protocol == "replicate":
-            return 200, {"id": uuid.uuid4().hex[:16], "status": "succeeded", "output": [w + " " for w in text.split(" ")],
-                         "metrics": {"input_token_count": pt, "output_token_count": ct}}, headers
-        return 200, {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()), "model": req.model,
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                                  "finish_reason": "stop", "logprobs": None}],
-                     "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}, headers
+@patch
+def spec(self: WireServer, model: str = "wire-model", provider: str = "openai-compatible") -> str:
+    "A teacher spec for this server, e.g. `openai-compatible:wire-model@http://127.0.0.1:PORT/v1`."
+    return f"{provider}:{model}@{self.url if provider == 'anthropic' else self.openai_url}"

@@ -1,6 +1,6 @@
-"""The stage registry is the run-folder contract and each stage's config is its one list of settings: README lists
-every registered file, no library module spells a registered file out (stages name files by key: `run.chunks`),
-and every stage notebook's parameters cell is generated from its config."""
+"""The stage registry is the run-folder contract and each stage's config its one list of settings:
+README lists every registered file, no library module spells a registered file out (stages name
+files by key: `run.chunks`), and each stage notebook's parameters cell is made from its config."""
 import ast, json, re
 from dataclasses import fields
 from conftest import ROOT
@@ -9,7 +9,8 @@ from purpose.core import FILES, REGISTRY, STAGES, CONTRACT, STAGE_READS
 
 def test_readme_lists_every_registered_file():
     readme = (ROOT/"README.md").read_text()
-    block = readme[readme.index("runs/<domain>/"):readme.index("## How the evaluation stays honest")]
+    end = readme.index("## How the evaluation stays honest")
+    block = readme[readme.index("runs/<domain>/"):end]
     missing = [p for _, p in FILES.values() if p not in block]
     assert not missing, f"README's run-folder block lacks {missing}"
 
@@ -31,6 +32,9 @@ def test_no_library_module_spells_a_registered_file():
                 found.setdefault(py.name, []).append(f"{node.value} (line {node.lineno})")
     assert not found, f"registered files spelled out (use the registry's keys): {found}"
 
+def _params_at(cells) -> list[int]:
+    return [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+
 def _cells(nb: str) -> list[dict]:
     return [c for c in json.loads((ROOT/"nbs"/nb).read_text())["cells"] if c["cell_type"] == "code"]
 
@@ -39,18 +43,19 @@ def _src(c) -> str: return "".join(c["source"])
 def test_parameters_cells_are_generated_from_the_configs():
     for s in REGISTRY:
         cells = _cells(s.notebook)
-        at = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+        at = _params_at(cells)
         assert len(at) == 1, f"{s.notebook}: expected one cell tagged 'parameters'"
         assert _src(cells[at[0]]) == parameters_source(s.config), \
             f"{s.notebook}: the parameters cell differs from parameters_source({s.config.__name__})"
         run = "\n".join(_src(c) for c in cells[at[0] + 1:])
-        assert f"from_cell({s.config.__name__}, globals())" in run, f"{s.notebook}: the run cell builds no config"
+        assert f"from_cell({s.config.__name__}, globals())" in run, \
+            f"{s.notebook}: the run cell builds no config"
 
 def test_run_cells_name_files_by_key():
     names = _file_literals()
     for s in REGISTRY:
         cells = _cells(s.notebook)
-        at = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+        at = _params_at(cells)[0]
         run = "\n".join(_src(c) for c in cells[at + 1:])
         lits = {n.value for n in ast.walk(ast.parse(run)) if isinstance(n, ast.Constant)}
         assert not lits & names, f"{s.notebook}'s run cells spell out {sorted(lits & names)}"
@@ -59,11 +64,11 @@ def test_a_shared_parameter_means_one_thing():
     for name, stages in shared_fields().items():
         types = {str(next(f for f in fields(CONFIGS[s]) if f.name == name).type) for s in stages}
         assert len(types) == 1, f"{name} has types {types} in {stages}"
-        # the meaning is the comment up to its first ';' or range: what follows may be the stage's own default
+        # the meaning is the comment up to its first ';' or range; the rest may be a stage's default
         docs = {re.split(r";| \(", field_docs(CONFIGS[s])[name] or "")[0] for s in stages}
         assert len(docs) == 1, f"{name} is documented differently in {stages}: {docs}"
 
 def test_readme_parameter_table_is_the_configs():
     from purpose.config import readme_table
     assert readme_table() in (ROOT/"README.md").read_text(), \
-        "README's stage parameter table differs from the configs: paste purpose.config.readme_table()"
+        "README's parameter table differs from the configs: paste purpose.config.readme_table()"

@@ -1,4 +1,4 @@
-"No key appears in any log, manifest, cache or output notebook (a papermill run against the wire server)."
+"No key appears in any log, manifest, cache or output notebook (papermill against the wire server)."
 import json, sys
 from pathlib import Path
 
@@ -38,7 +38,8 @@ def env(tmp_path, monkeypatch):
 def test_no_key_in_output_notebook_manifest_cache_or_log(tmp_path):
     import papermill as pm
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     params = nbformat.v4.new_code_cell('teacher = "offline"\njudge = "offline"\nrun_dir = "run"')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(NB_CODE)]
@@ -46,17 +47,19 @@ def test_no_key_in_output_notebook_manifest_cache_or_log(tmp_path):
     out.parent.mkdir()
     nbformat.write(nb, src)
     with WireServer() as ws:
-        pm.execute_notebook(str(src), str(out), kernel_name="python3", cwd=str(tmp_path), progress_bar=False, log_output=False,
-                            parameters={"teacher": ws.spec("wire-model", provider="openai"), "judge": f"anthropic:claude-wire@{ws.url}",
-                                        "run_dir": str(tmp_path/"run")})
+        params = {"teacher": ws.spec("wire-model", provider="openai"),
+                  "judge": f"anthropic:claude-wire@{ws.url}", "run_dir": str(tmp_path/"run")}
+        pm.execute_notebook(str(src), str(out), kernel_name="python3", cwd=str(tmp_path),
+                            progress_bar=False, log_output=False, parameters=params)
         log = [vars(q) for q in ws.log]
-    assert len(log) == 6 and all(q["had_key"] for q in log)                      # the keys were sent ...
+    assert len(log) == 6 and all(q["had_key"] for q in log)            # the keys were sent ...
     manifest = json.loads((tmp_path/"run"/"manifest.json").read_text())
     assert manifest["stages"]["distill"]["counts"] == {"ok": 4, "judged": 2}
     assert "Wire reply from wire-model" in out.read_text()
-    texts = {"output notebook": out.read_text(), "manifest": json.dumps(manifest), "server log": json.dumps(log, default=str)}
+    texts = {"output notebook": out.read_text(), "manifest": json.dumps(manifest),
+             "server log": json.dumps(log, default=str)}
     texts.update({str(p): p.read_text() for p in (tmp_path/"cache").rglob("*.json")})
     assert len(texts) > 3 + 5
-    for where, text in texts.items():                                             # ... and appear nowhere
+    for where, text in texts.items():                                  # ... and appear nowhere
         for key in (OPENAI_KEY, ANTHROPIC_KEY, "LEAKCHECK"):
             assert key not in text, f"key leaked into {where}"

@@ -1,21 +1,21 @@
-"OCR for real: a scanned (image-only) PDF goes through PDFium and the installed Tesseract, page by page."
+"OCR for real: a scanned (image-only) PDF goes through PDFium and the installed Tesseract, by page."
 import shutil
 from pathlib import Path
 
 import pytest
 
-from purpose.core import TINY_STUDENT
 from purpose.extract import ExtractOptions, extract_file
+from purpose.student import TINY_STUDENT
 
 pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None,
-                                reason="tesseract is not installed (apt-get install -y tesseract-ocr)")
+                                reason="no tesseract (apt-get install -y tesseract-ocr)")
 
 PAGES = [["Abstract", "Heavy sled towing improved sprint", "acceleration over ten metres."],
          ["Results", "Ground contact time was shorter", "at maximum velocity."]]
 
 
 def scanned_pdf(path: Path, pages: list[list[str]]) -> Path:
-    "A PDF whose pages are only pictures of `pages` (lines of text), as a scanner makes them: no text layer."
+    "A PDF whose pages are only pictures of `pages` (lines of text), as scanned: no text layer."
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default(size=44)
     imgs = []
@@ -29,7 +29,8 @@ def scanned_pdf(path: Path, pages: list[list[str]]) -> Path:
 
 
 def extract(path: Path, **kw):
-    return extract_file(path, path.parent, ExtractOptions(tokenizer=TINY_STUDENT, chunk_tokens=64, chunk_overlap=8, **kw))
+    opts = ExtractOptions(tokenizer=TINY_STUDENT, chunk_tokens=64, chunk_overlap=8, **kw)
+    return extract_file(path, path.parent, opts)
 
 
 def test_scanned_pdf_is_read_by_tesseract_page_by_page(tmp_path):
@@ -37,9 +38,9 @@ def test_scanned_pdf_is_read_by_tesseract_page_by_page(tmp_path):
     off, _ = extract(f, ocr=False)                         # the PDF really has no text layer
     assert off["status"] == "no_text_layer" and "OCR is switched off" in off["error"]
     doc, chunks = extract(f)
-    assert doc["status"] == "ok" and doc["extractor"] == "tesseract" and doc["n_pages"] == 2, doc
-    by_page = {p: " ".join(c["text"] for c in chunks if c["page_start"] <= p <= c["page_end"]).lower()
-               for p in (1, 2)}
+    assert (doc["status"], doc["extractor"], doc["n_pages"]) == ("ok", "tesseract", 2), doc
+    on = lambda p: " ".join(c["text"] for c in chunks if c["page_start"] <= p <= c["page_end"])
+    by_page = {p: on(p).lower() for p in (1, 2)}
     assert "sled towing" in by_page[1] and "acceleration" in by_page[1], by_page
     assert "ground contact" in by_page[2] and "velocity" in by_page[2], by_page
     assert "ground contact" not in by_page[1] and "sled towing" not in by_page[2], by_page
@@ -47,4 +48,5 @@ def test_scanned_pdf_is_read_by_tesseract_page_by_page(tmp_path):
 
 def test_a_blank_scan_says_ocr_found_nothing(tmp_path):
     doc, chunks = extract(scanned_pdf(tmp_path/"blank.pdf", [[]]))
-    assert doc["status"] == "no_text_layer" and "Tesseract OCR found no text" in doc["error"] and not chunks
+    assert doc["status"] == "no_text_layer" and not chunks
+    assert "Tesseract OCR found no text" in doc["error"]

@@ -1,10 +1,12 @@
-"The OpenAI-compatible server, exercised with the official `openai` SDK and raw sockets over 127.0.0.1 on tiny models."
+"The OpenAI-compatible server, exercised with the `openai` SDK and raw sockets on tiny models."
 import json, socket, threading, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest
 openai = pytest.importorskip("openai")
-from purpose.core import TINY_STUDENT, chat_messages, load_student, write_json
-from purpose.evaluate import DomainInference
+from purpose.config import ConfigError
+from purpose.student import TINY_STUDENT, chat_messages, load_student
+from purpose.core import write_json
+from purpose.inference import DomainInference
 from purpose.serve import make_server
 from purpose.train import TrainConfig, train
 
@@ -13,11 +15,14 @@ MODEL = "purpose-sprint"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("serve")/"run"
-    # a few seconds of over-fitting so the tiny random model replies with words rather than only special tokens
-    rows = [{"messages": chat_messages(f"What is the stride length of athlete {i}?", "sprint",
-                                       f"The stride length of athlete {i} is {2 + i / 10:.1f} m at top speed."), "depth": "basic", "hard": False}
-            for i in range(6)]
-    cfg = TrainConfig(student=TINY_STUDENT, epochs=15, lr=3e-3, lora_r=8, lora_alpha=16, max_len=128, warmup_ratio=0)
+    # a few seconds of over-fitting: the tiny random model replies with words, not special tokens
+    def row(i):
+        answer = f"The stride length of athlete {i} is {2 + i / 10:.1f} m at top speed."
+        msgs = chat_messages(f"What is the stride length of athlete {i}?", "sprint", answer)
+        return {"messages": msgs, "depth": "basic", "hard": False}
+    rows = [row(i) for i in range(6)]
+    cfg = TrainConfig(student=TINY_STUDENT, epochs=15, lr=3e-3, lora_r=8, lora_alpha=16,
+                      max_len=128, warmup_ratio=0)
     train(rows, [], run/"train", cfg, progress=False)
     write_json(run/"train"/"train_config.json", {"student": TINY_STUDENT})
     return run
@@ -27,10 +32,11 @@ def inference(run_dir): return DomainInference(run_dir, domain="sprint")
 
 @pytest.fixture(scope="module")
 def random_inference(tmp_path_factory):
-    "An untrained tiny model: its greedy replies run to max_tokens, so a generation lasts as long as asked."
+    "An untrained tiny model: its greedy replies run to max_tokens (a generation lasts as asked)."
     d = tmp_path_factory.mktemp("random")/"tiny"
     m, t = load_student(TINY_STUDENT)
-    m.save_pretrained(d); t.save_pretrained(d)
+    m.save_pretrained(d)
+    t.save_pretrained(d)
     return DomainInference(d, domain="sprint")
 
 def _start(inference, **kw):
@@ -48,8 +54,10 @@ def _wait(pred, timeout: float = 30, what: str = "condition"):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
 
-def _post_bytes(body: bytes, host: str = "127.0.0.1", ctype: str = "application/json", extra: str = "") -> bytes:
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nConnection: close\r\n{extra}"
+def _post_bytes(body: bytes, host: str = "127.0.0.1", ctype: str = "application/json",
+                extra: str = "") -> bytes:
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\n"
+            f"Connection: close\r\n{extra}")
     return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
@@ -63,26 +71,31 @@ def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
         return out
 
 def _long(stream: bool = False, max_tokens: int = 1800) -> bytes:
-    return json.dumps({"model": MODEL, "messages": ASK, "max_tokens": max_tokens, "temperature": 0, "stream": stream}).encode()
+    body = {"model": MODEL, "messages": ASK, "max_tokens": max_tokens, "temperature": 0,
+            "stream": stream}
+    return json.dumps(body).encode()
 
 @pytest.fixture(scope="module")
 def server(inference):
     srv, url = _start(inference)
     yield url
-    srv.shutdown(); srv.server_close()
+    _stop(srv)
 
 @pytest.fixture
-def client(server): return openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0, timeout=120)
+def client(server): return _client(server)
+
+def _client(url: str, timeout: float = 120):
+    return openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=timeout)
+
+def _reply(client, model: str = MODEL, messages=None, **kw):
+    "The first choice of a chat completion."
+    return client.chat.completions.create(model=model, messages=messages or ASK, **kw).choices[0]
 
 ASK = [{"role": "user", "content": "What is the stride length of athlete 3?"}]
 
-def _lan_address() -> str:
-    "This machine's address on its network (not loopback), or skip: the probe a neighbour would use."
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try: s.connect(("10.254.254.254", 9)); ip = s.getsockname()[0]     # routing only: nothing is sent
-        except OSError: ip = ""
-    if not ip or ip.startswith("127.") or ip == "0.0.0.0": pytest.skip("this machine has no non-loopback address")
-    return ip
+# Another address of this machine than the one a default server binds: 127.0.0.0/8 is all
+# loopback on Linux, so a server bound to every address answers on it, one on 127.0.0.1 does not.
+OTHER = "127.0.0.2"
 
 def _reachable(ip: str, port: int) -> bool:
     try:
@@ -90,75 +103,103 @@ def _reachable(ip: str, port: int) -> bool:
     except OSError: return False
 
 def test_binds_to_localhost_by_default(inference):
-    "Another machine cannot connect to a default server; the same probe reaches one bound to all addresses."
-    ip = _lan_address()
+    "A default server answers on 127.0.0.1 only; the same probe reaches one bound to all addresses."
+    open_srv = make_server(inference, host="0.0.0.0", port=0)
+    try:
+        if not _reachable(OTHER, open_srv.server_address[1]):
+            pytest.skip(f"{OTHER} is not loopback here")
+    finally: open_srv.server_close()
     srv = make_server(inference, port=0)
     try:
         port = srv.server_address[1]
         assert _reachable("127.0.0.1", port)
-        assert not _reachable(ip, port), f"a default server accepts connections on {ip}"
+        assert not _reachable(OTHER, port), f"a default server accepts connections on {OTHER}"
     finally: srv.server_close()
-    open_srv = make_server(inference, host="0.0.0.0", port=0)
-    try: assert _reachable(ip, open_srv.server_address[1])      # the probe itself works
-    finally: open_srv.server_close()
+
+def test_settings_are_checked_before_anything_starts(inference):
+    "A setting out of range or of unknown name is one error naming the field; no engine, no socket."
+    with pytest.raises(ConfigError, match="stage 'serve' parameter max_batch=0: out of range"):
+        make_server(inference, port=0, max_batch=0)
+    with pytest.raises(ConfigError, match="unknown parameter.s. max_batchs"):
+        make_server(inference, port=0, max_batchs=4)
+    srv = make_server(inference, port=0, max_batch=3, max_context=512, default_max_tokens=7)
+    try:
+        eng = srv.engine
+        assert (eng.max_batch, eng.max_context, srv.api.default_max_tokens) == (3, 512, 7)
+    finally: srv.server_close()
 
 def test_models(client):
     assert [m.id for m in client.models.list()] == [MODEL]
     assert client.models.retrieve(MODEL).owned_by == "purpose"
-    with pytest.raises(openai.NotFoundError) as e: client.models.retrieve("gpt-4o")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4o")
     assert e.value.code == "model_not_found"
 
 def test_chat_completion_matches_the_model(client, inference):
     r = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=8)
     c = r.choices[0]
     assert c.message.role == "assistant" and c.finish_reason in ("stop", "length")
-    assert c.message.content == inference.chat(ASK, temperature=0, max_new_tokens=8)      # greedy: the same text as in-process
-    assert r.usage.prompt_tokens == inference.count_tokens(ASK) and 0 < r.usage.completion_tokens <= 8
+    # greedy: the same text as in-process
+    assert c.message.content == inference.chat(ASK, temperature=0, max_new_tokens=8)
+    assert r.usage.prompt_tokens == inference.count_tokens(ASK)
+    assert 0 < r.usage.completion_tokens <= 8
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 def test_streaming_equals_non_streaming(client):
-    full = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=10).choices[0].message.content
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=10, stream=True,
+    full = _reply(client, temperature=0, max_tokens=10).message.content
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, temperature=0,
+                                                 max_tokens=10, stream=True,
                                                  stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text.strip() == full.strip()
-    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    finishes = [f for f in finishes if f]
     assert len(finishes) == 1 and finishes[0] in ("stop", "length")
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 def test_stop_sequence_cuts_the_reply(client):
-    full = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=12).choices[0].message.content
+    full = _reply(client, temperature=0, max_tokens=12).message.content
     assert len(full) >= 4, full
     stop = full[2:4]
-    cut = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=12, stop=[stop])
-    assert cut.choices[0].message.content == full[:full.find(stop)] and cut.choices[0].finish_reason == "stop"
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
-        model=MODEL, messages=ASK, temperature=0, max_tokens=12, stop=[stop], stream=True) if ch.choices)
+    cut = _reply(client, temperature=0, max_tokens=12, stop=[stop])
+    assert cut.message.content == full[:full.find(stop)] and cut.finish_reason == "stop"
+    chunks = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=12,
+                                            stop=[stop], stream=True)
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert streamed == full[:full.find(stop)]
 
 def test_bad_requests_get_openai_errors_and_server_stays_up(client, server):
-    with pytest.raises(openai.NotFoundError) as e: client.chat.completions.create(model="gpt-4o", messages=ASK)
+    with pytest.raises(openai.NotFoundError) as e:
+        _reply(client, model="gpt-4o")
     assert e.value.code == "model_not_found" and e.value.body["param"] == "model"
-    with pytest.raises(openai.BadRequestError) as e: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": 42}])
-    assert e.value.body["param"] == "messages[0].content" and e.value.body["type"] == "invalid_request_error"
-    with pytest.raises(openai.BadRequestError) as e: client.chat.completions.create(model=MODEL, messages=ASK, temperature="hot")
+    with pytest.raises(openai.BadRequestError) as e:
+        _reply(client, messages=[{"role": "user", "content": 42}])
+    assert e.value.body["param"] == "messages[0].content"
+    assert e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        _reply(client, temperature="hot")
     assert e.value.body["param"] == "temperature"
-    with pytest.raises(openai.BadRequestError) as e: client.chat.completions.create(model=MODEL, messages=[])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[])
     assert e.value.body["param"] == "messages"
-    for body, param in ((b'{"model": "purpose-sprint"}', "messages"), (b"{broken", None), (b"[1, 2]", None)):
-        req = urllib.request.Request(server + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as he: urllib.request.urlopen(req, timeout=30)
+    bad = ((b'{"model": "purpose-sprint"}', "messages"), (b"{broken", None), (b"[1, 2]", None))
+    for body, param in bad:
+        req = urllib.request.Request(server + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as he:
+            urllib.request.urlopen(req, timeout=30)
         err = json.loads(he.value.read())["error"]
         assert he.value.code == 400 and err["param"] == param and err["message"]
-    with pytest.raises(urllib.error.HTTPError) as he: urllib.request.urlopen(server + "/v1/nothing", timeout=30)
+    with pytest.raises(urllib.error.HTTPError) as he:
+        urllib.request.urlopen(server + "/v1/nothing", timeout=30)
     assert he.value.code == 404 and json.loads(he.value.read())["error"]["code"] == "unknown_url"
-    assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].message.role == "assistant"
+    assert _reply(client, max_tokens=2).message.role == "assistant"
 
 def test_concurrent_requests_are_all_answered(client):
     out, errs = [], []
     def ask():
-        try: out.append(client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=4).choices[0].message.content)
+        try: out.append(_reply(client, temperature=0, max_tokens=4).message.content)
         except Exception as e: errs.append(e)
     ts = [threading.Thread(target=ask) for _ in range(3)]
     for t in ts: t.start()
@@ -170,52 +211,62 @@ def test_api_key_is_enforced_when_set(inference):
     try:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
-        assert [m.id for m in openai.OpenAI(base_url=url + "/v1", api_key="k-123", max_retries=0).models.list()] == [MODEL]
-    finally: srv.shutdown(); srv.server_close()
+        keyed = openai.OpenAI(base_url=url + "/v1", api_key="k-123", max_retries=0)
+        assert [m.id for m in keyed.models.list()] == [MODEL]
+    finally: _stop(srv)
 
 def test_purpose_serve_command(run_dir):
     "`purpose serve` in its own process: the SDK talks to it, a bad request does not bring it down."
     import socket, subprocess, sys, time
     from conftest import ROOT
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     exe = Path(sys.executable).parent/"purpose"
-    proc = subprocess.Popen([str(exe), "serve", "--model-dir", str(run_dir), "--port", str(port), "--model-id", "m"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    cmd = [str(exe), "serve", "--model-dir", str(run_dir), "--port", str(port), "--model-id", "m"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT)
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
-            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2); break
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read()
                 time.sleep(0.5)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120)
-        with pytest.raises(openai.NotFoundError): client.chat.completions.create(model="other", messages=ASK)
-        assert client.chat.completions.create(model="m", messages=ASK, max_tokens=3).choices[0].message.role == "assistant"
-        ip = _lan_address()
-        assert not _reachable(ip, port), f"`purpose serve` without --host accepts connections on {ip}"
+        client = _client(f"http://127.0.0.1:{port}")
+        with pytest.raises(openai.NotFoundError):
+            _reply(client, model="other")
+        assert _reply(client, model="m", max_tokens=3).message.role == "assistant"
+        assert not _reachable(OTHER, port), f"`purpose serve` without --host answers on {OTHER}"
     finally:
-        proc.terminate(); proc.wait(30)
+        proc.terminate()
+        proc.wait(30)
 
 def test_huge_prompts_are_refused_fast_while_others_answer(server, client):
-    "A 3 MB body gets 413 and a prompt beyond the context 400 `context_length_exceeded`, without holding up anyone."
-    got = {}
+    "A 3 MB body gets 413, a prompt beyond the context 400 `context_length_exceeded`; nobody waits."
+    got, words = {}, lambda n: [{"role": "user", "content": "word " * n}]
     def ask_huge():
         t0 = time.monotonic()
-        try: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 600000}], max_tokens=1)
+        try: _reply(client, messages=words(600000), max_tokens=1)
         except openai.APIStatusError as e: got["huge"] = (e.status_code, time.monotonic() - t0)
     th = threading.Thread(target=ask_huge)
     th.start()
     t0 = time.monotonic()
     with pytest.raises(openai.BadRequestError) as e:      # ~3000 tokens; the tiny model holds 2048
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=1)
-    assert e.value.code == "context_length_exceeded" and "maximum context length is 2048" in e.value.body["message"]
+        _reply(client, messages=words(3000), max_tokens=1)
+    assert e.value.code == "context_length_exceeded"
+    assert "maximum context length is 2048" in e.value.body["message"]
     assert time.monotonic() - t0 < 15
-    with urllib.request.urlopen(server + "/health", timeout=10) as r: assert json.loads(r.read())["status"] == "ok"
-    assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].message.role == "assistant"
+    with urllib.request.urlopen(server + "/health", timeout=10) as r:
+        assert json.loads(r.read())["status"] == "ok"
+    assert _reply(client, max_tokens=2).message.role == "assistant"
     th.join(60)
     assert got["huge"][0] == 413 and got["huge"][1] < 30, got
-    with pytest.raises(openai.BadRequestError) as e:      # ~1500 prompt tokens fit, but not with 1000 more to write
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 1500}], max_tokens=1000)
+    # ~1500 prompt tokens fit, but not with 1000 more to write
+    with pytest.raises(openai.BadRequestError) as e:
+        _reply(client, messages=words(1500), max_tokens=1000)
     assert e.value.code == "context_length_exceeded"
 
 def test_a_client_that_goes_away_cancels_its_generation(random_inference):
@@ -229,7 +280,8 @@ def test_a_client_that_goes_away_cancels_its_generation(random_inference):
             _wait(lambda: eng.snapshot()["running"] == 1, what="the generation to start")
             if stream: assert s.recv(65536).startswith(b"HTTP/1.1 200")
             s.close()
-            _wait(lambda: eng.snapshot()["cancelled"] == before["cancelled"] + 1, what="the cancellation")
+            cancelled = before["cancelled"] + 1
+            _wait(lambda: eng.snapshot()["cancelled"] == cancelled, what="the cancellation")
             after = eng.snapshot()
             assert after["running"] == 0 and after["completed"] == before["completed"]
     finally: _stop(srv)
@@ -237,37 +289,44 @@ def test_a_client_that_goes_away_cancels_its_generation(random_inference):
 def test_a_full_queue_answers_429_with_retry_after(random_inference):
     srv, url = _start(random_inference, max_batch=1, max_queue=1, max_tokens_limit=2000)
     eng = srv.engine
-    busy = [socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) for _ in range(2)]
+    port = srv.server_address[1]
+    busy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
     try:
         busy[0].sendall(_post_bytes(_long()))
         _wait(lambda: eng.snapshot()["running"] == 1, what="the first request to run")
         busy[1].sendall(_post_bytes(_long()))
         _wait(lambda: eng.snapshot()["queued"] == 1, what="the second request to wait")
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
-        with pytest.raises(openai.RateLimitError) as e: client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
-        assert e.value.code == "rate_limit_exceeded" and int(e.value.response.headers["retry-after"]) >= 1
+        client = _client(url, timeout=30)
+        with pytest.raises(openai.RateLimitError) as e:
+            _reply(client, max_tokens=2)
+        assert e.value.code == "rate_limit_exceeded"
+        assert int(e.value.response.headers["retry-after"]) >= 1
         for s in busy: s.close()
-        _wait(lambda: eng.snapshot()["cancelled"] == 2, what="both abandoned requests to be cancelled")
-        assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].finish_reason == "length"
+        _wait(lambda: eng.snapshot()["cancelled"] == 2, what="both abandoned requests cancelled")
+        assert _reply(client, max_tokens=2).finish_reason == "length"
     finally:
         for s in busy: s.close()
         _stop(srv)
 
 def test_only_json_from_this_machine(server, inference):
-    "Form posts, foreign Host headers (DNS rebinding) and web-page Origins are refused before the model runs."
+    "Form posts, foreign Host headers (DNS rebinding) and web-page Origins are refused up front."
     port = int(server.rsplit(":", 1)[1])
     body = json.dumps({"model": MODEL, "messages": ASK, "max_tokens": 2}).encode()
     def status(data: bytes) -> tuple[int, str | None]:
         head, _, rest = _raw(port, data).partition(b"\r\n\r\n")
-        return int(head.split()[1]), (json.loads(rest).get("error") or {}).get("code") if rest.startswith(b"{") else None
+        code = (json.loads(rest).get("error") or {}).get("code") if rest.startswith(b"{") else None
+        return int(head.split()[1]), code
     assert status(_post_bytes(body))[0] == 200
     assert status(_post_bytes(body, ctype="text/plain")) == (415, "unsupported_media_type")
-    assert status(_post_bytes(b"model=purpose-sprint", ctype="application/x-www-form-urlencoded"))[0] == 415
+    form = _post_bytes(b"model=purpose-sprint", ctype="application/x-www-form-urlencoded")
+    assert status(form)[0] == 415
     assert status(_post_bytes(body, host="evil.example:8000")) == (403, "host_not_allowed")
-    assert status(b"GET /v1/models HTTP/1.1\r\nHost: rebind.evil.example\r\nConnection: close\r\n\r\n") == (403, "host_not_allowed")
+    rebind = b"GET /v1/models HTTP/1.1\r\nHost: rebind.evil.example\r\nConnection: close\r\n\r\n"
+    assert status(rebind) == (403, "host_not_allowed")
     assert status(_post_bytes(body, host="localhost:1234"))[0] == 200
     assert status(_post_bytes(body, host="[::1]:1234"))[0] == 200
-    assert status(_post_bytes(body, extra="Origin: http://evil.example\r\n")) == (403, "origin_not_allowed")
+    web_page = _post_bytes(body, extra="Origin: http://evil.example\r\n")
+    assert status(web_page) == (403, "origin_not_allowed")
     srv, _ = _start(inference, allowed_hosts=["box.lan"], allowed_origins=["http://localhost:3000"])
     try:
         p = srv.server_address[1]
@@ -276,22 +335,26 @@ def test_only_json_from_this_machine(server, inference):
     finally: _stop(srv)
 
 def test_malformed_requests_get_a_one_line_400(server):
-    "A negative or invalid Content-Length and deeply nested JSON are answered, never a dropped connection."
+    "A negative or invalid Content-Length and deeply nested JSON are answered, never dropped."
     port = int(server.rsplit(":", 1)[1])
     for cl in ("-1", "abc", "1, 2", "99999999999999999999999"):
-        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {cl}\r\n\r\n{{}}"
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {cl}\r\n\r\n{{}}")
         resp = _raw(port, head.encode())
         assert resp.startswith(b"HTTP/1.1 400") or resp.startswith(b"HTTP/1.1 413"), (cl, resp[:80])
-    for body in (b"[" * 200000 + b"]" * 200000,
-                 json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).replace('"x"', "[" * 100000 + "]" * 100000).encode()):
+    nested = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+    nested = nested.replace('"x"', "[" * 100000 + "]" * 100000)
+    for body in (b"[" * 200000 + b"]" * 200000, nested.encode()):
         head, _, rest = _raw(port, _post_bytes(body)).partition(b"\r\n\r\n")
         err = json.loads(rest)["error"]
-        assert head.startswith(b"HTTP/1.1 400") and err["code"] == "invalid_json" and "\n" not in err["message"]
+        assert head.startswith(b"HTTP/1.1 400") and err["code"] == "invalid_json"
+        assert "\n" not in err["message"]
     with urllib.request.urlopen(server + "/health", timeout=10) as r: assert r.status == 200
 
 def test_slow_clients_are_timed_out(random_inference):
-    "Half-sent bodies get 408, trickled headers a closed connection, a generation past request_timeout 504."
-    srv, url = _start(random_inference, body_timeout=1, header_timeout=1, request_timeout=1.5, max_tokens_limit=2000)
+    "Half-sent bodies get 408, trickled headers a closed connection, a late generation 504."
+    srv, url = _start(random_inference, body_timeout=1, header_timeout=1, request_timeout=1.5,
+                      max_tokens_limit=2000)
     port = srv.server_address[1]
     try:
         slow = []
@@ -300,18 +363,19 @@ def test_slow_clients_are_timed_out(random_inference):
             s.sendall(_post_bytes(b"x" * 100)[:-90])
             slow.append(s)
         t0 = time.monotonic()
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
-        assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].message.role == "assistant"
+        client = _client(url, timeout=30)
+        assert _reply(client, max_tokens=2).message.role == "assistant"
         for s in slow:
             assert s.recv(65536).startswith(b"HTTP/1.1 408")
             s.close()
         assert time.monotonic() - t0 < 15
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")   # and never the rest
+            # and never the rest
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             t0 = time.monotonic()
             assert s.recv(65536) == b"" and time.monotonic() - t0 < 10
         with pytest.raises(openai.InternalServerError) as e:
-            client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1800, temperature=0)
+            _reply(client, max_tokens=1800, temperature=0)
         assert e.value.status_code == 504 and e.value.code == "timeout"
         _wait(lambda: srv.engine.snapshot()["running"] == 0, what="the late generation to stop")
         assert srv.engine.snapshot()["timed_out"] == 1
@@ -319,9 +383,10 @@ def test_slow_clients_are_timed_out(random_inference):
 
 def test_concurrent_requests_are_batched_and_match_one_at_a_time(inference):
     srv, url = _start(inference)
-    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
-    qs = [[{"role": "user", "content": f"What is the stride length of athlete {i}?"}] for i in range(8)]
-    ask = lambda m: client.chat.completions.create(model=MODEL, messages=m, temperature=0, max_tokens=24).choices[0].message.content
+    client = _client(url)
+    qs = [[{"role": "user", "content": f"What is the stride length of athlete {i}?"}]
+          for i in range(8)]
+    ask = lambda m: _reply(client, messages=m, temperature=0, max_tokens=24).message.content
     try:
         alone = [ask(m) for m in qs]
         assert srv.engine.snapshot()["max_batch_seen"] == 1

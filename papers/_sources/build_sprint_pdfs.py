@@ -58,7 +58,8 @@ def parse_source(path: Path) -> tuple[dict, list[tuple]]:
             key, _, value = line.partition(":")
             meta[key.strip()] = value.strip()
     meta["authors_list"] = [a.strip() for a in meta["authors"].split(";")]
-    meta["affiliations_list"] = [a.strip() for a in meta.get("affiliations", "").split(";") if a.strip()]
+    affiliations = meta.get("affiliations", "").split(";")
+    meta["affiliations_list"] = [a.strip() for a in affiliations if a.strip()]
     meta["claims_list"] = [c.strip() for c in meta.get("claims", "").split("|") if c.strip()]
 
     blocks: list[tuple] = []
@@ -83,7 +84,8 @@ def parse_source(path: Path) -> tuple[dict, list[tuple]]:
             flush()
             section = line[3:].strip()
             blocks.append(("h1", section))
-        elif re.match(r"^Table \d+\.", line) and i + 1 < len(lines) and lines[i + 1].startswith("|"):
+        elif (re.match(r"^Table \d+\.", line) and i + 1 < len(lines)
+              and lines[i + 1].startswith("|")):
             flush()
             caption = line.strip()
             rows = []
@@ -171,7 +173,8 @@ def title_block(pdf: Paper) -> None:
     pdf.multi_cell(h=6.6, text=inline(m["title"]), align="L", **full)
     pdf.ln(2)
     pdf.set_font("Helvetica", "", 10.5)
-    authors = ", ".join(f"{a} ({i + 1 if i < len(m['affiliations_list']) else len(m['affiliations_list'])})"
+    n_aff = len(m['affiliations_list'])
+    authors = ", ".join(f"{a} ({i + 1 if i < n_aff else n_aff})"
                         for i, a in enumerate(m["authors_list"]))
     pdf.multi_cell(h=5, text=authors, **full)
     pdf.ln(1)
@@ -184,8 +187,8 @@ def title_block(pdf: Paper) -> None:
     pdf.set_font("Helvetica", "", 7.5)
     pdf.multi_cell(
         h=3.6,
-        text=f"Received {m['received']} \u00b7 Accepted {m['accepted']} \u00b7 Published {fmt_date(m['date'])}"
-             f" \u00b7 https://doi.org/{m['doi']}",
+        text=(f"Received {m['received']} \u00b7 Accepted {m['accepted']} \u00b7 "
+              f"Published {fmt_date(m['date'])} \u00b7 https://doi.org/{m['doi']}"),
         **full,
     )
     pdf.ln(3)
@@ -195,7 +198,8 @@ def abstract_block(pdf: Paper, text: str) -> None:
     m = pdf.meta
     pdf.set_fill_color(238, 241, 245)
     pdf.set_font("Helvetica", "B", 10)
-    pdf.multi_cell(0, 6, "Abstract", fill=True, padding=(0, 2.5, 0, 2.5), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.multi_cell(0, 6, "Abstract", fill=True, padding=(0, 2.5, 0, 2.5), new_x=XPos.LMARGIN,
+                   new_y=YPos.NEXT)
     pdf.set_font("Times", "", 9.5)
     pdf.multi_cell(0, 4.3, inline(text), align="J", fill=True, padding=(1, 2.5, 2, 2.5),
                    new_x=XPos.LMARGIN, new_y=YPos.NEXT)
@@ -217,7 +221,8 @@ def draw_table(pdf: Paper, caption: str, rows: list[list[str]]) -> None:
     ncols = len(rows[0])
     weights = [max(len(r[c]) for r in rows) + 2 for c in range(ncols)]
     numeric = re.compile(r"^[-+<>]?[\d.]+( ± [\d.]+)?$")
-    aligns = ["CENTER" if sum(bool(numeric.match(r[c])) for r in rows[1:]) > len(rows[1:]) / 2 else "LEFT"
+    def numeric_share(c): return sum(bool(numeric.match(r[c])) for r in rows[1:]) / len(rows[1:])
+    aligns = ["CENTER" if numeric_share(c) > 0.5 else "LEFT"
               for c in range(ncols)]
     pdf.set_font("Helvetica", "", 8)
     pdf.set_draw_color(90, 90, 90)
