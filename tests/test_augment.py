@@ -132,7 +132,7 @@ def test_bad_parameters_are_named(graph_run, tmp_path):
     bad = {"need an LLM teacher": dict(augment_kinds="entigraph_pair"),
            "unknown kind 'entities'": dict(augment_kinds="entities"),
            "stage 'augment' parameter augment_size=-1: out of range": dict(augment_size=-1),
-           "augment_size=0: use a positive multiple": dict(augment_size=0),
+           "parameter augment_size=0: out of range": dict(augment_size=0),
            "one ModelHub spec": dict(augment_teachers="offline,openai:gpt-4o-mini"),
            r"unknown parameter\(s\) size; AugmentConfig takes augment_size": dict(size=2.0)}
     for message, kw in bad.items():
