@@ -9,7 +9,7 @@ from pathlib import Path
 from .core import REGISTRY, PurposeError, RunDir, project_root
 
 # %% auto #0
-__all__ = ['directives', 'skipped', 'execute_chapter', 'batch_outputs', 'keep_outputs']
+__all__ = ['directives', 'skipped', 'execute_chapter', 'batch_outputs', 'relative_paths', 'keep_outputs']
 
 # %% ../nbs/12_chapters.ipynb #8b03a5f6
 def directives(source: str) -> dict[str, list[str]]:
@@ -58,6 +58,23 @@ def batch_outputs(nb, executed) -> int:  # a chapter, and the batch run's execut
             c.outputs, n = done[c.id], n + 1
     return n
 
+# %% ../nbs/12_chapters.ipynb #92bc550a
+def relative_paths(nb, root: Path | str) -> int:  # a chapter, and the project root its outputs name
+    "Rewrite `root/` to nothing in `nb`'s text outputs; returns how many outputs changed."
+    prefix, n = f"{Path(root)}/", 0
+    def fix(v):
+        if isinstance(v, list): return [fix(x) for x in v]
+        return v.replace(prefix, "") if isinstance(v, str) else v
+    for c in nb.cells:
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            keys = [k for k in ("text",) if k in o] + [f"data.{k}" for k in o.get("data", {})
+                                                        if k.startswith("text/")]
+            for k in keys:
+                box, key = (o["data"], k[5:]) if k.startswith("data.") else (o, k)
+                new = fix(box[key])
+                if new != box[key]: box[key], n = new, n + 1
+    return n
+
 # %% ../nbs/12_chapters.ipynb #753cf081
 def keep_outputs(run_dir: Path | str = "runs/sprint",  # the batch run giving the run cells' outputs
                  nbs: list[str] | None = None,           # notebook names; default every chapter
@@ -77,6 +94,7 @@ def keep_outputs(run_dir: Path | str = "runs/sprint",  # the batch run giving th
                 raise PurposeError(f"{executed} is missing: run the sample domain first "
                                    "(`make chapters` does)")
             batch_outputs(nb, read_nb(executed))
+        relative_paths(nb, root)
         write_nb(nb, root/"nbs"/name)
         nbdev_clean(fname=str(root/"nbs"/name))
         counts[name] = sum(1 for c in nb.cells if c.get("outputs"))

@@ -72,3 +72,12 @@ def test_readme_parameter_table_is_the_configs():
     from purpose.config import readme_table
     assert readme_table() in (ROOT/"README.md").read_text(), \
         "README's parameter table differs from the configs: paste purpose.config.readme_table()"
+
+def test_stage_notebooks_show_their_run():
+    "Each stage chapter keeps the outputs of its run on the sample domain (`make chapters`)."
+    for s in REGISTRY:
+        cells = _cells(s.notebook)
+        run = cells[_params_at(cells)[0] + 1:]
+        assert any(c.get("outputs") for c in run), f"{s.notebook} shows no run: `make chapters`"
+        shown = sum(1 for c in cells if c.get("outputs"))
+        assert shown >= 5, f"{s.notebook} keeps outputs in only {shown} cells: `make chapters`"
